@@ -1,0 +1,1 @@
+"""Reward functions for rlkit: verifiable rule-based rewards and model-based scorers."""
