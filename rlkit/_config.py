@@ -1,0 +1,52 @@
+"""Shared config plumbing: strict pydantic models and errors that name the key path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad recipe/config value. ``str(err)`` is ``"<key.path>: <what is wrong>"``, fit to show a user as is."""
+
+    def __init__(self, path: str, message: str):
+        self.path, self.message = path, message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _join(prefix: str, loc: tuple) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("function-") or part in ("tagged-union",):
+            continue
+        else:
+            path = f"{path}.{part}" if path else str(part)
+    return path
+
+
+def validate_model(model: type[BaseModel], data: Any, path: str = "") -> BaseModel:
+    """Validate ``data`` into ``model``; raise :class:`ConfigError` for the first problem, naming its key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model.model_fields)) if len(loc) == 1 else None
+            msg = "unknown key" + (f" (allowed: {allowed})" if allowed else "")
+        elif first["type"] == "missing":
+            msg = "required key is missing"
+        raise ConfigError(_join(path, loc), msg) from None
+
+
+_UNION_TAGS = {"constant", "linear", "cosine", "adaptive", "dads", "paced", "str", "dict"}

@@ -1,0 +1,120 @@
+"""Exact divergences over the full vocabulary, computed from two logit tensors in chunks of positions."""
+
+from __future__ import annotations
+
+import torch
+
+from .generators import canonical
+
+
+def _pmul(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``p * x`` with the convention ``0 * anything = 0`` (so zero-probability tokens never give NaN)."""
+    return torch.where(p > 0, p * x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _rows(logits: torch.Tensor, ref_logits: torch.Tensor, divergence: str, alpha: float) -> torch.Tensor:
+    """Divergence per row of ``[N, V]`` logits, in float32 (the chunk is the only float32 copy made)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    lq = torch.log_softmax(ref_logits.float(), dim=-1)
+    if divergence == "reverse_kl":
+        return _pmul(lp.exp(), lp - lq).sum(-1)
+    if divergence == "forward_kl":
+        return _pmul(lq.exp(), lq - lp).sum(-1)
+    if divergence == "js":
+        lm = torch.logaddexp(lp, lq) - torch.log(torch.tensor(2.0, device=lp.device))
+        return 0.5 * (_pmul(lp.exp(), lp - lm).sum(-1) + _pmul(lq.exp(), lq - lm).sum(-1))
+    if divergence == "alpha":
+        a = alpha
+        # D = (sum_v p^(1-a) q^a - 1) / (a (a - 1)), evaluated in log space
+        return torch.expm1(torch.logsumexp((1.0 - a) * lp + a * lq, dim=-1)) / (a * (a - 1.0))
+    if divergence == "tv":
+        return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+    if divergence == "chi2":
+        return torch.expm1(torch.logsumexp(2.0 * lp - lq, dim=-1))
+    raise ValueError(f"unknown divergence {divergence!r}")
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    """Forward: per-chunk values under no_grad. Backward: recompute each chunk and differentiate it alone.
+
+    Nothing of size ``[N, V]`` is kept besides the inputs themselves and their gradients, so the extra memory is
+    ``O(chunk x V)`` in both passes.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ref_logits, rows, divergence, alpha, chunk_size):  # noqa: D401
+        out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        with torch.no_grad():
+            for s in range(0, rows.numel(), chunk_size):
+                idx = rows[s : s + chunk_size]
+                out[idx] = _rows(logits.index_select(0, idx), ref_logits.index_select(0, idx), divergence, alpha)
+        ctx.save_for_backward(logits, ref_logits, rows)
+        ctx.divergence, ctx.alpha, ctx.chunk_size = divergence, alpha, chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, ref_logits, rows = ctx.saved_tensors
+        need_p, need_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_p = torch.zeros_like(logits) if need_p else None
+        grad_q = torch.zeros_like(ref_logits) if need_q else None
+        for s in range(0, rows.numel(), ctx.chunk_size):
+            idx = rows[s : s + ctx.chunk_size]
+            with torch.enable_grad():
+                p = logits.index_select(0, idx).detach().requires_grad_(need_p)
+                q = ref_logits.index_select(0, idx).detach().requires_grad_(need_q)
+                value = _rows(p, q, ctx.divergence, ctx.alpha)
+                inputs = [t for t, need in ((p, need_p), (q, need_q)) if need]
+                grads = torch.autograd.grad(value, inputs, grad_out.index_select(0, idx))
+            grads = list(grads)
+            if need_p:
+                grad_p.index_copy_(0, idx, grads.pop(0).to(grad_p.dtype))
+            if need_q:
+                grad_q.index_copy_(0, idx, grads.pop(0).to(grad_q.dtype))
+        return grad_p, grad_q, None, None, None, None
+
+
+def f_divergence(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    divergence: str,
+    alpha: float = 0.5,
+    mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Exact divergence over the vocabulary (last dim) at each position, ``pi = softmax(logits)``,
+    ``pi_ref = softmax(ref_logits)``:
+
+    * ``reverse_kl``: ``KL(pi || pi_ref) = sum_v pi_v log(pi_v / pi_ref_v)``
+    * ``forward_kl``: ``KL(pi_ref || pi) = sum_v pi_ref_v log(pi_ref_v / pi_v)``
+    * ``js``: ``1/2 KL(pi || M) + 1/2 KL(pi_ref || M)``, ``M = (pi + pi_ref)/2`` (in ``[0, log 2]``)
+    * ``alpha``: ``D_{f_alpha}(pi || pi_ref) = (sum_v pi_v^(1-a) pi_ref_v^a - 1) / (a (a - 1))`` with the f-DPO
+      paper's ``f_alpha`` (Wang et al. 2023, arXiv 2309.16240); ``a -> 0`` is reverse KL, ``a = 1`` forward KL
+      (those end points are computed exactly as the KLs).
+    * ``tv``: ``1/2 sum_v |pi_v - pi_ref_v|``; ``chi2``: ``sum_v (pi_v - pi_ref_v)^2 / pi_ref_v``.
+
+    ``mask`` (broadcastable to ``logits.shape[:-1]``, bool or 0/1) selects positions; masked positions give 0 and no
+    gradient (and with ``chunk_size`` they are not computed at all). ``chunk_size`` processes that many positions at
+    a time with identical values and gradients: extra memory ``O(chunk_size x V)`` for the forward and the backward
+    pass instead of ``O(positions x V)`` (float32 upcasts happen per chunk). Gradients flow to whichever of
+    ``logits``/``ref_logits`` requires grad. Returns float32 of shape ``logits.shape[:-1]``.
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape")
+    name = canonical(divergence, alpha)
+    lead = logits.shape[:-1]
+    if mask is not None:
+        mask = torch.broadcast_to(mask.to(torch.bool), lead)
+    if chunk_size is None:
+        value = _rows(logits, ref_logits, name, alpha)
+        return value if mask is None else torch.where(mask, value, torch.zeros_like(value))
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size}")
+    vocab = logits.shape[-1]
+    flat_p, flat_q = logits.reshape(-1, vocab), ref_logits.reshape(-1, vocab)
+    if mask is None:
+        rows = torch.arange(flat_p.shape[0], device=logits.device)
+    else:
+        rows = mask.reshape(-1).nonzero().squeeze(-1)
+    out = _ChunkedDivergence.apply(flat_p, flat_q, rows, name, alpha, int(chunk_size))
+    return out.reshape(lead)

@@ -1,0 +1,36 @@
+"""How per-token losses become one scalar (the choice matters: DAPO, Dr. GRPO)."""
+
+from __future__ import annotations
+
+import torch
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo")
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+              norm_length: int | None = None) -> torch.Tensor:
+    """Reduce ``[B, T]`` per-token values over the completion ``mask``.
+
+    * ``token-mean``: ``sum(v m) / sum(m)``, every token weighs the same (DAPO; verl's default).
+    * ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (original GRPO).
+    * ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
+    * ``drgrpo``: ``sum(v m) / (B * L)`` with the constant ``L = norm_length`` (default ``T``), Dr. GRPO's
+      length-unbiased form (arXiv 2503.20783).
+    """
+    m = mask.to(values.dtype)
+    vm = values * m
+    if mode == "token-mean":
+        return vm.sum() / m.sum().clamp_min(1)
+    if mode == "seq-mean-token-mean":
+        return (vm.sum(-1) / m.sum(-1).clamp_min(1)).mean()
+    if mode == "seq-mean-token-sum":
+        return vm.sum(-1).mean()
+    if mode == "drgrpo":
+        length = norm_length if norm_length is not None else values.shape[-1]
+        return vm.sum() / (values.shape[0] * length)
+    raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(AGGREGATIONS)}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1)
