@@ -12,10 +12,15 @@ def _pmul(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def _rows(logits: torch.Tensor, ref_logits: torch.Tensor, divergence: str, alpha: float) -> torch.Tensor:
-    """Divergence per row of ``[N, V]`` logits, in float32 (the chunk is the only float32 copy made)."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    lq = torch.log_softmax(ref_logits.float(), dim=-1)
+    """Divergence per row of ``[N, V]`` logits, in at least float32 (the chunk is the only upcast copy made)."""
+    dtype = _compute_dtype(logits)
+    lp = torch.log_softmax(logits.to(dtype), dim=-1)
+    lq = torch.log_softmax(ref_logits.to(dtype), dim=-1)
     if divergence == "reverse_kl":
         return _pmul(lp.exp(), lp - lq).sum(-1)
     if divergence == "forward_kl":
@@ -43,7 +48,7 @@ class _ChunkedDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, ref_logits, rows, divergence, alpha, chunk_size):  # noqa: D401
-        out = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        out = torch.zeros(logits.shape[0], dtype=_compute_dtype(logits), device=logits.device)
         with torch.no_grad():
             for s in range(0, rows.numel(), chunk_size):
                 idx = rows[s : s + chunk_size]
@@ -96,8 +101,9 @@ def f_divergence(
     ``mask`` (broadcastable to ``logits.shape[:-1]``, bool or 0/1) selects positions; masked positions give 0 and no
     gradient (and with ``chunk_size`` they are not computed at all). ``chunk_size`` processes that many positions at
     a time with identical values and gradients: extra memory ``O(chunk_size x V)`` for the forward and the backward
-    pass instead of ``O(positions x V)`` (float32 upcasts happen per chunk). Gradients flow to whichever of
-    ``logits``/``ref_logits`` requires grad. Returns float32 of shape ``logits.shape[:-1]``.
+    pass instead of ``O(positions x V)`` (upcasts of bf16/fp16 to float32 happen per chunk). Gradients flow to
+    whichever of ``logits``/``ref_logits`` requires grad. Returns float32 (float64 for float64 inputs) of shape
+    ``logits.shape[:-1]``.
     """
     if logits.shape != ref_logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape")

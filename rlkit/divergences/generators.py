@@ -94,7 +94,8 @@ def dpo_score(divergence: str, logu: torch.Tensor, alpha: float = 0.5, exp_clamp
     if divergence == "js":
         return F.logsigmoid(logu)
     if divergence == "alpha":
-        return -torch.exp(torch.clamp(-alpha * logu, max=exp_clamp)) / alpha
+        # exact f'(u) = (1 - u^(-a)) / a = -expm1(-a log u) / a: no 1/a constant to cancel at small a
+        return -torch.expm1(torch.clamp(-alpha * logu, max=exp_clamp)) / alpha
     if divergence == "chi2":
         return 2.0 * torch.exp(torch.clamp(logu, max=exp_clamp))
     raise ValueError(f"divergence {divergence!r} has no usable f' for f-DPO; choose one of {', '.join(DPO_DIVERGENCES)}")

@@ -38,8 +38,9 @@ def fdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
         raise ValueError(f"f-DPO alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    chosen = policy_chosen_logps.float() - ref_chosen_logps.float()
-    rejected = policy_rejected_logps.float() - ref_rejected_logps.float()
+    dtype = torch.promote_types(policy_chosen_logps.dtype, torch.float32)
+    chosen = policy_chosen_logps.to(dtype) - ref_chosen_logps.to(dtype)
+    rejected = policy_rejected_logps.to(dtype) - ref_rejected_logps.to(dtype)
     h = dpo_score(divergence, chosen, alpha) - dpo_score(divergence, rejected, alpha)
     if loss_type == "ipo":
         return (h - 1.0 / (2.0 * beta)).square()
@@ -61,7 +62,7 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
         rc = beta * (policy_chosen_logps.float() - ref_chosen_logps.float())
         rr = beta * (policy_rejected_logps.float() - ref_rejected_logps.float())
         metrics = {
-            "loss/dpo": float(per_pair.mean()),
+            "loss/dpo": per_pair.mean().item(),
             "rewards/chosen": float(rc.mean()),
             "rewards/rejected": float(rr.mean()),
             "rewards/margin": float((rc - rr).mean()),

@@ -68,8 +68,8 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
     with torch.no_grad():
         log_ratio = batch.logprobs.float() - batch.old_logprobs.float()
         metrics.update({
-            "loss/policy": float(pg_loss),
-            "loss/total": float(loss),
+            "loss/policy": pg_loss.item(),
+            "loss/total": loss.item(),
             "policy/clip_frac": float(masked_mean(stats["clipped"].float(), mask)),
             "policy/ratio_mean": float(masked_mean(stats["ratio"], mask)),
             "policy/approx_kl_old": float(masked_mean(torch.expm1(-log_ratio) + log_ratio, mask)),

@@ -61,6 +61,6 @@ def ppo_loss(batch: PolicyBatch, values: torch.Tensor, old_values: torch.Tensor,
     v_loss = value_loss(values, old_values, returns, batch.mask, value_clip, aggregation)
     loss = loss + vf_coef * v_loss
     with torch.no_grad():
-        metrics.update({"loss/value": float(v_loss), "loss/total": float(loss),
+        metrics.update({"loss/value": v_loss.item(), "loss/total": loss.item(),
                         "value/mean": float(masked_mean(values.float(), batch.mask))})
     return loss, metrics

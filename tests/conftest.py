@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def np_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_divergence(p, q, name, alpha=0.5):
+    """Independent float64 reference: the textbook definitions over the last axis."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    if name == "reverse_kl":
+        return (p * np.log(p / q)).sum(-1)
+    if name == "forward_kl":
+        return (q * np.log(q / p)).sum(-1)
+    if name == "js":
+        m = (p + q) / 2
+        return 0.5 * (p * np.log(p / m)).sum(-1) + 0.5 * (q * np.log(q / m)).sum(-1)
+    if name == "alpha":
+        # sum_x Q f_alpha(P/Q) with the f-DPO paper's f_alpha, written out directly
+        u = p / q
+        f = (u ** (1 - alpha) - (1 - alpha) * u - alpha) / (alpha * (alpha - 1))
+        return (q * f).sum(-1)
+    if name == "tv":
+        return 0.5 * np.abs(p - q).sum(-1)
+    if name == "chi2":
+        return ((p - q) ** 2 / q).sum(-1)
+    raise ValueError(name)
