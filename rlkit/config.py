@@ -1,0 +1,235 @@
+"""Recipes: YAML -> typed, validated config; dotted ``key=value`` overrides; errors that name the key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from rlkit._config import ConfigError, StrictModel, validate_model
+
+
+class ModelConfig(StrictModel):
+    """``name_or_path``: ``tiny`` (built locally, no download), a local directory or a hub id."""
+
+    name_or_path: str = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class DataConfig(StrictModel):
+    """Prompts with reference answers. ``source``: ``arithmetic`` (the built-in synthetic task, configured by
+    ``params``) or a jsonl/json/parquet file, a ``save_to_disk`` directory, or a hub id."""
+
+    source: str = "arithmetic"
+    params: dict[str, Any] = Field(default_factory=dict)
+    eval_source: str | None = None
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    max_train_prompts: int | None = Field(None, gt=0)
+    max_eval_prompts: int | None = Field(None, gt=0)
+
+
+class SFTConfig(StrictModel):
+    """Warm start with TRL's ``SFTTrainer`` on the task's reference completions."""
+
+    enabled: bool = True
+    max_steps: int = Field(300, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    num_examples: int = Field(4000, gt=0)
+    label_noise: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
+class RolloutConfig(StrictModel):
+    engine: Literal["transformers", "vllm"] = "transformers"
+    num_workers: int = Field(1, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    batch_size: int = Field(256, gt=0)
+
+
+class GRPOConfig(StrictModel):
+    steps: int = Field(40, gt=0)
+    prompts_per_step: int = Field(16, gt=0)
+    group_size: int = Field(8, ge=2)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.28, ge=0)
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo"] = "token-mean"
+    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    epochs: int = Field(1, gt=0)
+    minibatches: int = Field(1, gt=0)
+    entropy_coef: float = Field(0.0, ge=0)
+
+
+class RewardSpec(StrictModel):
+    """One term of the reward: a name from ``reward_models`` with a weight and keyword params (``key`` names the
+    component in metrics; needed only when the same reward appears twice)."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+    key: str | None = None
+
+
+class EvalConfig(StrictModel):
+    num_prompts: int = Field(64, gt=0)
+    n_samples: int = Field(8, gt=0)
+    ks: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    temperature: float = Field(1.0, gt=0)
+    before: bool = True
+
+    @model_validator(mode="after")
+    def _ks(self):
+        bad = [k for k in self.ks if k < 1 or k > self.n_samples]
+        if bad:
+            raise ValueError(f"every k in 'ks' must be in [1, n_samples={self.n_samples}]; bad: {bad}")
+        return self
+
+
+class RayConfig(StrictModel):
+    """``address``: ``None`` starts a local cluster; ``auto`` or ``ray://host:port`` joins an existing one."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    cpus_per_rollout_worker: float = Field(0.5, ge=0)
+    cpus_per_learner: float = Field(0.5, ge=0)
+    cpus_per_reference: float = Field(0.25, ge=0)
+    cpus_per_reward: float = Field(0.25, ge=0)
+    torch_threads: int = Field(2, gt=0)
+
+
+class LoggingConfig(StrictModel):
+    tensorboard: bool = True
+    plot: bool = True
+    print_every: int = Field(5, gt=0)
+
+
+class CheckpointConfig(StrictModel):
+    save_every: int = Field(0, ge=0)
+    save_final: bool = True
+
+
+class Recipe(StrictModel):
+    output_dir: str = "runs/quickstart"
+    seed: int = 0
+    algorithm: Literal["grpo"] = "grpo"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    regularizers: Any = "kl_k3"
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="numeric_match")])
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: ``3``, ``0.1``, ``true``, ``[a, b]``, ``{k: v}``).
+    A list element is addressed by index: ``rewards.0.weight=0.5``."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key.path=value")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(key, "empty key in override")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            path = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(path, f"not a valid index into a list of {len(node)}")
+                node = node[int(part)]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = {}
+            elif not isinstance(node[part], (dict, list)):
+                raise ConfigError(path, f"is a {type(node[part]).__name__}, cannot set a sub-key")
+            node = node[part]
+        last = parts[-1]
+        value = _parse_value(raw)
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(key, f"not a valid index into a list of {len(node)}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge recursively, anything else (lists included) replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a recipe; ``extends: other.yaml`` (relative to this file) loads that one first and merges on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), f"malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "a recipe must be a YAML mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends", "must be a path to another recipe")
+        parent_path = (path.parent / parent).resolve()
+        if parent_path in _seen:
+            raise ConfigError(f"{path}: extends", f"circular 'extends' through {parent_path}")
+        data = deep_merge(load_yaml(parent_path, _seen + (path.resolve(),)), data)
+    return data
+
+
+def build_recipe(data: dict) -> Recipe:
+    """Validate a recipe dict, including the regularizer and reward names (errors name the key path)."""
+    recipe = validate_model(Recipe, data)
+    from rlkit.regularizers import build_regularizers, check_objective
+
+    regs = build_regularizers(recipe.regularizers, "regularizers")
+    check_objective(regs, recipe.algorithm)
+    _check_rewards(recipe.rewards)
+    return recipe
+
+
+def _check_rewards(rewards: list[RewardSpec]) -> None:
+    from reward_models import CompositeReward
+
+    try:
+        CompositeReward([r.model_dump(exclude_none=True) for r in rewards])
+    except (ValueError, KeyError, TypeError) as err:
+        msg = str(err).strip("'\"")
+        raise ConfigError("", msg if msg.startswith("rewards") else f"rewards: {msg}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply dotted overrides, validate. Raises :class:`ConfigError` on any problem."""
+    return build_recipe(apply_overrides(load_yaml(path), overrides or []))
