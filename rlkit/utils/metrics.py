@@ -1,0 +1,206 @@
+"""Training metrics: JSONL file + TensorBoard + a live ``rich`` progress bar (or compact lines when not a TTY)."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["MetricsLogger", "match_progress_key", "read_metrics", "to_float"]
+
+RESERVED = ("step", "time")
+
+
+def to_float(value: Any, name: str = "value") -> float:
+    """Convert a Python/NumPy/torch scalar (a 1-element tensor or array included) to a Python ``float``.
+
+    Raises ``TypeError`` for anything else (strings, multi-element tensors), naming ``name``.
+    """
+    if hasattr(value, "numel") and callable(value.numel):  # torch.Tensor, without importing torch
+        if value.numel() != 1:
+            raise TypeError(f"metric {name!r}: tensor with {value.numel()} elements is not a scalar")
+        return float(value.detach().float().item())
+    if hasattr(value, "size") and hasattr(value, "item") and not isinstance(value, numbers.Number):
+        if value.size != 1:  # numpy array
+            raise TypeError(f"metric {name!r}: array with {value.size} elements is not a scalar")
+        value = value.item()
+    if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars
+        return float(value)
+    raise TypeError(f"metric {name!r}: cannot log {type(value).__name__} as a float")
+
+
+def match_progress_key(key: str, names: Iterable[str]) -> str | None:
+    """The metric name shown for progress key ``key``, or None.
+
+    Rule: drop one trailing ``/mean`` from a metric name, then it matches when its last ``/``-component equals
+    ``key``. So for ``reward``: ``reward``, ``reward/mean``, ``train/reward`` and ``train/reward/mean`` match;
+    ``reward/std``, ``rewards`` and ``reward_model/loss`` do not. Among several matches the shortest name wins
+    (an exact ``reward`` beats ``reward/mean``), ties by order of ``names``.
+    """
+    best = None
+    for name in names:
+        base = name[: -len("/mean")] if name.endswith("/mean") else name
+        if base.rsplit("/", 1)[-1] == key and (best is None or len(name) < len(best)):
+            best = name
+    return best
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"  # nan / inf print as such
+
+
+class MetricsLogger:
+    """Log scalar metrics per step to ``output_dir/metrics.jsonl``, TensorBoard and the console.
+
+    ``log(step, metrics)`` appends one JSON object per call, ``{"step": int, "time": float, **metrics}``, where
+    ``time`` is wall-clock seconds since this logger was created, and flushes the line. Values are converted to
+    Python floats (tensors, NumPy scalars, ints, bools); non-scalars raise ``TypeError``; the names ``step`` and
+    ``time`` are reserved (``ValueError``). **Non-finite values (NaN, +-inf) are written as JSON ``null``** so the
+    file stays strict JSON (:func:`read_metrics` gives them back as ``float('nan')``); TensorBoard gets the raw value.
+    The file is opened in append mode, so a resumed run continues it.
+
+    Console: if ``enabled_progress`` and the console is a terminal, a live ``rich`` progress bar shows the step (of
+    ``progress_total`` if given) and the ``progress_keys`` present in the current call (matching rule:
+    :func:`match_progress_key`). Otherwise (CI, piped stdout) one compact line is printed on the first call, then
+    whenever ``step`` has advanced by ``print_every`` since the last printed line, and at ``step >= progress_total``.
+    ``enabled_progress=False`` prints nothing. ``console`` defaults to a new ``rich.console.Console()``.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, tensorboard: bool = True, progress_total: int | None = None,
+                 progress_keys: tuple[str, ...] = ("reward", "kl", "entropy"), enabled_progress: bool = True,
+                 print_every: int = 10, console=None):
+        if print_every < 1:
+            raise ValueError(f"print_every must be >= 1, got {print_every}")
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.output_dir / "metrics.jsonl"
+        self.progress_total = progress_total
+        self.progress_keys = tuple(progress_keys)
+        self.enabled_progress = enabled_progress
+        self.print_every = print_every
+        self._start = time.monotonic()
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        self._console = console
+        self._progress = None
+        self._task = None
+        self._last_printed: int | None = None
+        self._closed = False
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console()
+        return self._console
+
+    def _summary(self, metrics: Mapping[str, float]) -> str:
+        parts = []
+        for key in self.progress_keys:
+            name = match_progress_key(key, metrics.keys())
+            if name is not None:
+                parts.append(f"{key}={_fmt(metrics[name])}")
+        return " ".join(parts)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict:
+        """Record ``metrics`` for ``step``; returns the record written (NaN as None)."""
+        if self._closed:
+            raise RuntimeError("MetricsLogger is closed")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {type(step).__name__}")
+        step = int(step)
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            if not isinstance(name, str):
+                raise TypeError(f"metric names must be str, got {name!r}")
+            if name in RESERVED:
+                raise ValueError(f"metric name {name!r} is reserved")
+            values[name] = to_float(value, name)
+        elapsed = time.monotonic() - self._start
+        record: dict[str, Any] = {"step": step, "time": round(elapsed, 6)}
+        record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for name, v in values.items():
+                self._writer.add_scalar(name, v, global_step=step)
+        if self.enabled_progress:
+            self._show(step, values, elapsed)
+        return record
+
+    def _show(self, step: int, values: Mapping[str, float], elapsed: float) -> None:
+        summary = self._summary(values)
+        if self.console.is_terminal:
+            if self._progress is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+                columns = [TextColumn("[bold]step {task.completed}")]
+                if self.progress_total:
+                    columns += [BarColumn(), MofNCompleteColumn()]
+                columns += [TimeElapsedColumn(), TextColumn("{task.fields[summary]}")]
+                self._progress = Progress(*columns, console=self.console, transient=False)
+                self._progress.start()
+                self._task = self._progress.add_task("train", total=self.progress_total, summary="")
+            self._progress.update(self._task, completed=step, summary=summary)
+            return
+        done = self.progress_total is not None and step >= self.progress_total
+        if self._last_printed is None or step - self._last_printed >= self.print_every or done:
+            total = f"/{self.progress_total}" if self.progress_total is not None else ""
+            parts = [f"step {step}{total}", summary, f"{elapsed:.1f}s"]
+            line = " | ".join(p for p in parts if p)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._last_printed = step
+
+    def close(self) -> None:
+        """Stop the progress bar, flush and close TensorBoard and the JSONL file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._progress is not None:
+            self._progress.stop()
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Read a ``metrics.jsonl`` file (or a directory containing one) into a list of dicts, in file order.
+
+    JSON ``null`` values (non-finite metrics) come back as ``float('nan')``. A malformed *last* line (a run killed
+    mid-write) is skipped; a malformed line elsewhere raises ``ValueError`` with its line number.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}:{i}: not valid JSON ({err})") from err
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+        rows.append({k: (math.nan if v is None else v) for k, v in obj.items()})
+    return rows
