@@ -1,0 +1,58 @@
+"""The CPU-default rollout engine: ``transformers`` ``generate`` with per-token sampling log-probs."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Completion, SamplingParams
+
+
+class TransformersEngine:
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        expanded = [p for p in prompt_ids for _ in range(params.n)]
+        out: list[Completion] = []
+        for s in range(0, len(expanded), self.batch_size):
+            out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
+        return out
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        P = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, P - len(p):] = torch.as_tensor(p)
+            attn[i, P - len(p):] = 1
+        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                      return_dict_in_generate=True, output_scores=True)
+        if params.greedy:
+            kwargs.update(do_sample=False)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        gen = self.model.generate(input_ids=ids, attention_mask=attn, **kwargs)
+        new = gen.sequences[:, P:]
+        # scores are the processed (temperature/top-k/top-p) logits the tokens were sampled from
+        scores = torch.stack(gen.scores, dim=1).float() if gen.scores else torch.zeros(len(prompts), 0, 1)
+        lps = torch.log_softmax(scores, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for i, p in enumerate(prompts):
+            toks = new[i].tolist()
+            finished = self.eos_id in toks
+            length = toks.index(self.eos_id) + 1 if finished else len(toks)
+            toks = toks[:length]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            completions.append(Completion(list(p), toks, lps[i, :length].tolist(), text, finished))
+        return completions
+
+    def update_weights(self, state_dict: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+        if missing or unexpected:
+            raise ValueError(f"weight sync mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -1,0 +1,1 @@
+"""Driver loops per algorithm (GRPO now; PPO and DPO later)."""

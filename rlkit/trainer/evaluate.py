@@ -1,0 +1,55 @@
+"""Held-out evaluation through the rollout workers: pass@k (unbiased), greedy accuracy, reward, entropy, length."""
+
+from __future__ import annotations
+
+import math
+
+import ray
+
+from rlkit.utils.evaluation import summarize_correctness
+
+
+def shard(items: list, n: int) -> list[list]:
+    size = math.ceil(len(items) / n) if items else 0
+    return [items[i * size:(i + 1) * size] for i in range(n)]
+
+
+def generate(workers, prompt_ids: list[list[int]], params: dict) -> list[dict]:
+    """Split prompts across rollout workers (Ray), keep the order: ``n`` completions per prompt, grouped."""
+    parts = shard(prompt_ids, len(workers))
+    futures = [w.generate.remote(p, {**params, "seed": (params.get("seed") or 0) + i})
+               for i, (w, p) in enumerate(zip(workers, parts)) if p]
+    return [c for part in ray.get(futures) for c in part]
+
+
+def correctness(components: dict[str, list[float]]) -> list[bool]:
+    """A sample is correct when the first reward component (the verifier) gives full marks."""
+    first = next(iter(components.values()))
+    return [s >= 1.0 - 1e-6 for s in first]
+
+
+def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[int]], answers: list[str],
+             n_samples: int, ks: list[int], temperature: float, max_new_tokens: int, seed: int = 0) -> dict:
+    params = dict(n=n_samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    comps = generate(workers, prompt_ids, params)
+    texts = [c["text"] for c in comps]
+    rep_prompts = [p for p in prompts for _ in range(n_samples)]
+    rep_answers = [a for a in answers for _ in range(n_samples)]
+    scored = ray.get(reward_worker.score.remote(rep_prompts, texts, rep_answers))
+    ok = correctness(scored["components"])
+    grouped = [ok[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
+    result = summarize_correctness(grouped, ks)
+    greedy = generate(workers, prompt_ids, dict(n=1, max_new_tokens=max_new_tokens, greedy=True))
+    g_scored = ray.get(reward_worker.score.remote(prompts, [c["text"] for c in greedy], answers))
+    n_tok = sum(len(c["token_ids"]) for c in comps)
+    result.update({
+        "k": max(ks),
+        "reward_mean": sum(scored["totals"]) / len(texts),
+        "greedy_accuracy": sum(correctness(g_scored["components"])) / len(prompts),
+        "entropy": -sum(sum(c["logprobs"]) for c in comps) / max(n_tok, 1),  # MC estimate: E[-log p] per token
+        "response_length": n_tok / len(comps),
+        "num_prompts": len(prompts),
+        "n_samples": n_samples,
+    })
+    result["pass@k"] = result[f"pass@{max(ks)}"]
+    return result

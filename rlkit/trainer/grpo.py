@@ -1,0 +1,122 @@
+"""The GRPO driver: rollouts -> rewards -> reference -> learner -> weight sync, all through Ray actors."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import ray
+import yaml
+
+from rlkit._config import ConfigError
+from rlkit.config import Recipe
+
+from .evaluate import correctness, evaluate, generate
+from .setup import load_task_data, prepare_initial_models, resolve_reference, start_ray
+
+
+def run_grpo(recipe: Recipe, console=None) -> dict:
+    from rich.console import Console
+
+    from rlkit.utils.checkpoint import atomic_write_json
+    from rlkit.utils.evaluation import print_summary_table
+    from rlkit.utils.metrics import MetricsLogger
+
+    console = console or Console()
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    random.seed(recipe.seed)
+    t0 = time.time()
+
+    train, evalset = load_task_data(recipe)
+    console.print(f"[bold]rlkit[/] GRPO | train prompts {len(train)} | eval prompts {len(evalset)} | out {out}")
+    init_paths = prepare_initial_models(recipe, out, console)
+    policy_path = init_paths[0]
+
+    from rlkit.models.loading import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer(policy_path)
+    encode = lambda texts: [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]  # noqa: E731
+
+    start_ray(recipe.ray, console)
+    from rlkit.workers import Learner, ReferenceWorker, RewardWorker, RolloutWorker
+
+    rc, g = recipe.ray, recipe.grpo
+    rollout = [RolloutWorker.options(num_cpus=rc.cpus_per_rollout_worker).remote(
+        policy_path, rank=i, engine=recipe.rollout.engine, dtype=recipe.model.dtype,
+        batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed)
+        for i in range(recipe.rollout.num_workers)]
+    reward = RewardWorker.options(num_cpus=rc.cpus_per_reward).remote(
+        [r.model_dump(exclude_none=True) for r in recipe.rewards])
+    learner = Learner.options(num_cpus=rc.cpus_per_learner).remote(
+        policy_path, g.model_dump(), recipe.regularizers, temperature=recipe.rollout.temperature,
+        dtype=recipe.model.dtype, seed=recipe.seed, torch_threads=rc.torch_threads)
+    needs = ray.get(learner.needs.remote())
+    references = {}
+    for key in sorted(set(needs["ref_logprobs"]) | set(needs["ref_logits"])):
+        kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out)
+        references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference).remote(
+            kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
+            torch_threads=rc.torch_threads)
+
+    ev = recipe.eval
+    eval_prompts = [r["prompt"] for r in evalset][: ev.num_prompts]
+    eval_answers = [r["answer"] for r in evalset][: ev.num_prompts]
+    eval_ids = encode(eval_prompts)
+    run_eval = lambda: evaluate(rollout, reward, eval_prompts, eval_ids, eval_answers, ev.n_samples, ev.ks,  # noqa: E731
+                                ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000)
+    eval_before = run_eval() if ev.before else None
+    if eval_before:
+        console.print(f"eval before: pass@1 {eval_before['pass@1']:.3f} | pass@{ev.ks[-1]} "
+                      f"{eval_before[f'pass@{ev.ks[-1]}']:.3f} | greedy {eval_before['greedy_accuracy']:.3f}")
+
+    order = list(range(len(train)))
+    cursor = len(order)
+    sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
+                    temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
+    with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
+                       print_every=recipe.logging.print_every) as logger:
+        for step in range(g.steps):
+            ts = time.time()
+            if cursor + g.prompts_per_step > len(order):
+                random.shuffle(order)
+                cursor = 0
+            rows = [train[i] for i in order[cursor:cursor + g.prompts_per_step]]
+            cursor += g.prompts_per_step
+            prompts = [r["prompt"] for r in rows]
+            comps = generate(rollout, encode(prompts), {**sampling, "seed": recipe.seed * 100_003 + step})
+            t_gen = time.time() - ts
+            rep_prompts = [p for p in prompts for _ in range(g.group_size)]
+            rep_answers = [r["answer"] for r in rows for _ in range(g.group_size)]
+            scored = ray.get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
+            p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
+            ref_futures = {k: w.compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k, w in references.items()}
+            data = {"step": step, "prompt_ids": p_ids, "completion_ids": c_ids, "scores": scored["totals"],
+                    "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
+                    "refs": {k: ray.get(f) for k, f in ref_futures.items()}}
+            metrics = ray.get(learner.train_step.remote(data))
+            weights = learner.get_weights.remote()  # object ref: workers fetch it from the object store
+            ray.get([w.update_weights.remote(weights, step + 1) for w in rollout])
+            metrics.update({f"reward/{k}": sum(v) / len(v) for k, v in scored["components"].items()})
+            metrics.update({"time/step": time.time() - ts, "time/generate": t_gen})
+            logger.log(step + 1, metrics)
+            if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
+                ray.get(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}")))
+
+    eval_after = run_eval()
+    final = ray.get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None
+    summary = {"eval_before": eval_before, "eval_after": eval_after, "steps": g.steps,
+               "regularizers": ray.get(learner.state.remote()), "initial_model": policy_path,
+               "final_checkpoint": final, "wall_time_s": time.time() - t0}
+    atomic_write_json(out / "summary.json", summary)
+    if eval_before:
+        print_summary_table(eval_before, eval_after, title="held-out evaluation (before -> after GRPO)", console=console)
+    if recipe.logging.plot:
+        from rlkit.utils.plotting import plot_training_curves
+
+        plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
+    console.print(f"done in {summary['wall_time_s']:.0f}s -> {out / 'summary.json'}")
+    return summary

@@ -1,0 +1,114 @@
+"""Run set-up: task data, initial models (SFT warm starts), reference sources, the Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlkit._config import ConfigError
+from rlkit.config import Recipe, RayConfig
+
+
+def load_task_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
+    """Train and held-out prompts as lists of ``{"prompt", "answer"}``. Data errors become :class:`ConfigError`
+    naming ``data.*`` so the CLI reports them without a traceback."""
+    from rlkit.data.loading import load_prompt_dataset
+
+    d = recipe.data
+    kw = dict(prompt_column=d.prompt_column, answer_column=d.answer_column)
+    try:
+        if d.source == "arithmetic":
+            from rlkit.data.arithmetic import make_arithmetic_splits
+
+            params = {"n_train": 2000, "n_eval": 200, "seed": recipe.seed, **d.params}
+            train, held = make_arithmetic_splits(**params)
+        else:
+            train = load_prompt_dataset(d.source, **kw)
+            if d.eval_source:
+                held = load_prompt_dataset(d.eval_source, **kw)
+            else:  # hold out a slice of the training file
+                n = min(recipe.eval.num_prompts, max(1, len(train) // 10))
+                split = train.train_test_split(test_size=n, seed=recipe.seed)
+                train, held = split["train"], split["test"]
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+        raise ConfigError("data", str(err).strip("'\"")) from None
+    train_rows = [{"prompt": r["prompt"], "answer": str(r["answer"])} for r in train]
+    eval_rows = [{"prompt": r["prompt"], "answer": str(r["answer"])} for r in held]
+    if d.max_train_prompts:
+        train_rows = train_rows[: d.max_train_prompts]
+    if d.max_eval_prompts:
+        eval_rows = eval_rows[: d.max_eval_prompts]
+    if not train_rows:
+        raise ConfigError("data.source", f"no training prompts in {d.source!r}")
+    if not eval_rows:
+        raise ConfigError("data.eval_source", "no held-out prompts")
+    return train_rows, eval_rows
+
+
+def sft_runs_needed(recipe: Recipe) -> int:
+    """How many SFT warm starts the recipe asks for (``sft:<i>`` references count)."""
+    n = 1
+    from rlkit.regularizers import build_regularizers
+
+    for reg in build_regularizers(recipe.regularizers):
+        for ck in reg.cfg.reference.checkpoints:
+            if ck.startswith("sft:"):
+                n = max(n, int(ck.split(":", 1)[1]) + 1)
+    return n
+
+
+def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
+    """Paths of the initial policy (index 0) and of any further SFT runs (different seeds) for soups."""
+    if not recipe.sft.enabled:
+        return [recipe.model.name_or_path]
+    from .sft import run_sft
+
+    paths = []
+    for i in range(sft_runs_needed(recipe)):
+        path = out / "sft" / f"run{i}"
+        if (path / "COMPLETE").exists():
+            console.print(f"SFT run {i}: reusing {path}")
+        else:
+            console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
+            run_sft(recipe, path, seed=recipe.sft.seed + i)
+        paths.append(str(path))
+    return paths
+
+
+def resolve_reference(ref: dict, init_paths: list[str], out: Path) -> tuple[str, list[str], list[float] | None]:
+    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start."""
+    kind = ref["type"]
+    if kind == "initial":
+        return "initial", [init_paths[0]], None
+    if kind == "teacher":
+        return "teacher", [ref["model"]], None
+    if kind == "soup":
+        paths = []
+        for ck in ref["checkpoints"]:
+            if ck.startswith("sft:"):
+                i = int(ck.split(":", 1)[1])
+                if i >= len(init_paths):
+                    raise ConfigError("regularizers.reference.checkpoints", f"{ck!r}: SFT is disabled or has no run {i}")
+                paths.append(init_paths[i])
+            else:
+                if not Path(ck).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+                    raise ConfigError("regularizers.reference.checkpoints", f"checkpoint {ck!r} not found")
+                paths.append(ck)
+        return "soup", paths, ref.get("weights")
+    raise ConfigError("regularizers.reference", f"reference type {kind!r} has no model to serve")
+
+
+def start_ray(cfg: RayConfig, console) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+        console.print(f"Ray: joined cluster at {cfg.address}")
+    else:
+        num_cpus = cfg.num_cpus or os.cpu_count() or 2
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
+                                           os.environ.get("HF_HUB_OFFLINE", "0")}})
+        console.print(f"Ray: started a local cluster with {num_cpus} CPUs")

@@ -1,0 +1,43 @@
+"""SFT warm start with TRL's ``SFTTrainer`` (prompt-completion data, loss on the completion only)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rlkit.config import Recipe
+
+
+def run_sft(recipe: Recipe, path: Path, seed: int) -> str:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from rlkit.models.loading import load_model_and_tokenizer
+    from rlkit.utils.checkpoint import save_hf_checkpoint
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(recipe.model.name_or_path, dtype=recipe.model.dtype, seed=seed)
+    dataset = _sft_dataset(recipe, seed)
+    s = recipe.sft
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(
+            output_dir=tmp, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+            learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, s.max_steps // 20),
+            logging_steps=max(1, s.max_steps // 5), save_strategy="no", report_to=[], seed=seed,
+            use_cpu=True, bf16=False, fp16=False, completion_only_loss=True, dataloader_num_workers=0,
+            disable_tqdm=True, max_length=128,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+    return str(save_hf_checkpoint(trainer.model, tokenizer, path))
+
+
+def _sft_dataset(recipe: Recipe, seed: int):
+    d = recipe.data
+    if d.source == "arithmetic":
+        from rlkit.data.arithmetic import make_sft_dataset
+
+        return make_sft_dataset(n=recipe.sft.num_examples, seed=seed, label_noise=recipe.sft.label_noise,
+                                split_seed=recipe.seed, **d.params)
+    raise NotImplementedError("SFT on a custom data source is not wired yet: set sft.enabled=false and point "
+                              "model.name_or_path at an SFT checkpoint")
