@@ -41,6 +41,7 @@ class SFTConfig(StrictModel):
     batch_size: int = Field(32, gt=0)
     num_examples: int = Field(4000, gt=0)
     label_noise: float = Field(0.0, ge=0, le=1)
+    noise: Literal["neighbor", "dropped_carry"] = "neighbor"
     seed: int = 0
 
 

@@ -11,7 +11,8 @@ Qwen/GPT-2 convention), so ``tok("12+7=")`` is exactly 5 ids. Special tokens wri
 Padding: the tokenizer pads on the right (training); for batched ``generate`` pass left-padded inputs, e.g.
 set ``tokenizer.padding_side = "left"`` (:func:`rlkit.models.loading.load_model_and_tokenizer` does).
 
-Model: a Qwen2 decoder, 4 layers, hidden 128, 4 attention heads (head_dim 32: vLLM's CPU attention needs
+Model: a Llama decoder (``LlamaConfig``; Qwen2 is avoided because ``AutoTokenizer`` forces its BPE tokenizer class
+on any ``qwen2`` checkpoint, which would break this tokenizer on reload), 4 layers, hidden 128, 4 attention heads (head_dim 32: vLLM's CPU attention needs
 head_dim >= 32), SwiGLU width 384, tied embeddings: about 0.86M parameters.
 """
 
@@ -29,7 +30,7 @@ PAD_ID, EOS_ID, BOS_ID, UNK_ID = range(4)
 #: The model's defaults; any of them can be overridden through ``build_tiny_model(**overrides)``.
 TINY_CONFIG = dict(
     hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-    max_position_embeddings=256, tie_word_embeddings=True, rope_theta=10000.0, initializer_range=0.02,
+    max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.02,
     use_cache=True,
 )
 
@@ -50,15 +51,15 @@ def build_tiny_tokenizer(padding_side: str = "right", model_max_length: int = 25
 
 
 def build_tiny_model(seed: int = 0, **overrides):
-    """A freshly initialised tiny Qwen2 causal LM (float32). Same ``seed`` -> same weights;
+    """A freshly initialised tiny Llama causal LM (float32). Same ``seed`` -> same weights;
     the global torch RNG is left untouched. ``overrides`` replace entries of :data:`TINY_CONFIG` (or any other
-    ``Qwen2Config`` field, e.g. ``num_hidden_layers=2``, ``vocab_size=...``)."""
+    ``LlamaConfig`` field, e.g. ``num_hidden_layers=2``, ``vocab_size=...``)."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     cfg = dict(TINY_CONFIG, vocab_size=len(VOCAB), pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID)
     cfg.update(overrides)
-    config = Qwen2Config(**cfg)
+    config = LlamaConfig(**cfg)
     head_dim = config.hidden_size // config.num_attention_heads
     if head_dim < 32:
         raise ValueError(f"tiny model: head_dim {head_dim} < 32 (hidden_size {config.hidden_size} / "

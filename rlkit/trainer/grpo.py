@@ -10,7 +10,6 @@ from pathlib import Path
 import ray
 import yaml
 
-from rlkit._config import ConfigError
 from rlkit.config import Recipe
 
 from .evaluate import correctness, evaluate, generate
@@ -24,6 +23,9 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     from rlkit.utils.evaluation import print_summary_table
     from rlkit.utils.metrics import MetricsLogger
 
+    from rlkit.workers.common import quiet_libraries
+
+    quiet_libraries()
     console = console or Console()
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,11 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                "final_checkpoint": final, "wall_time_s": time.time() - t0}
     atomic_write_json(out / "summary.json", summary)
     if eval_before:
-        print_summary_table(eval_before, eval_after, title="held-out evaluation (before -> after GRPO)", console=console)
+        hide = {"k", "n_samples", "num_prompts", "pass@k"}
+        shown = lambda ev: {k: v for k, v in ev.items() if k not in hide}  # noqa: E731
+        print_summary_table(shown(eval_before), shown(eval_after), console=console,
+                            title=f"held-out evaluation, {eval_after['num_prompts']} prompts x "
+                                  f"{eval_after['n_samples']} samples (before -> after GRPO)")
     if recipe.logging.plot:
         from rlkit.utils.plotting import plot_training_curves
 

@@ -38,6 +38,6 @@ def _sft_dataset(recipe: Recipe, seed: int):
         from rlkit.data.arithmetic import make_sft_dataset
 
         return make_sft_dataset(n=recipe.sft.num_examples, seed=seed, label_noise=recipe.sft.label_noise,
-                                split_seed=recipe.seed, **d.params)
+                                noise=recipe.sft.noise, split_seed=recipe.seed, **d.params)
     raise NotImplementedError("SFT on a custom data source is not wired yet: set sft.enabled=false and point "
                               "model.name_or_path at an SFT checkpoint")

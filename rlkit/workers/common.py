@@ -11,9 +11,23 @@ def setup_process(torch_threads: int, seed: int | None = None) -> None:
 
     torch.set_num_threads(max(1, torch_threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    quiet_libraries()
     if seed is not None:
         torch.manual_seed(seed)
+
+
+def quiet_libraries() -> None:
+    """Silence per-file progress bars of transformers/datasets (rlkit prints its own progress)."""
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def load_model(path: str, dtype: str = "float32"):
