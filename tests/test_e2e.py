@@ -48,6 +48,7 @@ def test_quickstart_outputs(quickstart):
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert (out / "final" / "model.safetensors").exists() and model.config.num_attention_heads == 4
     assert "pass@1" in proc.stdout  # the printed table
+    assert "kl_k3/value=" in proc.stdout  # the progress line shows the divergence next to reward and entropy
 
 
 @pytest.mark.slow

@@ -79,8 +79,9 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     cursor = len(order)
     sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
                     temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
+    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
-                       print_every=recipe.logging.print_every) as logger:
+                       progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
         for step in range(g.steps):
             ts = time.time()
             if cursor + g.prompts_per_step > len(order):

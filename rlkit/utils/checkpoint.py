@@ -10,6 +10,7 @@ Heavy dependencies (torch, safetensors, transformers) are imported inside the fu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -66,6 +67,22 @@ def _temp_file_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike):
+    """Yield a temp file beside ``path``; on success ``os.replace`` it onto ``path`` and fsync the directory,
+    on any error remove it (``path`` is never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_file_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``, fsync dir.
 
@@ -74,20 +91,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_file_beside(path)
-    try:
+    with _replacing(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-    return path
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
@@ -120,18 +129,10 @@ def save_state_dict(path: str | os.PathLike, state_dict: dict, metadata: dict[st
         elif key is not None:
             seen.add(key)
         tensors[name] = t
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_file_beside(path)
-    try:
+    with _replacing(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-    return path
+    return Path(path)
 
 
 def load_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict:

@@ -36,15 +36,15 @@ def to_float(value: Any, name: str = "value") -> float:
 def match_progress_key(key: str, names: Iterable[str]) -> str | None:
     """The metric name shown for progress key ``key``, or None.
 
-    Rule: drop one trailing ``/mean`` from a metric name, then it matches when its last ``/``-component equals
-    ``key``. So for ``reward``: ``reward``, ``reward/mean``, ``train/reward`` and ``train/reward/mean`` match;
+    Rule: a metric named exactly ``key`` matches; otherwise drop one trailing ``/mean`` from a metric name, then
+    it matches when its last ``/``-component equals ``key``. So for ``reward``: ``reward``, ``reward/mean``, ``train/reward`` and ``train/reward/mean`` match;
     ``reward/std``, ``rewards`` and ``reward_model/loss`` do not. Among several matches the shortest name wins
     (an exact ``reward`` beats ``reward/mean``), ties by order of ``names``.
     """
     best = None
     for name in names:
         base = name[: -len("/mean")] if name.endswith("/mean") else name
-        if base.rsplit("/", 1)[-1] == key and (best is None or len(name) < len(best)):
+        if (name == key or base.rsplit("/", 1)[-1] == key) and (best is None or len(name) < len(best)):
             best = name
     return best
 

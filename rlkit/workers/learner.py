@@ -42,7 +42,7 @@ class LearnerCore:
                 lp.add(r.reference_key)
             if "ref_logits" in req:
                 logits.add(r.reference_key)
-        return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits),
+        return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits), "labels": [r.label for r in self.regs],
                 "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
                                if r.reference_key != "proxy"}}
 
