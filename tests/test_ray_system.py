@@ -52,9 +52,7 @@ def test_rollout_worker_generation_follows_weight_sync(cluster, tiny_dir):
     before = [c["token_ids"] for c in ray.get(worker.generate.remote(ids, params))]
     assert before == _greedy_local(model, tok, prompts)
 
-    other = build_tiny_model(seed=123)
-    with torch.no_grad():  # make the new policy's greedy choice unmistakable
-        other.lm_head.weight.mul_(5.0) if not other.config.tie_word_embeddings else None
+    other = build_tiny_model(seed=123)  # a different policy: its greedy continuations differ
     state = {k: v.detach().clone() for k, v in other.state_dict().items()}
     assert ray.get(worker.update_weights.remote(state, 7)) == 7
     after = [c["token_ids"] for c in ray.get(worker.generate.remote(ids, params))]
