@@ -67,6 +67,14 @@ class LpReg(Regularizer):
         return lp_reg_proxy_logprobs(logits, tokens, self.cfg.min_p, self.cfg.temperature, self.cfg.threshold, chunk_size)
 
     def selected(self, batch: PolicyBatch) -> torch.Tensor:
+        """Bool ``[B, T]`` of the regularized tokens; computed once per batch (the objective asks three times:
+        surrogate override, penalty, metric) and kept in ``batch.extras``."""
+        key = f"{self.label}/selected"
+        if key not in batch.extras:
+            batch.extras[key] = self._select(batch)
+        return batch.extras[key]
+
+    def _select(self, batch: PolicyBatch) -> torch.Tensor:
         mask = batch.mask.to(torch.bool)
         adv = batch.require("advantages", self.label)
         adv = adv.unsqueeze(-1).expand_as(mask) if adv.dim() == 1 else adv
