@@ -43,6 +43,12 @@ class SFTConfig(StrictModel):
     label_noise: float = Field(0.0, ge=0, le=1)
     noise: Literal["neighbor", "dropped_carry"] = "neighbor"
     seed: int = 0
+    #: SFT data for a custom ``data.source``: a jsonl/parquet/dataset dir with prompt + completion columns
+    data: str | None = None
+    completion_column: str = "completion"
+    #: where warm starts are kept; runs with the same model/data/sft settings and seed share one (``rlkit ablate``
+    #: points every cell here). ``None``: ``<output_dir>/sft``.
+    cache_dir: str | None = None
 
 
 class RolloutConfig(StrictModel):
@@ -79,6 +85,10 @@ class RewardSpec(StrictModel):
     weight: float = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
     key: str | None = None
+    #: what a sample gets when this reward raises or times out: ``zero`` (score 0, counted in metrics) or ``fail``
+    on_error: Literal["zero", "fail"] = "zero"
+    #: wall-clock limit per call in seconds (None: no limit)
+    timeout_s: float | None = Field(None, gt=0)
 
 
 class EvalConfig(StrictModel):
@@ -87,6 +97,9 @@ class EvalConfig(StrictModel):
     ks: list[int] = Field(default_factory=lambda: [1, 4, 8])
     temperature: float = Field(1.0, gt=0)
     before: bool = True
+    #: measure KL(policy || initial policy) on the eval samples and log its k3 estimate at every training step
+    #: (starts a reference worker for the initial model if no regularizer has one)
+    kl_to_initial: bool = True
 
     @model_validator(mode="after")
     def _ks(self):
@@ -119,6 +132,24 @@ class CheckpointConfig(StrictModel):
     save_final: bool = True
 
 
+class SweepConfig(StrictModel):
+    """An ablation grid for ``rlkit ablate``: ``grid`` maps a dotted recipe key to the values it takes (every
+    combination is a cell); each cell runs once per seed."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    parallel: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _non_empty(self):
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid key {empty[0]!r} has no values")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        return self
+
+
 class Recipe(StrictModel):
     output_dir: str = "runs/quickstart"
     seed: int = 0
@@ -134,13 +165,22 @@ class Recipe(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
+    sweep: SweepConfig | None = None
 
 
 def _parse_value(text: str) -> Any:
+    """YAML value, except that ``1e-3`` is the number PyYAML (YAML 1.1) would leave as a string."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -225,7 +265,7 @@ def _check_rewards(rewards: list[RewardSpec]) -> None:
     from reward_models import CompositeReward
 
     try:
-        CompositeReward([r.model_dump(exclude_none=True) for r in rewards])
+        CompositeReward([r.model_dump(exclude_defaults=True) for r in rewards])
     except (ValueError, KeyError, TypeError) as err:
         msg = str(err).strip("'\"")
         raise ConfigError("", msg if msg.startswith("rewards") else f"rewards: {msg}") from None

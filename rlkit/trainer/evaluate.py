@@ -29,7 +29,13 @@ def correctness(components: dict[str, list[float]]) -> list[bool]:
 
 
 def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[int]], answers: list[str],
-             n_samples: int, ks: list[int], temperature: float, max_new_tokens: int, seed: int = 0) -> dict:
+             n_samples: int, ks: list[int], temperature: float, max_new_tokens: int, seed: int = 0,
+             reference=None) -> dict:
+    """pass@k for each k (unbiased, from ``n_samples`` per prompt), greedy accuracy, mean reward, entropy and
+    response length; with a ``reference`` worker serving the initial policy, also ``kl_to_initial``: the
+    Monte-Carlo estimate of KL(policy || initial) per generated token, ``sum_t (log p - log p0) / #tokens`` over the
+    sampled completions (unbiased k1 form; the reference scores at the rollout temperature, so it is exact when the
+    eval temperature equals it)."""
     params = dict(n=n_samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     comps = generate(workers, prompt_ids, params)
     texts = [c["text"] for c in comps]
@@ -51,5 +57,10 @@ def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[i
         "num_prompts": len(prompts),
         "n_samples": n_samples,
     })
+    if reference is not None:
+        ref = ray.get(reference.compute.remote([c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]))
+        ref_lp = ref["logprobs"]
+        diff = sum(float(lp) - float(ref_lp[i, t]) for i, c in enumerate(comps) for t, lp in enumerate(c["logprobs"]))
+        result["kl_to_initial"] = diff / max(n_tok, 1)
     result["pass@k"] = result[f"pass@{max(ks)}"]
     return result

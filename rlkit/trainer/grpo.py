@@ -52,13 +52,17 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed)
         for i in range(recipe.rollout.num_workers)]
     reward = RewardWorker.options(num_cpus=rc.cpus_per_reward).remote(
-        [r.model_dump(exclude_none=True) for r in recipe.rewards])
+        [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
     learner = Learner.options(num_cpus=rc.cpus_per_learner).remote(
         policy_path, g.model_dump(), recipe.regularizers, temperature=recipe.rollout.temperature,
         dtype=recipe.model.dtype, seed=recipe.seed, torch_threads=rc.torch_threads)
     needs = ray.get(learner.needs.remote())
     references = {}
-    for key in sorted(set(needs["ref_logprobs"]) | set(needs["ref_logits"])):
+    ref_keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
+    if recipe.eval.kl_to_initial:
+        ref_keys.add("initial")
+        needs["references"].setdefault("initial", {"type": "initial"})
+    for key in sorted(ref_keys):
         kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out)
         references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference).remote(
             kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
@@ -69,7 +73,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     eval_answers = [r["answer"] for r in evalset][: ev.num_prompts]
     eval_ids = encode(eval_prompts)
     run_eval = lambda: evaluate(rollout, reward, eval_prompts, eval_ids, eval_answers, ev.n_samples, ev.ks,  # noqa: E731
-                                ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000)
+                                ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000,
+                                reference=references.get("initial"))
     eval_before = run_eval() if ev.before else None
     if eval_before:
         console.print(f"eval before: pass@1 {eval_before['pass@1']:.3f} | pass@{ev.ks[-1]} "
@@ -79,7 +84,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     cursor = len(order)
     sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
                     temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
-    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "entropy")
+    t_loop = time.time()
+    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial", "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
                        progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
         for step in range(g.steps):
@@ -109,11 +115,12 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
                 ray.get(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}")))
 
+    t_loop = time.time() - t_loop
     eval_after = run_eval()
     final = ray.get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None
     summary = {"eval_before": eval_before, "eval_after": eval_after, "steps": g.steps,
                "regularizers": ray.get(learner.state.remote()), "initial_model": policy_path,
-               "final_checkpoint": final, "wall_time_s": time.time() - t0}
+               "final_checkpoint": final, "wall_time_s": time.time() - t0, "train_time_s": t_loop}
     atomic_write_json(out / "summary.json", summary)
     if eval_before:
         hide = {"k", "n_samples", "num_prompts", "pass@k"}

@@ -57,20 +57,41 @@ def sft_runs_needed(recipe: Recipe) -> int:
     return n
 
 
+def sft_cache_key(recipe: Recipe) -> str:
+    """A short hash of everything an SFT warm start depends on: model, data, SFT settings and the split seed."""
+    import hashlib
+    import json
+
+    sft = recipe.sft.model_dump(exclude={"cache_dir"})
+    blob = json.dumps({"model": recipe.model.model_dump(), "data": recipe.data.model_dump(), "sft": sft,
+                       "seed": recipe.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
-    """Paths of the initial policy (index 0) and of any further SFT runs (different seeds) for soups."""
+    """Paths of the initial policy (index 0) and of any further SFT runs (different seeds) for soups.
+
+    With ``sft.cache_dir`` the runs live in ``<cache_dir>/<hash of model+data+sft+seed>/run<i>`` and are shared by
+    every job with the same settings; a file lock makes concurrent jobs wait for one another instead of training
+    the same warm start twice. A run without its ``COMPLETE`` marker is never reused."""
     if not recipe.sft.enabled:
         return [recipe.model.name_or_path]
+    import fcntl
+
     from .sft import run_sft
 
+    base = Path(recipe.sft.cache_dir) / sft_cache_key(recipe) if recipe.sft.cache_dir else out / "sft"
+    base.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(sft_runs_needed(recipe)):
-        path = out / "sft" / f"run{i}"
-        if (path / "COMPLETE").exists():
-            console.print(f"SFT run {i}: reusing {path}")
-        else:
-            console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
-            run_sft(recipe, path, seed=recipe.sft.seed + i)
+        path = base / f"run{i}"
+        with open(base / f".run{i}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (path / "COMPLETE").exists():
+                console.print(f"SFT run {i}: reusing {path}")
+            else:
+                console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
+                run_sft(recipe, path, seed=recipe.sft.seed + i)
         paths.append(str(path))
     return paths
 

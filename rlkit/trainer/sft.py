@@ -39,5 +39,22 @@ def _sft_dataset(recipe: Recipe, seed: int):
 
         return make_sft_dataset(n=recipe.sft.num_examples, seed=seed, label_noise=recipe.sft.label_noise,
                                 noise=recipe.sft.noise, split_seed=recipe.seed, **d.params)
-    raise NotImplementedError("SFT on a custom data source is not wired yet: set sft.enabled=false and point "
-                              "model.name_or_path at an SFT checkpoint")
+    if not recipe.sft.data:
+        from rlkit._config import ConfigError
+
+        raise ConfigError("sft.data", f"data.source is {d.source!r}: give SFT data (a file with "
+                                      f"'{d.prompt_column}' and '{recipe.sft.completion_column}' columns), or set "
+                                      "sft.enabled=false and point model.name_or_path at an SFT checkpoint")
+    from rlkit.data.loading import load_prompt_dataset
+
+    try:
+        ds = load_prompt_dataset(recipe.sft.data, prompt_column=d.prompt_column,
+                                 answer_column=recipe.sft.completion_column)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        from rlkit._config import ConfigError
+
+        raise ConfigError("sft.data", str(err).strip("'\"")) from None
+    ds = ds.rename_column("answer", "completion").select_columns(["prompt", "completion"])
+    if recipe.sft.num_examples < len(ds):
+        ds = ds.shuffle(seed=seed).select(range(recipe.sft.num_examples))
+    return ds

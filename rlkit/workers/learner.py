@@ -9,6 +9,7 @@ import ray
 import torch
 
 from rlkit.advantages import group_advantages, rloo_advantages
+from rlkit.divergences import kl_penalty
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.objectives import grpo_loss, reward_penalty
 from rlkit.objectives.aggregation import masked_mean
@@ -125,6 +126,9 @@ class LearnerCore:
                 r.observe(metrics[key])
             elif f"reward_penalty/{key}" in metrics:
                 r.observe(metrics[f"reward_penalty/{key}"])
+        if "initial" in refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
+            kl0 = kl_penalty(rollout_lp, refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
+            metrics["kl_initial/k3"] = float(masked_mean(kl0, mask))
         metrics.update({"reward/mean": float(torch.tensor(data["scores"]).mean()),
                         "reward/accuracy": float(correct.mean()),
                         "response/length": float(mask.sum(-1).mean()),
