@@ -11,7 +11,7 @@ from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty
 from rlkit.divergences.generators import dpo_score, f_of_logu
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
 from rlkit.objectives.aggregation import aggregate
-from rlkit.objectives.dpo import dpo_loss, fdpo_loss
+from rlkit.objectives.dpo import dpo_loss, fdpo_loss, preference_ece
 from rlkit.objectives.policy import clipped_surrogate
 from rlkit.objectives.ppo import token_level_rewards, value_loss
 from rlkit.references.soup import soup_state_dict
@@ -28,6 +28,7 @@ __all__ = [
     "f_divergence_sampled",
     "f_of_logu",
     "fdpo_loss",
+    "preference_ece",
     "gae_advantages",
     "group_advantages",
     "kl_penalty",

@@ -121,3 +121,40 @@ def test_errors():
         fdpo_loss(x, x, x, x, divergence="alpha", alpha=1.5)
     with pytest.raises(ValueError, match="label_smoothing"):
         fdpo_loss(x, x, x, x, label_smoothing=0.5)
+
+
+def _ece_numpy(p, n_bins=10):
+    import numpy as np
+
+    p = np.asarray(p, dtype=np.float64)
+    conf = np.maximum(p, 1 - p)
+    correct = (p > 0.5).astype(np.float64)
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = 0.5 + b * 0.5 / n_bins, 0.5 + (b + 1) * 0.5 / n_bins
+        sel = (conf >= lo) & ((conf < hi) if b < n_bins - 1 else (conf <= hi))
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+def test_preference_ece_matches_a_direct_binned_computation_and_known_cases():
+    from rlkit.functional import preference_ece
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(500, generator=gen)
+    assert preference_ece(p) == pytest.approx(_ece_numpy(p.numpy()), abs=1e-12)
+    # always right at confidence 0.9: ECE = 0.1; right 90% of the time at 0.9: perfectly calibrated
+    assert preference_ece(torch.full((10,), 0.9)) == pytest.approx(0.1)
+    calibrated = torch.tensor([0.9] * 9 + [0.1])
+    assert preference_ece(calibrated) == pytest.approx(0.0, abs=1e-6)  # 0.9 in float32
+    assert preference_ece(torch.tensor([1.0, 0.0])) == pytest.approx(0.5)  # one sure hit, one sure miss
+
+
+def test_dpo_loss_reports_ece_of_its_implicit_preference_model():
+    from rlkit.functional import dpo_loss, preference_ece
+
+    gen = torch.Generator().manual_seed(1)
+    pc, pr, rc, rr = (torch.randn(64, generator=gen) for _ in range(4))
+    _, m = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert m["rewards/ece"] == pytest.approx(preference_ece(torch.sigmoid(0.5 * ((pc - rc) - (pr - rr)))))

@@ -55,7 +55,9 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
              divergence: str = "reverse_kl", alpha: float = 0.5, label_smoothing: float = 0.0,
              loss_type: str = "sigmoid") -> tuple[torch.Tensor, dict[str, float]]:
     """Mean :func:`fdpo_loss` over pairs plus metrics: implicit rewards ``beta log u`` of chosen/rejected, their
-    margin, and reward accuracy (fraction of pairs where the chosen implicit reward is higher)."""
+    margin, reward accuracy (fraction of pairs where the chosen implicit reward is higher), and the expected
+    calibration error of the implicit preference model ``p = sigmoid(beta * h)`` (h: the f-DPO score difference;
+    f-DPO, Wang et al. 2023, report ECE): see :func:`preference_ece`."""
     per_pair = fdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
                          divergence, alpha, label_smoothing, loss_type)
     with torch.no_grad():
@@ -68,4 +70,30 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
             "rewards/margin": float((rc - rr).mean()),
             "rewards/accuracy": float((rc > rr).float().mean()),
         }
+        h = dpo_score(divergence, policy_chosen_logps.float() - ref_chosen_logps.float(), alpha) - dpo_score(
+            divergence, policy_rejected_logps.float() - ref_rejected_logps.float(), alpha)
+        metrics["rewards/ece"] = preference_ece(torch.sigmoid(beta * h))
     return per_pair.mean(), metrics
+
+
+def preference_ece(p_chosen: torch.Tensor, n_bins: int = 10) -> float:
+    """Expected calibration error of preference predictions, the chosen response being the true label:
+
+        confidence_i = max(p_i, 1 - p_i),  correct_i = [p_i > 1/2]
+        ECE = sum_b |B_b| / N * | mean_{i in B_b} correct_i - mean_{i in B_b} confidence_i |
+
+    over ``n_bins`` equal-width confidence bins on [1/2, 1] (Guo et al. 2017, "On Calibration of Modern Neural
+    Networks", applied to the implicit reward model as in f-DPO). 0 for a perfectly calibrated model."""
+    p = p_chosen.detach().double().flatten()
+    if p.numel() == 0:
+        return float("nan")
+    conf = torch.maximum(p, 1 - p)
+    correct = (p > 0.5).double()
+    edges = torch.linspace(0.5, 1.0, n_bins + 1, dtype=torch.float64)
+    idx = torch.clamp(torch.bucketize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            ece += sel.double().mean() * (correct[sel].mean() - conf[sel].mean()).abs()
+    return float(ece)
