@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "regularizers=js output_dir=runs/js")
     train.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the last complete checkpoint in <output_dir>/checkpoints (same as resume=true)")
     check = sub.add_parser("check", help="validate a recipe (and its overrides) without running it")
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from rlkit.config import load_recipe
 
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides + (["resume=true"] if getattr(args, "resume", False) else []))
         if args.command == "check":
             print(f"{args.recipe}: OK")
             return 0
@@ -121,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlkit: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from rlkit.trainer.faults import TrainingError
+
+        if not isinstance(err, TrainingError):
+            raise
+        print(f"rlkit: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rlkit: interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,8 @@ class DataConfig(StrictModel):
     answer_column: str = "answer"
     max_train_prompts: int | None = Field(None, gt=0)
     max_eval_prompts: int | None = Field(None, gt=0)
+    #: wrap each prompt as a user turn with the tokenizer's chat template (instruct models)
+    chat_template: bool = False
 
 
 class SFTConfig(StrictModel):
@@ -74,6 +76,8 @@ class GRPOConfig(StrictModel):
     advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     epochs: int = Field(1, gt=0)
     minibatches: int = Field(1, gt=0)
+    #: stop after this many consecutive steps in which every update had a non-finite loss or gradient (0: never)
+    max_bad_steps: int = Field(5, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
 
 
@@ -128,7 +132,11 @@ class LoggingConfig(StrictModel):
 
 
 class CheckpointConfig(StrictModel):
+    """``save_every``: a full training checkpoint (weights, optimizer, RNG, data position, controller state) every
+    N steps into ``<output_dir>/checkpoints/step_<N>``, the last ``keep`` kept; ``--resume`` continues from it."""
+
     save_every: int = Field(0, ge=0)
+    keep: int = Field(2, gt=0)
     save_final: bool = True
 
 
@@ -165,6 +173,8 @@ class Recipe(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    #: continue from the last complete checkpoint in ``<output_dir>/checkpoints`` (``rlkit train ... --resume``)
+    resume: bool = False
     #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
     sweep: SweepConfig | None = None
 

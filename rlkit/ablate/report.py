@@ -188,9 +188,12 @@ def write_report(out: str | Path, cells: list[Cell], console=None) -> Path:
         images = ["curves.png", "pass_at_k.png", "kl_frontier.png"]
     atomic_write_bytes(rep / "index.html", _html(out, md, table, keys, groups, images, missing).encode())
     if console is not None:
-        from rich.markdown import Markdown
+        if console.is_terminal:
+            from rich.markdown import Markdown
 
-        console.print(Markdown(md))
+            console.print(Markdown(md))
+        else:  # logs and CI: the markdown itself, one row per line
+            console.print(md, markup=False, highlight=False, soft_wrap=True)
         if missing:
             console.print(f"[yellow]missing cells (not finished)[/]: {', '.join(missing)}")
         console.print(f"report -> {rep / 'index.html'}")

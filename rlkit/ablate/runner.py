@@ -82,7 +82,7 @@ def run_ablation(recipe_path: str, out: str | Path, sweeps: list[str] | None = N
 
     from .report import write_report
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     overrides = list(overrides or [])
     sweep, cells, resolved = plan(recipe_path, list(sweeps or []), seeds, overrides)
     out = Path(out)

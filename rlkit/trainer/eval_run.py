@@ -41,7 +41,7 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
     from .evaluate import evaluate
     from .setup import load_task_data, start_ray
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     quiet_libraries()
     if not (Path(checkpoint).exists() or checkpoint == "tiny"):
         raise ConfigError("checkpoint", f"{checkpoint!r} not found (a model directory, e.g. runs/quickstart/final)")
@@ -59,8 +59,11 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
                   f"samples | ks {ev.ks} | reference {reference or '-'}")
     from rlkit.models.loading import load_model_and_tokenizer
 
-    _, tokenizer = load_model_and_tokenizer(checkpoint)
-    ids = [tokenizer(r["prompt"], add_special_tokens=True)["input_ids"] for r in rows]
+    from .setup import make_encoder
+
+    model, tokenizer = load_model_and_tokenizer(checkpoint)
+    ids = make_encoder(recipe, model, tokenizer, {"held-out": rows})([r["prompt"] for r in rows])
+    del model
     start_ray(recipe.ray, console)
     from rlkit.workers import ReferenceWorker, RewardWorker, RolloutWorker
 

@@ -11,9 +11,11 @@ import ray
 import yaml
 
 from rlkit.config import Recipe
+from rlkit.utils.train_state import python_random_from_json, python_random_to_json, read_state
 
 from .evaluate import correctness, evaluate, generate
-from .setup import load_task_data, prepare_initial_models, resolve_reference, start_ray
+from .faults import call_when_alive, find_resume_point, learner_call, prune_checkpoints, truncate_metrics
+from .setup import check_model_source, load_task_data, make_encoder, prepare_initial_models, resolve_reference, start_ray
 
 
 def run_grpo(recipe: Recipe, console=None) -> dict:
@@ -26,7 +28,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     from rlkit.workers.common import quiet_libraries
 
     quiet_libraries()
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
@@ -35,23 +37,29 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
 
     train, evalset = load_task_data(recipe)
     console.print(f"[bold]rlkit[/] GRPO | train prompts {len(train)} | eval prompts {len(evalset)} | out {out}")
+    check_model_source(recipe)
     init_paths = prepare_initial_models(recipe, out, console)
-    policy_path = init_paths[0]
+    resume_from = find_resume_point(recipe, out, console)
+    policy_path = str(resume_from) if resume_from else init_paths[0]
+    start = read_state(resume_from)["driver"]["step"] if resume_from else 0
 
     from rlkit.models.loading import load_model_and_tokenizer
 
-    _, tokenizer = load_model_and_tokenizer(policy_path)
-    encode = lambda texts: [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]  # noqa: E731
+    model, tokenizer = load_model_and_tokenizer(policy_path)
+    encode = make_encoder(recipe, model, tokenizer, {"train": train, "held-out": evalset})
+    del model
 
     start_ray(recipe.ray, console)
     from rlkit.workers import Learner, ReferenceWorker, RewardWorker, RolloutWorker
 
     rc, g = recipe.ray, recipe.grpo
-    rollout = [RolloutWorker.options(num_cpus=rc.cpus_per_rollout_worker).remote(
+    # Rollout workers restart when they die; the driver re-sends the current weights and retries their shard
+    # (see generate). Reward and reference workers are stateless: Ray restarts them and retries the call itself.
+    rollout = [RolloutWorker.options(num_cpus=rc.cpus_per_rollout_worker, max_restarts=3).remote(
         policy_path, rank=i, engine=recipe.rollout.engine, dtype=recipe.model.dtype,
-        batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed)
-        for i in range(recipe.rollout.num_workers)]
-    reward = RewardWorker.options(num_cpus=rc.cpus_per_reward).remote(
+        batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed,
+        version=start) for i in range(recipe.rollout.num_workers)]
+    reward = RewardWorker.options(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3).remote(
         [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
     learner = Learner.options(num_cpus=rc.cpus_per_learner).remote(
         policy_path, g.model_dump(), recipe.regularizers, temperature=recipe.rollout.temperature,
@@ -64,7 +72,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         needs["references"].setdefault("initial", {"type": "initial"})
     for key in sorted(ref_keys):
         kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out)
-        references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference).remote(
+        references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference, max_restarts=3,
+                                                  max_task_retries=3).remote(
             kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
             torch_threads=rc.torch_threads)
 
@@ -74,21 +83,36 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     eval_ids = encode(eval_prompts)
     run_eval = lambda: evaluate(rollout, reward, eval_prompts, eval_ids, eval_answers, ev.n_samples, ev.ks,  # noqa: E731
                                 ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000,
-                                reference=references.get("initial"))
-    eval_before = run_eval() if ev.before else None
-    if eval_before:
+                                reference=references.get("initial"), on_restart=resend,
+                                version=sync["version"])
+    # the latest weights (an object ref) and their version: a restarted rollout worker is given them again
+    sync = {"weights": None, "version": start}
+
+    def resend(worker) -> None:
+        if sync["weights"] is not None:
+            call_when_alive(lambda: worker.update_weights.remote(sync["weights"], sync["version"]))
+
+    driver = ray.get(learner.load_training_state.remote(str(resume_from))) if resume_from else None
+    if driver:
+        eval_before = driver["eval_before"]
+        order, cursor = driver["order"], driver["cursor"]
+        random.setstate(python_random_from_json(driver["py_random"]))
+        truncate_metrics(out / "metrics.jsonl", start)  # steps after the checkpoint are redone, logged once
+        console.print(f"resumed from {resume_from} at step {start}")
+    else:
+        eval_before = run_eval() if ev.before else None
+        order, cursor = list(range(len(train))), len(train)
+    if eval_before and not driver:
         console.print(f"eval before: pass@1 {eval_before['pass@1']:.3f} | pass@{ev.ks[-1]} "
                       f"{eval_before[f'pass@{ev.ks[-1]}']:.3f} | greedy {eval_before['greedy_accuracy']:.3f}")
 
-    order = list(range(len(train)))
-    cursor = len(order)
     sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
                     temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
     t_loop = time.time()
     progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial", "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
                        progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
-        for step in range(g.steps):
+        for step in range(start, g.steps):
             ts = time.time()
             if cursor + g.prompts_per_step > len(order):
                 random.shuffle(order)
@@ -96,7 +120,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             rows = [train[i] for i in order[cursor:cursor + g.prompts_per_step]]
             cursor += g.prompts_per_step
             prompts = [r["prompt"] for r in rows]
-            comps = generate(rollout, encode(prompts), {**sampling, "seed": recipe.seed * 100_003 + step})
+            comps = generate(rollout, encode(prompts), {**sampling, "seed": recipe.seed * 100_003 + step},
+                             on_restart=resend, version=sync["version"])
             t_gen = time.time() - ts
             rep_prompts = [p for p in prompts for _ in range(g.group_size)]
             rep_answers = [r["answer"] for r in rows for _ in range(g.group_size)]
@@ -106,20 +131,28 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             data = {"step": step, "prompt_ids": p_ids, "completion_ids": c_ids, "scores": scored["totals"],
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
                     "refs": {k: ray.get(f) for k, f in ref_futures.items()}}
-            metrics = ray.get(learner.train_step.remote(data))
-            weights = learner.get_weights.remote()  # object ref: workers fetch it from the object store
-            ray.get([w.update_weights.remote(weights, step + 1) for w in rollout])
+            metrics = learner_call(learner.train_step.remote(data), step, out)
+            sync.update(weights=learner.get_weights.remote(), version=step + 1)  # workers fetch it from the store
+            for w in rollout:
+                try:
+                    ray.get(w.update_weights.remote(sync["weights"], step + 1))
+                except ray.exceptions.RayActorError:  # died in between: Ray restarts it; send again
+                    resend(w)
             metrics.update({f"reward/{k}": sum(v) / len(v) for k, v in scored["components"].items()})
+            metrics.update({f"reward/failures/{k}": float(v) for k, v in scored.get("failures", {}).items()})
             metrics.update({"time/step": time.time() - ts, "time/generate": t_gen})
             logger.log(step + 1, metrics)
             if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
-                ray.get(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}")))
+                state = {"step": step + 1, "order": order, "cursor": cursor, "eval_before": eval_before,
+                         "py_random": python_random_to_json(random.getstate())}
+                learner_call(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}"), state), step, out)
+                prune_checkpoints(out / "checkpoints", recipe.checkpoint.keep)
 
     t_loop = time.time() - t_loop
     eval_after = run_eval()
     final = ray.get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None
     summary = {"eval_before": eval_before, "eval_after": eval_after, "steps": g.steps,
-               "regularizers": ray.get(learner.state.remote()), "initial_model": policy_path,
+               "regularizers": ray.get(learner.state.remote()), "initial_model": init_paths[0],
                "final_checkpoint": final, "wall_time_s": time.time() - t0, "train_time_s": t_loop}
     atomic_write_json(out / "summary.json", summary)
     if eval_before:

@@ -31,7 +31,7 @@ def load_task_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
                 split = train.train_test_split(test_size=n, seed=recipe.seed)
                 train, held = split["train"], split["test"]
     except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
-        raise ConfigError("data", str(err).strip("'\"")) from None
+        raise ConfigError("data", str(err.args[0] if err.args else err)) from None
     train_rows = [{"prompt": r["prompt"], "answer": str(r["answer"])} for r in train]
     eval_rows = [{"prompt": r["prompt"], "answer": str(r["answer"])} for r in held]
     if d.max_train_prompts:
@@ -45,6 +45,15 @@ def load_task_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     return train_rows, eval_rows
 
 
+def check_model_source(recipe: Recipe) -> None:
+    """A local model path (absolute, relative with ./ or ../, ~, or nested) must exist; a hub id is left to
+    ``from_pretrained``. Checked before any SFT so the error comes first, naming the key."""
+    name = recipe.model.name_or_path
+    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
+    if name != "tiny" and local and not Path(name).expanduser().exists():
+        raise ConfigError("model.name_or_path", f"model directory {name!r} not found")
+
+
 def sft_runs_needed(recipe: Recipe) -> int:
     """How many SFT warm starts the recipe asks for (``sft:<i>`` references count)."""
     n = 1
@@ -55,6 +64,34 @@ def sft_runs_needed(recipe: Recipe) -> int:
             if ck.startswith("sft:"):
                 n = max(n, int(ck.split(":", 1)[1]) + 1)
     return n
+
+
+def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]):
+    """``encode(prompts) -> token ids`` (raw text, or the chat template when ``data.chat_template``), after checking
+    that every prompt of every split fits the model's context together with ``rollout.max_new_tokens``: a prompt
+    that does not is an error naming it, never silently truncated or dropped."""
+    if recipe.data.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("data.chat_template", f"the tokenizer of {recipe.model.name_or_path!r} has no chat "
+                                                "template: set data.chat_template=false to use raw prompts")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if recipe.data.chat_template:
+            return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True)["input_ids"] for t in texts]
+        return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        budget = context - recipe.rollout.max_new_tokens
+        for split, rows in splits.items():
+            ids = encode([r["prompt"] for r in rows])
+            for i, x in enumerate(ids):
+                if len(x) > budget:
+                    raise ConfigError("data", f"{split} prompt {i} ({rows[i]['prompt'][:40]!r}...) has {len(x)} "
+                                              f"tokens; with rollout.max_new_tokens={recipe.rollout.max_new_tokens} "
+                                              f"it exceeds the model's context of {context}: shorten or remove it, "
+                                              "or lower rollout.max_new_tokens")
+    return encode
 
 
 def sft_cache_key(recipe: Recipe) -> str:

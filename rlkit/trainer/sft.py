@@ -53,7 +53,7 @@ def _sft_dataset(recipe: Recipe, seed: int):
     except (ValueError, FileNotFoundError, KeyError) as err:
         from rlkit._config import ConfigError
 
-        raise ConfigError("sft.data", str(err).strip("'\"")) from None
+        raise ConfigError("sft.data", str(err.args[0] if err.args else err)) from None
     ds = ds.rename_column("answer", "completion").select_columns(["prompt", "completion"])
     if recipe.sft.num_examples < len(ds):
         ds = ds.shuffle(seed=seed).select(range(recipe.sft.num_examples))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import defaultdict
 
@@ -33,6 +35,7 @@ class LearnerCore:
                                      weight_decay=grpo.get("weight_decay", 0.0))
         self.pad_id = self.tokenizer.pad_token_id
         self.version = 0
+        self.bad_steps = 0
 
     def needs(self) -> dict:
         """What the driver must fetch: reference keys for log-probs and for full logits."""
@@ -85,6 +88,7 @@ class LearnerCore:
                 del old_logits
         want_logits = any("logits" in r.requires() for r in self.regs)
         sums: dict[str, float] = defaultdict(float)
+        bad_terms: set[str] = set()
         n_updates = 0
         mbs = cfg.get("minibatches", 1)
         for _ in range(cfg.get("epochs", 1)):
@@ -106,20 +110,35 @@ class LearnerCore:
                 if n_updates == 0:
                     sums["rollout/logprob_gap"] += float(masked_mean((lp.detach() - rollout_lp[idx]).abs(),
                                                                      sub["completion_mask"]))
-                if not torch.isfinite(loss):
-                    sums["skipped_updates"] += 1
+                self.opt.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):  # name the terms that went non-finite, skip the update
+                    bad_terms.update(k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v))
+                    bad_terms.add("loss")
+                    continue
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.get("max_grad_norm") or float("inf"))
+                if not torch.isfinite(norm):
+                    bad_terms.add("grad_norm")
                     self.opt.zero_grad(set_to_none=True)
                     continue
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.get("max_grad_norm"):
-                    m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["max_grad_norm"]))
+                m["grad_norm"] = float(norm)
                 self.opt.step()
                 for k, v in m.items():
                     sums[k] += v
                 n_updates += 1
-        metrics.update({k: (v / max(n_updates, 1) if k not in ("skipped_updates", "rollout/logprob_gap") else v)
-                        for k, v in sums.items()})
+        metrics.update({k: (v / max(n_updates, 1) if k != "rollout/logprob_gap" else v) for k, v in sums.items()})
+        n_planned = cfg.get("epochs", 1) * len(torch.arange(B).chunk(mbs))
+        metrics["skipped_updates"] = float(n_planned - n_updates)
+        if bad_terms:
+            metrics.update({f"nonfinite/{t}": 1.0 for t in sorted(bad_terms)})
+            print(f"Learner: step {step}: non-finite {', '.join(sorted(bad_terms))}; "
+                  f"{n_planned - n_updates}/{n_planned} update(s) skipped", flush=True)
+        self.bad_steps = self.bad_steps + 1 if n_updates == 0 else 0
+        limit = cfg.get("max_bad_steps", 5)
+        if limit and self.bad_steps >= limit:
+            raise FloatingPointError(f"{self.bad_steps} consecutive steps without a finite update (last step {step}: "
+                                     f"non-finite {', '.join(sorted(bad_terms))}); stopping. The last checkpoint "
+                                     "is intact: lower the learning rate or the regularizer coefficient and resume")
         for r in self.regs:
             key = f"{r.label}/value"
             if key in metrics:
@@ -139,13 +158,40 @@ class LearnerCore:
     def get_weights(self) -> dict:
         return cpu_state_dict(self.model)
 
-    def save(self, path: str) -> str:
+    def save(self, path: str, driver_state: dict | None = None) -> str:
+        """A model checkpoint; with ``driver_state``, a full training checkpoint (optimizer, RNG, regularizer
+        state and the driver's state, see :mod:`rlkit.utils.train_state`), all in one atomic directory."""
+        from rlkit.utils import train_state as ts
         from rlkit.utils.checkpoint import save_hf_checkpoint
 
+        extra = None
+        if driver_state is not None:
+            blob, opt_meta = ts.optimizer_to_files(self.opt.state_dict())
+            state = {"version": self.version, "bad_steps": self.bad_steps, "optimizer": opt_meta,
+                     "torch_rng": ts.rng_to_json(torch.get_rng_state()),
+                     "regularizers": {r.label: r.state_dict() for r in self.regs}, "driver": driver_state}
+            extra = {ts.OPTIMIZER_FILE: blob, ts.STATE_FILE: json.dumps(state)}
         self.model.eval()
-        out = save_hf_checkpoint(self.model, self.tokenizer, path)
+        out = save_hf_checkpoint(self.model, self.tokenizer, path, extra_files=extra)
         self.model.train()
         return str(out)
+
+    def load_training_state(self, path: str) -> dict:
+        """Restore what :meth:`save` wrote with a driver state (the weights were loaded from ``path`` already);
+        returns the driver's part."""
+        from pathlib import Path
+
+        from rlkit.utils import train_state as ts
+
+        state = ts.read_state(path)
+        blob = (Path(path) / ts.OPTIMIZER_FILE).read_bytes()
+        self.opt.load_state_dict(ts.optimizer_from_files(blob, state["optimizer"]))
+        torch.set_rng_state(ts.rng_from_json(state["torch_rng"]))
+        for r in self.regs:
+            if r.label in state["regularizers"]:
+                r.load_state_dict(state["regularizers"][r.label])
+        self.version, self.bad_steps = state["version"], state["bad_steps"]
+        return state["driver"]
 
     def state(self) -> dict:
         return {"regularizers": {r.label: r.state_dict() for r in self.regs}, "version": self.version}

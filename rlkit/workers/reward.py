@@ -17,4 +17,4 @@ class RewardWorker:
 
     def score(self, prompts: list[str], completions: list[str], answers: list[str | None]) -> dict:
         result = self.reward.compute(prompts, completions, answers)
-        return {"totals": result.totals, "components": result.components}
+        return {"totals": result.totals, "components": result.components, "failures": result.failures}
