@@ -15,7 +15,7 @@ def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(home)  # Ray writes ~/.ray; keep it out of the real home
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     if old is not None:

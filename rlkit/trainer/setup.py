@@ -166,7 +166,8 @@ def start_ray(cfg: RayConfig, console) -> None:
         console.print(f"Ray: joined cluster at {cfg.address}")
     else:
         num_cpus = cfg.num_cpus or os.cpu_count() or 2
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,  # new cluster, never a stale one
+                 log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                            os.environ.get("HF_HUB_OFFLINE", "0")}})
         console.print(f"Ray: started a local cluster with {num_cpus} CPUs")

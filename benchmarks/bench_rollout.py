@@ -1,0 +1,171 @@
+"""Rollout throughput: rlkit's ``TransformersEngine`` vs a plain ``model.generate`` loop (and vLLM if installed).
+
+    python benchmarks/bench_rollout.py                                   # tiny model, 64 prompts x 8, 32 tokens
+    python benchmarks/bench_rollout.py --prompts 8 --n 4 --max-new-tokens 8 --repeats 1   # a quick smoke run
+
+All engines get the same prompts (arithmetic ``a+b=`` problems from :mod:`rlkit.data.arithmetic`, tokenized once),
+``n`` sampled completions per prompt, ``max_new_tokens``, temperature 1, and the same model weights:
+
+* ``generate`` (the baseline, measured in the same run): left-pad a batch of prompts with the tokenizer, call
+  ``model.generate(do_sample=True, num_return_sequences=n)``, nothing else; batches hold at most ``--batch-size``
+  sequences, like the engine's.
+* ``rlkit``: ``rlkit.rollout.TransformersEngine.generate`` (which also returns per-token sampling log-probs,
+  decoded text and finish flags: that work is part of what is timed).
+* ``vllm``: only if ``import vllm`` works (it is not installed on the CPU set-up): ``vllm.LLM`` on the same saved
+  model with ``SamplingParams(n, max_tokens, logprobs=0)``; otherwise skipped with a message.
+
+Tokens counted: generated tokens per completion up to and including the first EOS (padding after an early EOS is
+not counted). Throughput = tokens / wall time; the median over ``--repeats`` timed runs after one warm-up run.
+Results: a table on stdout and ``--out`` (default ``benchmarks/results/bench_rollout.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model is built locally
+
+
+def count_tokens(rows, eos_id: int) -> int:
+    """Generated tokens per row, up to and including the first EOS."""
+    total = 0
+    for toks in rows:
+        toks = list(toks)
+        total += toks.index(eos_id) + 1 if eos_id in toks else len(toks)
+    return total
+
+
+def baseline_generate(model, tokenizer, prompt_ids, n: int, max_new_tokens: int, batch_size: int) -> int:
+    """The plain loop: batched, left-padded ``model.generate`` with ``num_return_sequences=n``; returns tokens."""
+    import torch
+
+    per_batch = max(1, batch_size // n)
+    tokens = 0
+    with torch.no_grad():
+        for s in range(0, len(prompt_ids), per_batch):
+            enc = tokenizer.pad({"input_ids": prompt_ids[s:s + per_batch]}, padding=True, return_tensors="pt")
+            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            tokens += count_tokens(out[:, enc["input_ids"].shape[1]:].tolist(), tokenizer.eos_token_id)
+    return tokens
+
+
+def rlkit_generate(engine, prompt_ids, n: int, max_new_tokens: int, seed: int) -> int:
+    from rlkit.rollout import SamplingParams
+
+    outs = engine.generate(prompt_ids, SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=1.0,
+                                                      seed=seed))
+    return sum(len(c.token_ids) for c in outs)  # the engine already cuts after the first EOS
+
+
+def vllm_runner(model_arg: str, model, tokenizer, tmp: str, prompt_ids, n: int, max_new_tokens: int):
+    """A callable running vLLM on the same prompts, or ``None`` with the reason when vLLM is unavailable."""
+    try:
+        import vllm
+    except Exception as err:  # noqa: BLE001  (ImportError, or a broken install)
+        return None, f"vllm not importable ({type(err).__name__}: {err})"
+    model_dir = model_arg
+    if model_arg == "tiny":  # vLLM loads from a directory
+        model_dir = str(Path(tmp) / "tiny")
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    eos_id = tokenizer.eos_token_id
+    llm = vllm.LLM(model=model_dir, dtype="float32", seed=0, enforce_eager=True)
+    params = vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=1.0, logprobs=0)
+    requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+
+    def run(seed: int) -> int:
+        outs = llm.generate(requests, params, use_tqdm=False)
+        return sum(count_tokens([o.token_ids], eos_id) for r in outs for o in r.outputs)
+
+    return run, None
+
+
+def measure(fn, repeats: int) -> dict:
+    """One warm-up call, then ``repeats`` timed calls of ``fn(seed) -> tokens``; median tokens/s."""
+    fn(0)
+    rates, times, tokens = [], [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        k = fn(r + 1)
+        dt = time.perf_counter() - t0
+        rates.append(k / dt)
+        times.append(dt)
+        tokens.append(k)
+    return {"tokens_per_s": statistics.median(rates), "time_s": statistics.median(times), "tokens": tokens,
+            "rates": rates}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="'tiny' (built locally) or a saved model directory")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--n", type=int, default=8, help="completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (both engines)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per engine, after one warm-up")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_rollout.json)")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from rlkit.data.arithmetic import make_arithmetic_splits
+    from rlkit.models import load_model_and_tokenizer
+    from rlkit.rollout import TransformersEngine
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tokenizer = load_model_and_tokenizer(a.model)  # left padding, pad token set
+    model.eval()
+    train, _ = make_arithmetic_splits(n_train=a.prompts, n_eval=200, ops=["+"], max_operand=49)
+    prompt_ids = [tokenizer(t)["input_ids"] for t in train["prompt"]]
+    engine = TransformersEngine(model, tokenizer, batch_size=a.batch_size)
+
+    def plain(seed: int) -> int:
+        torch.manual_seed(seed)
+        return baseline_generate(model, tokenizer, prompt_ids, a.n, a.max_new_tokens, a.batch_size)
+
+    results = {"generate": measure(plain, a.repeats),
+               "rlkit": measure(lambda s: rlkit_generate(engine, prompt_ids, a.n, a.max_new_tokens, s), a.repeats)}
+    with tempfile.TemporaryDirectory() as tmp:
+        run, why = vllm_runner(a.model, model, tokenizer, tmp, prompt_ids, a.n, a.max_new_tokens)
+        if run is None:
+            print(f"vllm: skipped: {why}")
+            results["vllm"] = {"skipped": why}
+        else:
+            results["vllm"] = measure(run, a.repeats)
+
+    base = results["generate"]["tokens_per_s"]
+    print(f"\nrollout throughput: {a.prompts} prompts x n={a.n}, max_new_tokens={a.max_new_tokens}, "
+          f"model {a.model}, torch threads {torch.get_num_threads()} (ratio = engine / plain generate)")
+    head = f"{'engine':<10} {'tokens/s':>10} {'median s':>9} {'tokens':>8} {'ratio':>7}"
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        if "skipped" in r:
+            print(f"{name:<10} {'skipped':>10}")
+            continue
+        r["ratio_vs_generate"] = r["tokens_per_s"] / base
+        print(f"{name:<10} {r['tokens_per_s']:>10.1f} {r['time_s']:>9.3f} {statistics.median(r['tokens']):>8.0f} "
+              f"{r['ratio_vs_generate']:>7.3f}")
+    result = {"benchmark": "bench_rollout", "config": vars(a), "results": results,
+              "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads()}}
+    out = Path(a.out or Path(__file__).resolve().parent / "results" / "bench_rollout.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
