@@ -32,7 +32,9 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    random.seed(recipe.seed)
+    # the data order has its own generator: libraries seed the global one (TRL's SFT calls set_seed), which made
+    # the order depend on whether the warm start was trained in this process or loaded from the cache
+    rng = random.Random(recipe.seed)
     t0 = time.time()
 
     train, evalset = load_task_data(recipe)
@@ -96,7 +98,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     if driver:
         eval_before = driver["eval_before"]
         order, cursor = driver["order"], driver["cursor"]
-        random.setstate(python_random_from_json(driver["py_random"]))
+        rng.setstate(python_random_from_json(driver["py_random"]))
         truncate_metrics(out / "metrics.jsonl", start)  # steps after the checkpoint are redone, logged once
         console.print(f"resumed from {resume_from} at step {start}")
     else:
@@ -109,13 +111,13 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
                     temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
     t_loop = time.time()
-    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial", "entropy")
+    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial/k3", "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
                        progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
         for step in range(start, g.steps):
             ts = time.time()
             if cursor + g.prompts_per_step > len(order):
-                random.shuffle(order)
+                rng.shuffle(order)
                 cursor = 0
             rows = [train[i] for i in order[cursor:cursor + g.prompts_per_step]]
             cursor += g.prompts_per_step
@@ -144,7 +146,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             logger.log(step + 1, metrics)
             if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
                 state = {"step": step + 1, "order": order, "cursor": cursor, "eval_before": eval_before,
-                         "py_random": python_random_to_json(random.getstate())}
+                         "py_random": python_random_to_json(rng.getstate())}
                 learner_call(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}"), state), step, out)
                 prune_checkpoints(out / "checkpoints", recipe.checkpoint.keep)
 
