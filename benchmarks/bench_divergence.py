@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
+
 DIVERGENCES = ("forward_kl", "js", "reverse_kl")
 TARGET = {"seq_len": 4096, "vocab": 32000, "memory_ratio": 1 / 8, "time_ratio": 1.2}  # from the issue
 
@@ -208,10 +210,7 @@ def main(argv=None) -> dict | None:
         print_table(div, rows, a.batch, a.vocab)
         verdict = target_verdict(div, rows, a.vocab)
         result["results"][div] = {"rows": rows, "target": verdict}
-    out = Path(a.out or Path(__file__).resolve().parent / "results" / "bench_divergence.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    write_result("bench_divergence", result, a.out)
     return result
 
 

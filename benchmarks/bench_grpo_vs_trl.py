@@ -44,6 +44,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
+
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_STEPS = 2
 
@@ -288,10 +290,7 @@ def main(argv=None) -> dict | None:
     result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k != "worker"},
               "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(), "results": sides, "ratios_rlkit_over_trl": ratios,
               "work_dir": str(work)}
-    out = Path(a.out or Path(__file__).resolve().parent / "results" / "bench_grpo_vs_trl.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out} (logs and runs in {work})")
+    write_result("bench_grpo_vs_trl", result, a.out, f" (logs and runs in {work})")
     return result
 
 

@@ -22,13 +22,14 @@ Results: a table on stdout and ``--out`` (default ``benchmarks/results/bench_rol
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model is built locally
 
@@ -160,10 +161,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "bench_rollout", "config": vars(a), "results": results,
               "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "torch_threads": torch.get_num_threads()}}
-    out = Path(a.out or Path(__file__).resolve().parent / "results" / "bench_rollout.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    write_result("bench_rollout", result, a.out)
     return result
 
 
