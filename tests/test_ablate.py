@@ -131,9 +131,14 @@ def _rlkit(*args, home, timeout=900):
 @pytest.mark.slow
 def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
     out = tmp_path / "abl"
-    args = ["ablate", "recipes/quickstart.yaml", *SMALL, "--sweep", "regularizer=kl_k3,lp_reg", "--out", str(out)]
-    proc = _rlkit(*args, home=tmp_path)
+    sweep = ["--sweep", "regularizer=kl_k3,lp_reg", "--seeds", "1", "--out", str(out)]
+    # the example script: recipes/ablate_divergences.yaml's grid and seeds, replaced from the command line
+    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "examples/ablation.sh", *sweep, *SMALL], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = ["ablate", "recipes/ablate_divergences.yaml", *SMALL, *sweep]
     rep = out / "report"
     for f in ("table.md", "table.csv", "cells.csv", "curves.png", "pass_at_k.png", "kl_frontier.png", "index.html"):
         assert (rep / f).is_file(), f
@@ -152,7 +157,8 @@ def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
 
     again = _rlkit(*args, home=tmp_path)  # resumable: finished cells are skipped
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 2, again.stdout[-2000:]
-    changed = _rlkit(*args[:-4], "--sweep", "regularizer=kl_k3", "grpo.steps=2", "--out", str(out), home=tmp_path)
+    changed = _rlkit("ablate", "recipes/ablate_divergences.yaml", *SMALL, "grpo.steps=2", "--sweep", "regularizer=kl_k3",
+                     "--seeds", "1", "--out", str(out), home=tmp_path)
     assert changed.returncode == 0 and "finished earlier" not in changed.stdout, changed.stdout[-2000:]
 
     ck = out / "cells" / "regularizers=kl_k3__seed0" / "final"
