@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from rlkit._config import ConfigError, StrictModel, validate_model
+from rlkit._yaml import _parse_value, apply_overrides, deep_merge, load_yaml  # noqa: F401 (re-exported)
+
+
+class LoRAConfig(StrictModel):
+    """LoRA adapters through peft (filled in by the LoRA work)."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
 
 
 class ModelConfig(StrictModel):
@@ -17,6 +25,8 @@ class ModelConfig(StrictModel):
 
     name_or_path: str = "tiny"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: train LoRA adapters (peft) instead of the full model; ``None``: full fine-tuning
+    lora: LoRAConfig | None = None
 
 
 class DataConfig(StrictModel):
@@ -79,6 +89,22 @@ class GRPOConfig(StrictModel):
     #: stop after this many consecutive steps in which every update had a non-finite loss or gradient (0: never)
     max_bad_steps: int = Field(5, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
+
+
+class PPOConfig(GRPOConfig):
+    """PPO through the same Ray loop as GRPO (filled in by the PPO work)."""
+
+    group_size: int = Field(1, ge=1)
+
+
+class DPOConfig(StrictModel):
+    """Offline DPO / f-DPO on a preference dataset (filled in by the DPO work)."""
+
+
+class LearnerConfig(StrictModel):
+    """Learner placement: ``num_workers`` data-parallel learner actors in one torch.distributed group."""
+
+    num_workers: int = Field(1, gt=0)
 
 
 class RewardSpec(StrictModel):
@@ -161,12 +187,15 @@ class SweepConfig(StrictModel):
 class Recipe(StrictModel):
     output_dir: str = "runs/quickstart"
     seed: int = 0
-    algorithm: Literal["grpo"] = "grpo"
+    algorithm: Literal["grpo", "ppo", "dpo"] = "grpo"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
     regularizers: Any = "kl_k3"
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="numeric_match")])
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -177,87 +206,6 @@ class Recipe(StrictModel):
     resume: bool = False
     #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
     sweep: SweepConfig | None = None
-
-
-def _parse_value(text: str) -> Any:
-    """YAML value, except that ``1e-3`` is the number PyYAML (YAML 1.1) would leave as a string."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            return value
-    return value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML: ``3``, ``0.1``, ``true``, ``[a, b]``, ``{k: v}``).
-    A list element is addressed by index: ``rewards.0.weight=0.5``."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "an override must look like key.path=value")
-        key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(key, "empty key in override")
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            path = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(path, f"not a valid index into a list of {len(node)}")
-                node = node[int(part)]
-                continue
-            if part not in node or node[part] is None:
-                node[part] = {}
-            elif not isinstance(node[part], (dict, list)):
-                raise ConfigError(path, f"is a {type(node[part]).__name__}, cannot set a sub-key")
-            node = node[part]
-        last = parts[-1]
-        value = _parse_value(raw)
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(key, f"not a valid index into a list of {len(node)}")
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return data
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``: mappings merge recursively, anything else (lists included) replaces."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read a recipe; ``extends: other.yaml`` (relative to this file) loads that one first and merges on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), "recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(str(path), f"malformed YAML{where}: {getattr(err, 'problem', err)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "a recipe must be a YAML mapping at the top level")
-    parent = data.pop("extends", None)
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise ConfigError(f"{path}: extends", "must be a path to another recipe")
-        parent_path = (path.parent / parent).resolve()
-        if parent_path in _seen:
-            raise ConfigError(f"{path}: extends", f"circular 'extends' through {parent_path}")
-        data = deep_merge(load_yaml(parent_path, _seen + (path.resolve(),)), data)
-    return data
 
 
 def build_recipe(data: dict) -> Recipe:
