@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.recipe}: OK")
             return 0
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from rlkit.trainer.grpo import run_grpo
+        from rlkit.trainer import run_recipe
 
-        run_grpo(recipe)
+        run_recipe(recipe)
         return 0
     except ConfigError as err:
         print(f"rlkit: error: {err}", file=sys.stderr)
