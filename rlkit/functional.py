@@ -12,7 +12,7 @@ from rlkit.divergences.generators import dpo_score, f_of_logu
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
 from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.dpo import dpo_loss, fdpo_loss, preference_ece
-from rlkit.objectives.policy import clipped_surrogate
+from rlkit.objectives.policy import clipped_surrogate, tis_weights
 from rlkit.objectives.ppo import token_level_rewards, value_loss
 from rlkit.references.soup import soup_state_dict
 from rlkit.weights import AdaptiveKLController, dads_weights, paced_weights, scheduled_coef
@@ -37,6 +37,7 @@ __all__ = [
     "rloo_advantages",
     "scheduled_coef",
     "soup_state_dict",
+    "tis_weights",
     "token_level_rewards",
     "value_loss",
     "whiten",

@@ -97,3 +97,27 @@ def _ensure_pad_token(model, tokenizer) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, padding_side: str | None = "left"):
+    """The tokenizer alone (for engines that load their own weights, e.g. vLLM), with the same pad-token fallback
+    as :func:`load_model_and_tokenizer`."""
+    name = str(name_or_path)
+    if name in TINY_NAMES:
+        from .tiny import build_tiny_tokenizer
+
+        tokenizer = build_tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        path = Path(name).expanduser()
+        if not path.is_dir() and _looks_local(name):
+            raise FileNotFoundError(f"model path {name!r} does not exist")
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad token nor an eos token; set one before training")
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer

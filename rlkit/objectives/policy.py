@@ -36,9 +36,13 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
 
 def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), clip_low: float = 0.2,
                 clip_high: float = 0.2, dual_clip: float | None = None, aggregation: str = "token-mean",
-                norm_length: int | None = None, entropy: torch.Tensor | None = None, entropy_coef: float = 0.0
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GRPO / PPO policy loss with regularizers: ``agg(L_clip) + sum_r agg(coef_r w_r D_r) - entropy_coef agg(H)``.
+                norm_length: int | None = None, entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+                token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO / PPO policy loss with regularizers: ``agg(c L_clip) + sum_r agg(coef_r w_r D_r) - entropy_coef agg(H)``.
+
+    ``token_weights`` ``c`` (no gradient; default 1) scale the surrogate per token, e.g. the truncated
+    importance weights of :func:`tis_weights` that correct for the rollout engine sampling from a slightly
+    different distribution than the learner computes.
 
     Regularizers with ``placement == "reward"`` are skipped here (see :func:`rlkit.objectives.ppo.reward_penalty`).
     A regularizer may override the surrogate on some tokens (Lp-Reg): there ``L = -A ratio`` (unclipped).
@@ -55,6 +59,8 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
         override = reg.surrogate_override(batch)
         if override is not None:
             per_token = torch.where(override, stats["unclipped"], per_token)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach().to(per_token.dtype)
     pg_loss = aggregate(per_token, mask, aggregation, norm_length)
     loss = pg_loss
     for reg in in_loss:
@@ -77,6 +83,26 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
         if entropy is not None:
             metrics["policy/entropy"] = float(masked_mean(entropy.float(), mask))
     return loss, metrics
+
+
+@torch.no_grad()
+def tis_weights(learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling for rollout/learner mismatch (Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training"; the TIS of verl/OpenRLHF).
+
+    The engine samples from ``pi_rollout`` while the learner's old policy is ``pi_old`` (same weights, different
+    kernels/precision). The unbiased policy gradient weights each token by ``pi_old / pi_rollout``; truncating it
+    at ``cap`` bounds the variance: ``w_t = min(exp(logp_old_t - logp_rollout_t), cap)``. Returns ``(w, metrics)``
+    with ``w`` zero on padding.
+    """
+    if cap <= 0:
+        raise ValueError(f"TIS cap must be > 0, got {cap}")
+    log_ratio = (learner_logprobs.float() - rollout_logprobs.float()).clamp(max=20.0)
+    raw = torch.exp(log_ratio)
+    w = raw.clamp(max=cap) * mask.to(torch.float32)
+    return w, {"rollout/tis_weight_mean": float(masked_mean(w, mask)),
+               "rollout/tis_clip_frac": float(masked_mean((raw > cap).float(), mask))}
 
 
 def grpo_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), **kwargs

@@ -65,13 +65,11 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
     ids = make_encoder(recipe, model, tokenizer, {"held-out": rows})([r["prompt"] for r in rows])
     del model
     start_ray(recipe.ray, console)
-    from rlkit.workers import ReferenceWorker, RewardWorker, RolloutWorker
+    from rlkit.workers import ReferenceWorker, RewardWorker
+    from rlkit.workers.rollout import spawn_rollout_workers
 
     rc, t0 = recipe.ray, time.time()
-    workers = [RolloutWorker.options(num_cpus=rc.cpus_per_rollout_worker).remote(
-        checkpoint, rank=i, engine=recipe.rollout.engine, dtype=recipe.model.dtype,
-        batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed)
-        for i in range(recipe.rollout.num_workers)]
+    workers = spawn_rollout_workers(recipe, checkpoint)
     reward = RewardWorker.options(num_cpus=rc.cpus_per_reward).remote(
         [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
     ref = None

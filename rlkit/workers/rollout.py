@@ -15,16 +15,29 @@ from .common import load_model, setup_process
 @ray.remote
 class RolloutWorker:
     def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
-                 batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0):
+                 batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
+                 vllm_options: dict | None = None):
         setup_process(torch_threads, seed + rank)
         self.rank, self.version = rank, version  # the weights at model_path are this version (Ray restarts reuse it)
-        model, tokenizer = load_model(model_path, dtype)
-        self.tokenizer = tokenizer
-        if engine != "transformers":
-            raise ValueError(f"rollout.engine {engine!r} is not available yet; use 'transformers'")
-        from rlkit.rollout import TransformersEngine
+        if engine == "vllm":
+            import tempfile
 
-        self.engine = TransformersEngine(model, tokenizer, batch_size)
+            from rlkit.models.loading import TINY_NAMES, load_tokenizer
+            from rlkit.rollout.vllm import VLLMEngine
+
+            if model_path in TINY_NAMES:  # vLLM loads from a directory: write the built-in model out first
+                from rlkit.models.tiny import save_tiny
+
+                model_path = str(save_tiny(tempfile.mkdtemp(prefix="rlkit_tiny_")))
+            self.tokenizer = load_tokenizer(model_path)
+            self.engine = VLLMEngine(model_path, self.tokenizer, dtype=dtype, seed=seed + rank, **(vllm_options or {}))
+        elif engine == "transformers":
+            from rlkit.rollout import TransformersEngine
+
+            model, self.tokenizer = load_model(model_path, dtype)
+            self.engine = TransformersEngine(model, self.tokenizer, batch_size)
+        else:
+            raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
         print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model={model_path}", flush=True)
 
     def generate(self, prompt_ids: list[list[int]], params: dict, expect_version: int | None = None):
@@ -42,3 +55,15 @@ class RolloutWorker:
 
     def weights_version(self) -> int:
         return self.version
+
+
+def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0) -> list:
+    """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``)."""
+    rc, ro = recipe.ray, recipe.rollout
+    opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
+    if rc.gpus_per_rollout_worker:
+        opts["num_gpus"] = rc.gpus_per_rollout_worker
+    return [RolloutWorker.options(**opts).remote(
+        model_path, rank=i, engine=ro.engine, dtype=recipe.model.dtype, batch_size=ro.batch_size,
+        torch_threads=rc.torch_threads, seed=recipe.seed, version=version,
+        vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None) for i in range(ro.num_workers)]
