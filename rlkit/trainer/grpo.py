@@ -38,7 +38,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     t0 = time.time()
 
     train, evalset = load_task_data(recipe)
-    console.print(f"[bold]rlkit[/] GRPO | train prompts {len(train)} | eval prompts {len(evalset)} | out {out}")
+    console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | eval prompts {len(evalset)} | out {out}")
     check_model_source(recipe)
     init_paths = prepare_initial_models(recipe, out, console)
     resume_from = find_resume_point(recipe, out, console)
@@ -52,18 +52,17 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     del model
 
     start_ray(recipe.ray, console)
-    from rlkit.workers import Learner, ReferenceWorker, RewardWorker, RolloutWorker
+    from rlkit.workers import Learner, PPOLearner, ReferenceWorker, RewardWorker
+    from rlkit.workers.rollout import spawn_rollout_workers
 
-    rc, g = recipe.ray, recipe.grpo
+    ppo = recipe.algorithm == "ppo"  # PPO: the same loop with its own section and a learner with a critic
+    rc, g = recipe.ray, (recipe.ppo if ppo else recipe.grpo)
     # Rollout workers restart when they die; the driver re-sends the current weights and retries their shard
     # (see generate). Reward and reference workers are stateless: Ray restarts them and retries the call itself.
-    rollout = [RolloutWorker.options(num_cpus=rc.cpus_per_rollout_worker, max_restarts=3).remote(
-        policy_path, rank=i, engine=recipe.rollout.engine, dtype=recipe.model.dtype,
-        batch_size=recipe.rollout.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed,
-        version=start) for i in range(recipe.rollout.num_workers)]
+    rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3)
     reward = RewardWorker.options(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3).remote(
         [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
-    learner = Learner.options(num_cpus=rc.cpus_per_learner).remote(
+    learner = (PPOLearner if ppo else Learner).options(num_cpus=rc.cpus_per_learner).remote(
         policy_path, g.model_dump(), recipe.regularizers, temperature=recipe.rollout.temperature,
         dtype=recipe.model.dtype, seed=recipe.seed, torch_threads=rc.torch_threads)
     needs = ray.get(learner.needs.remote())
@@ -127,9 +126,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             t_gen = time.time() - ts
             rep_prompts = [p for p in prompts for _ in range(g.group_size)]
             rep_answers = [r["answer"] for r in rows for _ in range(g.group_size)]
-            scored = ray.get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
             p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
+            # reference forwards and reward scoring run at the same time in their own actors
             ref_futures = {k: w.compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k, w in references.items()}
+            scored = ray.get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
             data = {"step": step, "prompt_ids": p_ids, "completion_ids": c_ids, "scores": scored["totals"],
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
                     "refs": {k: ray.get(f) for k, f in ref_futures.items()}}
@@ -162,7 +162,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         shown = lambda ev: {k: v for k, v in ev.items() if k not in hide}  # noqa: E731
         print_summary_table(shown(eval_before), shown(eval_after), console=console,
                             title=f"held-out evaluation, {eval_after['num_prompts']} prompts x "
-                                  f"{eval_after['n_samples']} samples (before -> after GRPO)")
+                                  f"{eval_after['n_samples']} samples (before -> after {recipe.algorithm.upper()})")
     if recipe.logging.plot:
         from rlkit.utils.plotting import plot_training_curves
 
