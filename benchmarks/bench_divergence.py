@@ -8,8 +8,8 @@ What is compared, for each divergence (forward KL, JS, reverse KL) and each sequ
 * ``naive``: written here, the textbook way: ``log_softmax`` of the policy and of the reference logits over the
   whole ``[B, T, V]`` tensor, the exact sum over the vocabulary, ``.sum().backward()``. Autograd keeps every
   ``[B, T, V]`` intermediate alive until the backward pass.
-* ``rlkit``: ``rlkit.functional.f_divergence(..., chunk_size=--chunk)``, a custom autograd function that
-  processes ``chunk`` positions at a time in the forward pass and recomputes them chunk by chunk in the backward.
+* ``rlkit``: ``rlkit.functional.f_divergence(..., chunk_size=--chunk)`` with a frozen reference: the fused path,
+  which computes value and closed-form gradient chunk by chunk in one pass (no recomputation in backward).
 
 Both get the same inputs: policy logits ``[B, T, V]`` (``requires_grad``) and reference logits (no grad).
 
@@ -174,7 +174,7 @@ def main(argv=None) -> dict | None:
     p.add_argument("--seq-lens", default="512,1024,2048,4096", help="comma-separated sequence lengths T")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--chunk", type=int, default=1024, help="rlkit chunk_size (positions per chunk)")
+    p.add_argument("--chunk", type=int, default=256, help="rlkit chunk_size (positions per chunk)")
     p.add_argument("--divergences", default=",".join(DIVERGENCES), help=f"comma-separated, from {DIVERGENCES}")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per (variant, T), after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")

@@ -25,7 +25,8 @@ class FDivConfig(RegularizerConfig):
     samples: Literal["policy", "reference"] = "policy"
     control_variate: bool = True
     log_ratio_clamp: float | None = Field(20.0, gt=0)
-    chunk_size: int | None = Field(1024, gt=0)
+    #: positions per chunk of the exact sum (memory O(chunk x V) on top of the [B,T,V] gradient)
+    chunk_size: int | None = Field(256, gt=0)
 
 
 class ForwardKLConfig(FDivConfig):
