@@ -35,12 +35,20 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
 
 
 def completion_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """Logits ``[B, T, V]`` that predict each completion token, divided by the sampling temperature."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
+    """Logits ``[B, T, V]`` that predict each completion token, divided by the sampling temperature.
+
+    Only the last ``T + 1`` positions go through the LM head (``logits_to_keep``, which transformers' causal LMs
+    accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing."""
     P = batch["prompt_len"]
     T = batch["completion_ids"].shape[1]
-    logits = out.logits[:, P - 1:P + T - 1]
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=batch["position_ids"], use_cache=False)
+    try:
+        logits = model(**kwargs, logits_to_keep=T + 1).logits[:, :T]
+    except TypeError:  # an architecture without logits_to_keep
+        logits = model(**kwargs).logits[:, P - 1:P + T - 1]
+    if logits.shape[1] != T:
+        raise RuntimeError(f"model returned logits for {logits.shape[1]} completion positions, expected {T}")
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -51,7 +59,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy of ``softmax(logits)`` (float32)."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return -(lp.exp() * lp).sum(-1)
+def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+    """Per-position entropy ``H = -sum_v p_v log p_v`` of ``softmax(logits)`` (float32), ``chunk_rows`` positions
+    at a time, so the float32 temporaries are ``O(chunk_rows x V)`` rather than ``[B, T, V]``."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for s in range(0, flat.shape[0], chunk_rows):
+        lp = torch.log_softmax(flat[s:s + chunk_rows].float(), dim=-1)
+        out[s:s + chunk_rows] = -torch.einsum("nv,nv->n", lp.exp(), lp)
+    return out.reshape(logits.shape[:-1])
