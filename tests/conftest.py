@@ -41,3 +41,15 @@ def np_divergence(p, q, name, alpha=0.5):
     if name == "chi2":
         return ((p - q) ** 2 / q).sum(-1)
     raise ValueError(name)
+
+
+@pytest.fixture(scope="session")
+def ray_home(tmp_path_factory):
+    """One HOME for every in-process Ray cluster of the test session. Ray 2.60 keeps an auth token under ~/.ray
+    (kept out of the real home here), and a second ``ray.init()`` in the same process under a different HOME
+    times out waiting for its GCS. Modules that start Ray depend on this instead of setting HOME themselves."""
+    import os as _os
+
+    home = tmp_path_factory.mktemp("ray_home")
+    _os.environ["HOME"] = str(home)
+    return home

@@ -11,15 +11,10 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)  # Ray writes ~/.ray; keep it out of the real home
+def cluster(ray_home):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-    if old is not None:
-        os.environ["HOME"] = old
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,10 @@ PROMPTS = ["1+2=", "7-3=", "12+9=", "5+5=", "33+4=", "8-1=", "60+7=", "2+2="]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)  # Ray writes ~/.ray, vLLM ~/.cache/vllm: keep both out of the real home
+def cluster(ray_home):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-    if old is not None:
-        os.environ["HOME"] = old
 
 
 @pytest.fixture(scope="module")

@@ -57,3 +57,28 @@ def soup_state_dict(state_dicts: Sequence[Mapping[str, torch.Tensor]],
             acc.add_(sd[key].to(torch.float32), alpha=w)
         out[key] = acc
     return out
+
+
+def load_soup_model(paths: Sequence[str], weights: Sequence[float] | None = None, dtype: str = "float32"):
+    """``(model, tokenizer)``: the first checkpoint's model holding the :func:`soup_state_dict` of all ``paths``.
+
+    A path may be a full model (directory, hub id, ``tiny``) or a peft LoRA adapter directory (``adapter_config.json``,
+    e.g. ``<run>/final/adapter``). An adapter is first merged into its base model (``W0 + s B A``), so what is
+    averaged is always **merged full weights**: for adapters ``i`` on one base,
+    ``sum_i w_i (W0 + s_i B_i A_i) = W0 + sum_i w_i s_i B_i A_i``, the weighted average of the adapters' updates. (The
+    average of the factors, ``(sum w_i B_i)(sum w_i A_i)``, is a different matrix, and needs equal ranks.) Adapters of
+    different ranks and plain checkpoints mix freely as long as the architectures agree.
+
+    Raises ``ValueError`` naming the paths and the first key whose presence or shape differs (different
+    architectures, or an adapter trained on another base)."""
+    from rlkit.models.lora import load_merged_model
+
+    models = [load_merged_model(str(p), dtype) for p in paths]
+    dicts = [m.state_dict() for m, _ in models]
+    try:
+        soup = soup_state_dict(dicts, weights)
+    except ValueError as err:
+        raise ValueError(f"soup reference from {list(map(str, paths))}: {err}") from None
+    model, tokenizer = models[0]
+    model.load_state_dict({k: v.to(dicts[0][k].dtype) for k, v in soup.items()})
+    return model, tokenizer

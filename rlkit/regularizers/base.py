@@ -66,14 +66,33 @@ class ReferenceConfig(StrictModel):
 
     * ``initial``: the frozen initial (SFT) policy.
     * ``soup``: the weight average of ``checkpoints`` (SALSA), with optional ``weights``.
-    * ``teacher``: another (larger) model, ``model`` = its path or hub id (KDRL).
+    * ``teacher``: another (larger) model sharing the policy's tokenizer (KDRL). ``model`` is its path or hub id,
+      or ``sft:tiny``: an SFT warm start, trained by the job, of the tiny model with ``tiny_config`` overrides
+      (e.g. ``{hidden_size: 256, num_hidden_layers: 6}``) and the recipe's ``sft`` section updated by ``sft``.
     * ``proxy``: Lp-Reg's filtered, renormalized self-distribution (only for ``lp_reg``).
+
+    Reference refresh (TR-DPO, Gorbatovski et al. 2024, arXiv 2404.09656), for ``initial`` and ``soup``: every
+    ``refresh_every`` optimizer steps ``theta_ref <- (1 - a) theta_ref + a theta_policy`` with ``a = refresh_rate``
+    (``a = 1``: hard update, the reference becomes the current policy; ``a < 1``: soft update). A refreshed
+    reference is served under its own key (e.g. ``initial-refresh10-0.5``), so the ``kl_initial/k3`` diagnostic
+    keeps measuring the distance to the true initial policy.
     """
 
     type: Literal["initial", "soup", "teacher", "proxy"] = "initial"
     checkpoints: list[str] = Field(default_factory=list)
     weights: list[float] | None = None
     model: str | None = None
+    tiny_config: dict[str, Any] | None = None
+    sft: dict[str, Any] | None = None
+    refresh_every: int | None = Field(None, gt=0)
+    refresh_rate: float | None = Field(None, gt=0, le=1)
+
+    @property
+    def key(self) -> str:
+        """The name this reference is served and looked up under (``type``, plus the refresh schedule)."""
+        if self.refresh_every:
+            return f"{self.type}-refresh{self.refresh_every}-{self.refresh_rate if self.refresh_rate else 1.0:g}"
+        return self.type
 
     @model_validator(mode="after")
     def _check(self):
@@ -88,6 +107,25 @@ class ReferenceConfig(StrictModel):
             raise ValueError("a teacher reference needs 'model': the teacher's path or hub id")
         if self.type != "teacher" and self.model:
             raise ValueError(f"'model' only applies to type 'teacher', not {self.type!r}")
+        if (self.tiny_config is not None or self.sft is not None) and self.model != "sft:tiny":
+            raise ValueError("'tiny_config'/'sft' only apply to a teacher with model 'sft:tiny'")
+        if self.sft:
+            from rlkit.config import SFTConfig
+
+            bad = sorted(set(self.sft) - set(SFTConfig.model_fields) | {"enabled", "cache_dir"} & set(self.sft))
+            if bad:
+                raise ValueError(f"'sft' key {bad[0]!r} cannot be set for the teacher (allowed: keys of the sft "
+                                 "section except enabled and cache_dir)")
+            try:
+                SFTConfig.model_validate(self.sft)
+            except ValueError as err:  # pydantic's ValidationError: keep the key and the reason only
+                first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
+                raise ValueError(f"'sft.{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
+        if self.refresh_rate is not None and not self.refresh_every:
+            raise ValueError("'refresh_rate' needs 'refresh_every' (the number of steps between refreshes)")
+        if self.refresh_every and self.type not in ("initial", "soup"):
+            raise ValueError(f"'refresh_every' applies to types 'initial' and 'soup' (a model with the policy's "
+                             f"architecture), not {self.type!r}")
         return self
 
 
@@ -146,7 +184,7 @@ class Regularizer:
 
     @property
     def reference_key(self) -> str:
-        return self.cfg.reference.type
+        return self.cfg.reference.key
 
     @property
     def placement(self) -> str:

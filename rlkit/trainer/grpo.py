@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -15,6 +16,7 @@ from rlkit.utils.train_state import python_random_from_json, python_random_to_js
 
 from .evaluate import correctness, evaluate, generate
 from .faults import call_when_alive, find_resume_point, learner_call, prune_checkpoints, truncate_metrics
+from .references import prepare_teachers, refresh_references
 from .setup import check_model_source, load_task_data, make_encoder, prepare_initial_models, resolve_reference, start_ray
 
 
@@ -38,9 +40,14 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     t0 = time.time()
 
     train, evalset = load_task_data(recipe)
-    console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | eval prompts {len(evalset)} | out {out}")
+    console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | "
+                  f"eval prompts {len(evalset)} | out {out}")
     check_model_source(recipe)
+    from rlkit.workers.learner_group import LearnerGroup, check_recipe as check_learner_group
+
+    check_learner_group(recipe)  # learner.num_workers > 1: data-parallel learners (rlkit/workers/learner_group.py)
     init_paths = prepare_initial_models(recipe, out, console)
+    teachers = prepare_teachers(recipe, out, init_paths, console)  # sft:tiny teachers trained; tokenizers checked
     resume_from = find_resume_point(recipe, out, console)
     policy_path = str(resume_from) if resume_from else init_paths[0]
     start = read_state(resume_from)["driver"]["step"] if resume_from else 0
@@ -62,21 +69,30 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3)
     reward = RewardWorker.options(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3).remote(
         [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
-    learner = (PPOLearner if ppo else Learner).options(num_cpus=rc.cpus_per_learner).remote(
-        policy_path, g.model_dump(), recipe.regularizers, temperature=recipe.rollout.temperature,
-        dtype=recipe.model.dtype, seed=recipe.seed, torch_threads=rc.torch_threads)
+    learner_kw = dict(temperature=recipe.rollout.temperature, dtype=recipe.model.dtype, seed=recipe.seed,
+                      torch_threads=rc.torch_threads)
+    if recipe.model.lora is not None:  # the learner trains adapters over the initial policy and serves "initial"
+        learner_kw["lora"] = {**recipe.model.lora.model_dump(), "base_path": init_paths[0],
+                              "kl_to_initial": recipe.eval.kl_to_initial}
+    if recipe.learner.num_workers > 1:  # N ranks behind the same calls; rank 0 returns weights and checkpoints
+        learner = LearnerGroup(recipe.learner.num_workers, policy_path, g.model_dump(), recipe.regularizers,
+                               num_cpus=rc.cpus_per_learner, **learner_kw)
+    else:
+        learner = (PPOLearner if ppo else Learner).options(num_cpus=rc.cpus_per_learner).remote(
+            policy_path, g.model_dump(), recipe.regularizers, **learner_kw)
     needs = ray.get(learner.needs.remote())
     references = {}
     ref_keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
     if recipe.eval.kl_to_initial:
         ref_keys.add("initial")
         needs["references"].setdefault("initial", {"type": "initial"})
-    for key in sorted(ref_keys):
-        kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out)
+    served = set(needs.get("served", ()))  # computed inside the learner (LoRA: "initial", adapters disabled)
+    for key in sorted(ref_keys - served):
+        kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out, teachers)
         references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference, max_restarts=3,
                                                   max_task_retries=3).remote(
             kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
-            torch_threads=rc.torch_threads)
+            torch_threads=rc.torch_threads, name=key)
 
     ev = recipe.eval
     eval_prompts = [r["prompt"] for r in evalset][: ev.num_prompts]
@@ -84,7 +100,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     eval_ids = encode(eval_prompts)
     run_eval = lambda: evaluate(rollout, reward, eval_prompts, eval_ids, eval_answers, ev.n_samples, ev.ks,  # noqa: E731
                                 ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000,
-                                reference=references.get("initial"), on_restart=resend,
+                                reference=references.get("initial", learner if "initial" in served else None),
+                                on_restart=resend,
                                 version=sync["version"])
     # the latest weights (an object ref) and their version: a restarted rollout worker is given them again
     sync = {"weights": None, "version": start}
@@ -113,17 +130,38 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial/k3", "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
                        progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
-        for step in range(start, g.steps):
-            ts = time.time()
+        def draw() -> list[dict]:
+            nonlocal cursor
             if cursor + g.prompts_per_step > len(order):
                 rng.shuffle(order)
                 cursor = 0
-            rows = [train[i] for i in order[cursor:cursor + g.prompts_per_step]]
             cursor += g.prompts_per_step
-            prompts = [r["prompt"] for r in rows]
-            comps = generate(rollout, encode(prompts), {**sampling, "seed": recipe.seed * 100_003 + step},
-                             on_restart=resend, version=sync["version"])
+            return [train[i] for i in order[cursor - g.prompts_per_step:cursor]]
+
+        def rollouts(rows: list[dict], step: int, version: int) -> list[dict]:
+            return generate(rollout, encode([r["prompt"] for r in rows]),
+                            {**sampling, "seed": recipe.seed * 100_003 + step}, on_restart=resend, version=version)
+
+        # grpo.async_rollout: the next step's rollout runs (in the rollout actors) while the learner trains on this
+        # one, with weights one step old; the learner then uses the rollout log-probs as the behaviour policy
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if g.async_rollout else None
+        pending = None  # (rows, future) of the prefetched step
+        resume_point = (list(order), cursor, rng.getstate())  # data position of the first step not yet drawn
+        for step in range(start, g.steps):
+            ts = time.time()
+            if pending is not None:
+                rows, comps = pending[0], pending[1].result()
+                pending = None
+            else:
+                resume_point = (list(order), cursor, rng.getstate())
+                rows = draw()
+                comps = rollouts(rows, step, sync["version"])
             t_gen = time.time() - ts
+            if pool is not None and step + 1 < g.steps:
+                resume_point = (list(order), cursor, rng.getstate())
+                nxt = draw()
+                pending = (nxt, pool.submit(rollouts, nxt, step + 1, sync["version"]))
+            prompts = [r["prompt"] for r in rows]
             rep_prompts = [p for p in prompts for _ in range(g.group_size)]
             rep_answers = [r["answer"] for r in rows for _ in range(g.group_size)]
             p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
@@ -135,6 +173,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                     "refs": {k: ray.get(f) for k, f in ref_futures.items()}}
             metrics = learner_call(learner.train_step.remote(data), step, out)
             sync.update(weights=learner.get_weights.remote(), version=step + 1)  # workers fetch it from the store
+            refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
             for w in rollout:
                 try:
                     ray.get(w.update_weights.remote(sync["weights"], step + 1))
@@ -145,11 +184,15 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             metrics.update({"time/step": time.time() - ts, "time/generate": t_gen})
             logger.log(step + 1, metrics)
             if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
-                state = {"step": step + 1, "order": order, "cursor": cursor, "eval_before": eval_before,
-                         "py_random": python_random_to_json(rng.getstate())}
+                # the data position before any prefetched batch: a resumed run draws that batch again
+                ck_order, ck_cursor, ck_rng = resume_point if pending is not None else (order, cursor, rng.getstate())
+                state = {"step": step + 1, "order": ck_order, "cursor": ck_cursor, "eval_before": eval_before,
+                         "py_random": python_random_to_json(ck_rng)}
                 learner_call(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}"), state), step, out)
                 prune_checkpoints(out / "checkpoints", recipe.checkpoint.keep)
 
+    if pool is not None:
+        pool.shutdown()
     t_loop = time.time() - t_loop
     eval_after = run_eval()
     final = ray.get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None

@@ -133,13 +133,17 @@ def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
     return paths
 
 
-def resolve_reference(ref: dict, init_paths: list[str], out: Path) -> tuple[str, list[str], list[float] | None]:
-    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start."""
+def resolve_reference(ref: dict, init_paths: list[str], out: Path, teachers: dict[str, str] | None = None
+                      ) -> tuple[str, list[str], list[float] | None]:
+    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start;
+    ``teachers`` maps :func:`rlkit.trainer.references.teacher_id` to the teacher's path (``sft:tiny`` teachers)."""
     kind = ref["type"]
     if kind == "initial":
         return "initial", [init_paths[0]], None
     if kind == "teacher":
-        return "teacher", [ref["model"]], None
+        from .references import teacher_id
+
+        return "teacher", [(teachers or {}).get(teacher_id(ref), ref["model"])], None
     if kind == "soup":
         paths = []
         for ck in ref["checkpoints"]:

@@ -13,7 +13,7 @@ import torch
 from rlkit.advantages import group_advantages, rloo_advantages
 from rlkit.divergences import kl_penalty
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
-from rlkit.objectives import grpo_loss, reward_penalty
+from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
 from rlkit.regularizers import PolicyBatch, build_regularizers
 
@@ -24,18 +24,27 @@ class LearnerCore:
     """The learner's logic without Ray (unit-testable; the Ray actor below wraps it)."""
 
     def __init__(self, model_path: str, grpo: dict, regularizers, temperature: float = 1.0, dtype: str = "float32",
-                 seed: int = 0):
+                 seed: int = 0, lora: dict | None = None):
         torch.manual_seed(seed)
-        self.model, self.tokenizer = load_model(model_path, dtype)
+        # LoRA (rlkit.models.lora): peft-wrapped policy, only adapters trained; ``lora`` is the model.lora section
+        # plus ``base_path`` (the initial policy) and ``kl_to_initial``
+        self.lora = lora
+        if lora:
+            from rlkit.models.lora import load_lora_policy
+
+            self.model, self.tokenizer = load_lora_policy(model_path, lora, dtype)
+        else:
+            self.model, self.tokenizer = load_model(model_path, dtype)
         self.model.train()
         self.cfg = grpo
         self.temperature = temperature
         self.regs = build_regularizers(regularizers)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=grpo["learning_rate"],
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=grpo["learning_rate"],
                                      weight_decay=grpo.get("weight_decay", 0.0))
         self.pad_id = self.tokenizer.pad_token_id
         self.version = 0
         self.bad_steps = 0
+        self.dist = None  # data-parallel rank: a GradSync from rlkit.workers.learner_group
 
     def needs(self) -> dict:
         """What the driver must fetch: reference keys for log-probs and for full logits."""
@@ -48,9 +57,15 @@ class LearnerCore:
                 logits.add(r.reference_key)
         return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits), "labels": [r.label for r in self.regs],
                 "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
-                               if r.reference_key != "proxy"}}
+                               if r.reference_key != "proxy"},
+                # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
+                "served": ["initial"] if self.lora else []}
 
-    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None
+                    ) -> torch.Tensor:
+        """Advantages from sequence ``scores`` ``[B]`` and the per-token ``penalty`` ``[B, T]`` of reward-placed
+        regularizers (PPO overrides this with token-level GAE)."""
+        rewards = scores if penalty is None else scores - penalty.sum(-1)
         g, kind = self.cfg["group_size"], self.cfg.get("advantage", "grpo")
         if kind == "rloo":
             return rloo_advantages(rewards, g)
@@ -59,6 +74,11 @@ class LearnerCore:
     def train_step(self, data: dict) -> dict:
         cfg, step = self.cfg, data["step"]
         batch = collate(data["prompt_ids"], data["completion_ids"], self.pad_id)
+        if self.lora:  # LoRA: "initial" is this model with its adapters disabled (not sent by the driver)
+            need = self.needs()
+            if self.lora.get("kl_to_initial", True) or "initial" in need["ref_logprobs"] + need["ref_logits"]:
+                data = {**data, "refs": {**data.get("refs", {}), "initial": self.compute(
+                    batch=batch, want_logits="initial" in need["ref_logits"])}}
         ids, mask = batch["completion_ids"], batch["completion_mask"]
         B = ids.shape[0]
         refs = {k: v["logprobs"] for k, v in data.get("refs", {}).items()}
@@ -71,11 +91,11 @@ class LearnerCore:
             rollout_lp[i, :len(lps)] = torch.tensor(lps)
         metrics: dict[str, float] = {}
         # Placement "reward": penalise the sampled sequences before advantages (no grad; rollout log-probs).
+        pen = None
         if any(r.placement == "reward" for r in self.regs):
             pen, m = reward_penalty(PolicyBatch(logprobs=rollout_lp, mask=mask, ref_logprobs=refs, step=step), self.regs)
-            scores = scores - pen.sum(-1)
             metrics.update({f"reward_penalty/{k}": v for k, v in m.items()})
-        advantages = self._advantages(scores)
+        advantages = self._advantages(scores, pen, batch)
         reuse_old = cfg.get("epochs", 1) == 1 and cfg.get("minibatches", 1) == 1
         old_lp = proxy = None
         lp_regs = [r for r in self.regs if "proxy_logprobs" in r.requires()]
@@ -96,7 +116,8 @@ class LearnerCore:
                 sub = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}
                 logits = completion_logits(self.model, sub, self.temperature)
                 lp = token_logprobs(logits, sub["completion_ids"])
-                old = lp.detach() if reuse_old else old_lp[idx]
+                # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
+                old = rollout_lp[idx] if cfg.get("async_rollout") else (lp.detach() if reuse_old else old_lp[idx])
                 prox = proxy[idx] if proxy is not None else (
                     lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
                 ent = entropy_from_logits(logits)
@@ -105,17 +126,27 @@ class LearnerCore:
                     ref_logprobs={k: v[idx] for k, v in refs.items()} or None,
                     ref_logits={k: v[idx] for k, v in ref_logits.items()} or None,
                     logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step)
-                loss, m = grpo_loss(pb, self.regs, clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
-                                    aggregation=cfg["aggregation"], entropy=ent, entropy_coef=cfg.get("entropy_coef", 0.0))
+                tis, tis_m = (tis_weights(old, rollout_lp[idx], sub["completion_mask"], cfg["tis_cap"])
+                              if cfg.get("tis_cap") else (None, {}))
+                loss, m = self._loss(pb, sub, idx, clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
+                                     aggregation=cfg["aggregation"], entropy=ent,
+                                     entropy_coef=cfg.get("entropy_coef", 0.0), token_weights=tis)
+                m.update(tis_m)
                 if n_updates == 0:
-                    sums["rollout/logprob_gap"] += float(masked_mean((lp.detach() - rollout_lp[idx]).abs(),
-                                                                     sub["completion_mask"]))
+                    gap = (lp.detach() - rollout_lp[idx]).abs() * sub["completion_mask"]
+                    sums["rollout/logprob_gap"] += float(masked_mean(gap, sub["completion_mask"]))
+                    sums["rollout/logprob_gap_max"] = max(sums["rollout/logprob_gap_max"], float(gap.max()))
                 self.opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):  # name the terms that went non-finite, skip the update
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                if self.dist is not None:  # data parallel: grads summed with loss shares; all ranks skip together
+                    finite = self.dist.sync(self.opt, finite, sub["completion_mask"])
+                if not finite:  # name the terms that went non-finite, skip the update
                     bad_terms.update(k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v))
                     bad_terms.add("loss")
+                    self.opt.zero_grad(set_to_none=True)
                     continue
-                loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.get("max_grad_norm") or float("inf"))
                 if not torch.isfinite(norm):
                     bad_terms.add("grad_norm")
@@ -126,7 +157,7 @@ class LearnerCore:
                 for k, v in m.items():
                     sums[k] += v
                 n_updates += 1
-        metrics.update({k: (v / max(n_updates, 1) if k != "rollout/logprob_gap" else v) for k, v in sums.items()})
+        metrics.update({k: (v / max(n_updates, 1) if not k.startswith("rollout/logprob_gap") else v) for k, v in sums.items()})
         n_planned = cfg.get("epochs", 1) * len(torch.arange(B).chunk(mbs))
         metrics["skipped_updates"] = float(n_planned - n_updates)
         if bad_terms:
@@ -139,6 +170,8 @@ class LearnerCore:
             raise FloatingPointError(f"{self.bad_steps} consecutive steps without a finite update (last step {step}: "
                                      f"non-finite {', '.join(sorted(bad_terms))}); stopping. The last checkpoint "
                                      "is intact: lower the learning rate or the regularizer coefficient and resume")
+        if self.dist is not None:  # the same metrics on every rank, so adaptive controllers stay identical
+            metrics = self.dist.reduce_metrics(metrics)
         for r in self.regs:
             key = f"{r.label}/value"
             if key in metrics:
@@ -155,8 +188,40 @@ class LearnerCore:
         self.version += 1
         return metrics
 
+    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
+        """One minibatch's objective (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
+        return grpo_loss(pb, self.regs, **kwargs)
+
+    def _extra_checkpoint_files(self) -> dict:
+        """More files for every checkpoint (PPO: its critic)."""
+        return {}
+
     def get_weights(self) -> dict:
+        """The full policy weights for the rollout engines (LoRA: merged ``W0 + s B A``, see rlkit.models.lora)."""
+        if self.lora:
+            from rlkit.models.lora import merged_state_dict
+
+            return merged_state_dict(self.model)
         return cpu_state_dict(self.model)
+
+    def get_adapter_weights(self) -> dict:
+        """LoRA only: just the adapter tensors, for engines that apply the adapter themselves (vLLM)."""
+        if not self.lora:
+            raise ValueError("get_adapter_weights: the learner has no LoRA adapter (model.lora is not set)")
+        from rlkit.models.lora import adapter_state_dict
+
+        return adapter_state_dict(self.model)
+
+    def compute(self, prompts: list | None = None, completions: list | None = None, want_logits: bool = False,
+                batch: dict | None = None) -> dict:
+        """LoRA only: the ``initial`` reference (the adapter-disabled model), with ``ReferenceWorker.compute``'s
+        signature and output, so the driver's evaluation can use the learner as that reference."""
+        if not self.lora:
+            raise ValueError("compute: only a LoRA learner serves a reference (model.lora is not set)")
+        from rlkit.models.lora import base_model_outputs
+
+        batch = batch if batch is not None else collate(prompts, completions, self.pad_id)
+        return base_model_outputs(self.model, batch, self.temperature, want_logits)
 
     def save(self, path: str, driver_state: dict | None = None) -> str:
         """A model checkpoint; with ``driver_state``, a full training checkpoint (optimizer, RNG, regularizer
@@ -171,8 +236,15 @@ class LearnerCore:
                      "torch_rng": ts.rng_to_json(torch.get_rng_state()),
                      "regularizers": {r.label: r.state_dict() for r in self.regs}, "driver": driver_state}
             extra = {ts.OPTIMIZER_FILE: blob, ts.STATE_FILE: json.dumps(state)}
+        extra = {**(extra or {}), **self._extra_checkpoint_files()}
         self.model.eval()
-        out = save_hf_checkpoint(self.model, self.tokenizer, path, extra_files=extra)
+        model = self.model
+        if self.lora:  # the merged model as the checkpoint's weights, the adapter in adapter/
+            from rlkit.models.lora import checkpoint_parts
+
+            model, adapter_files = checkpoint_parts(self.model)
+            extra = {**(extra or {}), **adapter_files}
+        out = save_hf_checkpoint(model, self.tokenizer, path, extra_files=extra)
         self.model.train()
         return str(out)
 

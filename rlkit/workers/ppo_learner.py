@@ -1,0 +1,187 @@
+"""PPO learner: :class:`LearnerCore` plus a critic, token-level GAE and the value loss.
+
+Everything else (minibatches, epochs, regularizers, non-finite handling, optimizer/RNG checkpoints) is the GRPO
+learner's; this module fills its three hooks: ``_advantages`` (GAE from the critic's old values), ``_loss``
+(:func:`rlkit.objectives.ppo.ppo_loss`) and ``_extra_checkpoint_files`` (the critic, in safetensors).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from rlkit.advantages import gae_advantages, whiten
+from rlkit.objectives.aggregation import masked_mean
+from rlkit.objectives.ppo import ppo_loss, token_level_rewards
+from rlkit.regularizers import PolicyBatch
+
+from .common import load_model, setup_process
+from .learner import LearnerCore
+
+CRITIC_FILE = "critic.safetensors"
+
+
+def _trunk(model) -> torch.nn.Module:
+    """The transformer body under a causal LM's head; its output's first item is the last hidden state."""
+    get = getattr(model, "get_decoder", None)
+    trunk = get() if callable(get) else None
+    return trunk if trunk is not None else model.base_model
+
+
+def _completion_values(head: torch.nn.Linear, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+    """``V(s_t) = w^T h + b`` at the positions that predict completion token ``t`` (the state before the action),
+    the same slice as :func:`rlkit.modeling.completion_logits`; ``[B, T]``."""
+    P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
+    return head(hidden[:, P - 1:P + T - 1].to(head.weight.dtype)).squeeze(-1)
+
+
+def _zero_head(hidden_size: int) -> torch.nn.Linear:
+    head = torch.nn.Linear(hidden_size, 1)
+    torch.nn.init.zeros_(head.weight)  # V = 0 at the start: no arbitrary initial value scale
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def _trunk_forward(trunk, batch: dict) -> torch.Tensor:
+    return trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"], use_cache=False)[0]
+
+
+class ValueHead(torch.nn.Module):
+    """A scalar linear head on the **policy's** last hidden state (shared trunk; its parameters are the head only).
+
+    A forward hook keeps the trunk's output of the policy's latest forward, so the value in the loss costs no second
+    trunk pass when it is asked for the same batch (same ``input_ids`` tensor); otherwise the trunk runs again.
+    """
+
+    def __init__(self, policy):
+        super().__init__()
+        self.head = _zero_head(policy.config.hidden_size)
+        self._trunk = [_trunk(policy)]  # in a list: not a submodule, so state_dict() is the head alone
+        self._seen: tuple = (None, None)
+        self._trunk[0].register_forward_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, module, args, kwargs, output) -> None:
+        self._seen = (kwargs.get("input_ids", args[0] if args else None), output[0])
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        ids, hidden = self._seen
+        self._seen = (None, None)
+        if ids is not batch["input_ids"] or (torch.is_grad_enabled() and not hidden.requires_grad):
+            hidden = _trunk_forward(self._trunk[0], batch)
+        return _completion_values(self.head, hidden, batch)
+
+
+class SeparateCritic(torch.nn.Module):
+    """A copy of the initial model's trunk (no LM head) with its own scalar head; trained only by the value loss."""
+
+    def __init__(self, model_path: str, dtype: str = "float32"):
+        super().__init__()
+        model, _ = load_model(model_path, dtype)
+        self.trunk = _trunk(model)
+        self.head = _zero_head(model.config.hidden_size)
+        self.train()
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return _completion_values(self.head, _trunk_forward(self.trunk, batch), batch)
+
+
+class PPOLearnerCore(LearnerCore):
+    """PPO (Schulman et al. 2017) for RLHF/RLVR (Ziegler et al. 2019): clipped surrogate on token-level GAE
+    advantages, plus ``vf_coef`` times the clipped value loss. ``ppo``: :class:`rlkit.config.PPOConfig` as a dict.
+
+    Per batch, once: the critic's old values ``V_old``, token rewards ``r_t`` (the score on the last completion
+    token minus the per-token penalty of regularizers with ``placement: reward``), GAE advantages and the returns
+    ``R_t = A_t + V_old(s_t)`` that the value loss regresses on. The critic's parameters are a second parameter
+    group of the learner's optimizer (learning rate ``critic_learning_rate``), gradient-clipped on their own.
+    """
+
+    def __init__(self, model_path: str, ppo: dict, regularizers, temperature: float = 1.0, dtype: str = "float32",
+                 seed: int = 0, **kwargs):
+        super().__init__(model_path, ppo, regularizers, temperature=temperature, dtype=dtype, seed=seed, **kwargs)
+        kind = ppo.get("critic", "value_head")
+        if kind not in ("value_head", "separate"):
+            raise ValueError(f"ppo.critic must be 'value_head' or 'separate', got {kind!r}")
+        self.critic = ValueHead(self.model) if kind == "value_head" else SeparateCritic(model_path, dtype)
+        lr = ppo.get("critic_learning_rate") or ppo["learning_rate"]
+        self.opt.add_param_group({"params": list(self.critic.parameters()), "lr": lr})
+        self.opt.register_step_pre_hook(self._clip_critic)
+        self._old_values = self._returns = None
+        self._step_metrics: dict[str, float] = {}
+        self._critic_norms: list[float] = []
+
+    def _clip_critic(self, opt, args, kwargs) -> None:
+        """Before each optimizer step: clip the critic's gradient; a non-finite one skips the critic's update."""
+        params = [p for p in self.critic.parameters() if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.get("max_grad_norm") or float("inf"))
+        if torch.isfinite(norm):
+            self._critic_norms.append(float(norm))
+        else:
+            for p in params:
+                p.grad = None
+            self._step_metrics["nonfinite/critic_grad_norm"] = 1.0
+
+    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None
+                    ) -> torch.Tensor:
+        """Token-level GAE (Schulman et al. 2016, arXiv 1506.02438) on the PPO-RLHF reward
+        ``r_t = 1[t = last] score - sum_r coef_r D_r(t)``: ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)``,
+        ``A_t = sum_l (gamma lam)^l delta_{t+l}``; then whitened over the batch's tokens if ``whiten_advantages``."""
+        cfg, mask = self.cfg, batch["completion_mask"]
+        with torch.no_grad():
+            self._old_values = self.critic(batch).float() * mask
+        rewards = token_level_rewards(scores, mask, penalty)
+        adv, self._returns = gae_advantages(rewards, self._old_values, mask, cfg.get("gamma", 1.0),
+                                            cfg.get("lam", 0.95))
+        self._step_metrics.update({"advantage/abs_mean": float(masked_mean(adv.abs(), mask)),
+                                   "value/returns_mean": float(masked_mean(self._returns, mask)),
+                                   "value/old_mean": float(masked_mean(self._old_values, mask))})
+        return whiten(adv, mask) if cfg.get("whiten_advantages", True) else adv
+
+    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
+        values = self.critic(sub)
+        return ppo_loss(pb, values, self._old_values[idx], self._returns[idx], self.regs,
+                        vf_coef=self.cfg.get("vf_coef", 0.1), value_clip=self.cfg.get("value_clip", 0.2), **kwargs)
+
+    def train_step(self, data: dict) -> dict:
+        self._step_metrics, self._critic_norms = {}, []
+        metrics = super().train_step(data)
+        metrics.update(self._step_metrics)  # GAE's advantage/abs_mean (masked) replaces the base's
+        if self._critic_norms:
+            metrics["critic/grad_norm"] = sum(self._critic_norms) / len(self._critic_norms)
+        self._old_values = self._returns = None
+        return metrics
+
+    # --- checkpoints: the critic travels with every checkpoint ------------------------------------------------
+    def _extra_checkpoint_files(self) -> dict:
+        from safetensors.torch import save
+
+        return {CRITIC_FILE: save({k: v.detach().cpu().contiguous().clone()
+                                   for k, v in self.critic.state_dict().items()})}
+
+    def load_critic(self, path: str) -> None:
+        from pathlib import Path
+
+        from safetensors.torch import load
+
+        file = Path(path) / CRITIC_FILE
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: the checkpoint was not written by a PPO learner")
+        self.critic.load_state_dict(load(file.read_bytes()), strict=True)
+
+    def load_training_state(self, path: str) -> dict:
+        driver = super().load_training_state(path)
+        self.load_critic(path)
+        return driver
+
+
+@ray.remote
+class PPOLearner(PPOLearnerCore):
+    def __init__(self, *args, torch_threads: int = 1, **kwargs):
+        setup_process(torch_threads)
+        super().__init__(*args, **kwargs)
+        print(f"Learner pid={os.getpid()} algorithm=ppo critic={self.cfg.get('critic', 'value_head')} "
+              f"regularizers={[r.label for r in self.regs]}", flush=True)
