@@ -53,3 +53,21 @@ def ray_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("ray_home")
     _os.environ["HOME"] = str(home)
     return home
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_home):
+    """A local Ray cluster (2 CPUs) for the tests of one module."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny model and tokenizer saved with ``save_pretrained`` (a real model directory)."""
+    from rlkit.models.tiny import save_tiny
+
+    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "model"))

@@ -125,22 +125,6 @@ def test_token_mean_gradient_is_the_token_weighted_sum_of_shard_gradients(tiny_d
 
 # ------------------------------------------------------------------------------------------------ through Ray
 @pytest.fixture(scope="module")
-def cluster(ray_home):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from rlkit.models.tiny import save_tiny
-
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    save_tiny(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def runs(cluster, tiny_dir):
     """STEPS steps of the same batches with 2 data-parallel workers and with one in-process learner."""
     from rlkit.workers import LearnerCore

@@ -10,22 +10,6 @@ import torch
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def cluster(ray_home):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from rlkit.models.tiny import save_tiny
-
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    save_tiny(path)
-    return str(path)
-
-
 def _greedy_local(model, tokenizer, prompts, max_new_tokens=6):
     from rlkit.rollout import SamplingParams, TransformersEngine
 

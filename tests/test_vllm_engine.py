@@ -24,20 +24,6 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["1+2=", "7-3=", "12+9=", "5+5=", "33+4=", "8-1=", "60+7=", "2+2="]
 
 
-@pytest.fixture(scope="module")
-def cluster(ray_home):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from rlkit.models.tiny import save_tiny
-
-    return str(save_tiny(tmp_path_factory.mktemp("tiny") / "model"))
-
-
 def _hf(model, tok, params):
     from rlkit.rollout import SamplingParams, TransformersEngine
 
