@@ -139,7 +139,8 @@ def recipe_for(a, work: Path):
         f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.engine=transformers", "rollout.num_workers=1",
         "regularizers.0.name=kl", "regularizers.0.estimator=k3", "eval.before=false", "eval.kl_to_initial=false",
         "eval.num_prompts=1", "eval.n_samples=1", "eval.ks=[1]", "logging.tensorboard=false", "logging.plot=false",
-        "checkpoint.save_final=false", "regularizers.0.placement=loss", f"ray.torch_threads={a.threads}"])
+        "checkpoint.save_final=false", "regularizers.0.placement=loss", f"ray.torch_threads={a.threads}",
+        *a.rlkit_set])
 
 
 def worker_rlkit(a, work: Path) -> dict:
@@ -218,6 +219,7 @@ def run_side(a, side: str, work: Path) -> dict:
            str(a.steps), "--prompts", str(a.prompts), "--group", str(a.group), "--max-new-tokens",
            str(a.max_new_tokens), "--threads", str(a.threads)]
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
+    cmd += [f"--rlkit-set={kv}" for kv in a.rlkit_set]
     log = work / f"{side}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -250,6 +252,8 @@ def main(argv=None) -> dict | None:
                    "outside the worker's tree (started after it): counts other Ray jobs running meanwhile")
     p.add_argument("--work-dir", default=None, help="where models, runs and logs go (default: a new temp dir)")
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_grpo_vs_trl.json)")
+    p.add_argument("--rlkit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra rlkit recipe override, e.g. grpo.async_rollout=true (repeatable; TRL has no equivalent)")
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.steps <= WARMUP_STEPS:
