@@ -121,7 +121,9 @@ def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert _steps(out) == list(range(1, 9))
-    assert "rollout worker 0" in text and "re-sending weights" in text, text[-3000:]
+    # where the kill lands decides which path notices it (a generate retry, the weight sync, or Ray's restart
+    # before the next call); each one says so
+    assert ("rollout worker 0" in text and "re-sending weights" in text) or "was restarted by Ray" in text, text[-3000:]
     assert len(set(re.findall(r"RolloutWorker\[0\] pid=(\d+)", text))) == 2  # restarted by Ray
 
 

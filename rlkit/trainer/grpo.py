@@ -174,10 +174,11 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             metrics = learner_call(learner.train_step.remote(data), step, out)
             sync.update(weights=learner.get_weights.remote(), version=step + 1)  # workers fetch it from the store
             refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
-            for w in rollout:
+            for i, w in enumerate(rollout):
                 try:
                     ray.get(w.update_weights.remote(sync["weights"], step + 1))
                 except ray.exceptions.RayActorError:  # died in between: Ray restarts it; send again
+                    print(f"rollout worker {i} died during the weight sync: re-sending weights", flush=True)
                     resend(w)
             metrics.update({f"reward/{k}": sum(v) / len(v) for k, v in scored["components"].items()})
             metrics.update({f"reward/failures/{k}": float(v) for k, v in scored.get("failures", {}).items()})

@@ -39,6 +39,9 @@ class RolloutWorker:
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
         print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model={model_path}", flush=True)
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            print(f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
+                  "re-sends the current ones", flush=True)
 
     def generate(self, prompt_ids: list[list[int]], params: dict, expect_version: int | None = None):
         """Completions as dicts; ``{"stale": version}`` instead when the worker's weights are not
