@@ -240,8 +240,14 @@ class EvalConfig(StrictModel):
 
 
 class RayConfig(StrictModel):
-    """``address``: ``None`` starts a local cluster; ``auto`` or ``ray://host:port`` joins an existing one."""
+    """``address``: ``None`` starts a local cluster; ``auto`` or ``ray://host:port`` joins an existing one.
 
+    ``mode``: ``actors`` runs each role (rollout, learner, reference, reward) as a Ray actor; ``inprocess`` runs them
+    all in the driver process without Ray, the rollout engine generating with the learner's own module (one policy
+    copy, no weight sync; see ``rlkit.workers.local``): single-machine jobs with one learner and one rollout worker
+    on the transformers engine."""
+
+    mode: Literal["actors", "inprocess"] = "actors"
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     cpus_per_rollout_worker: float = Field(0.5, ge=0)
@@ -323,7 +329,24 @@ def build_recipe(data: dict) -> Recipe:
     if recipe.model.lora is not None and recipe.learner.num_workers > 1:
         raise ConfigError("model.lora", "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
                                         "yet: use learner.num_workers=1")
+    if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
+        _check_inprocess(recipe)
     return recipe
+
+
+def _check_inprocess(recipe: Recipe) -> None:
+    """``ray.mode: inprocess`` has one process, one learner and one rollout engine sharing the policy module."""
+    for key, bad, why in (
+        ("ray.address", recipe.ray.address is not None, "joins a Ray cluster; in-process mode uses no Ray"),
+        ("rollout.engine", recipe.rollout.engine != "transformers", "must be 'transformers' (it generates with the "
+                                                                    "learner's module)"),
+        ("rollout.num_workers", recipe.rollout.num_workers != 1, "must be 1"),
+        ("learner.num_workers", recipe.learner.num_workers != 1, "must be 1"),
+        (f"{recipe.algorithm}.async_rollout", getattr(recipe, recipe.algorithm).async_rollout,
+         "needs a second copy of the policy in another process: use ray.mode=actors"),
+    ):
+        if bad:
+            raise ConfigError(key, f"{why} with ray.mode=inprocess (or set ray.mode=actors)")
 
 
 def _check_rewards(rewards: list[RewardSpec]) -> None:

@@ -9,7 +9,9 @@ from .base import Completion, SamplingParams
 
 class TransformersEngine:
     def __init__(self, model, tokenizer, batch_size: int = 256):
-        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        """``model`` may be a module that is also being trained (in-process placement): ``generate`` puts it in eval
+        mode for the call and restores its previous mode."""
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
@@ -19,8 +21,13 @@ class TransformersEngine:
             torch.manual_seed(params.seed)
         expanded = [p for p in prompt_ids for _ in range(params.n)]
         out: list[Completion] = []
-        for s in range(0, len(expanded), self.batch_size):
-            out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
+        training = self.model.training
+        self.model.eval()  # no dropout while sampling
+        try:
+            for s in range(0, len(expanded), self.batch_size):
+                out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
+        finally:
+            self.model.train(training)
         return out
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:

@@ -7,6 +7,7 @@ import math
 import ray
 
 from rlkit.utils.evaluation import summarize_correctness
+from rlkit.workers.local import get
 
 
 def shard(items: list, n: int) -> list[list]:
@@ -30,7 +31,7 @@ def generate(workers, prompt_ids: list[list[int]], params: dict, on_restart=None
     for i, fut in futures.items():
         for attempt in range(retries + 1):
             try:
-                result = ray.get(fut)
+                result = get(fut)
                 if not (isinstance(result, dict) and "stale" in result):
                     out.extend(result)
                     break
@@ -66,13 +67,13 @@ def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[i
     texts = [c["text"] for c in comps]
     rep_prompts = [p for p in prompts for _ in range(n_samples)]
     rep_answers = [a for a in answers for _ in range(n_samples)]
-    scored = ray.get(reward_worker.score.remote(rep_prompts, texts, rep_answers))
+    scored = get(reward_worker.score.remote(rep_prompts, texts, rep_answers))
     ok = correctness(scored["components"])
     grouped = [ok[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
     result = summarize_correctness(grouped, ks)
     greedy = generate(workers, prompt_ids, dict(n=1, max_new_tokens=max_new_tokens, greedy=True), on_restart=on_restart,
                       version=version)
-    g_scored = ray.get(reward_worker.score.remote(prompts, [c["text"] for c in greedy], answers))
+    g_scored = get(reward_worker.score.remote(prompts, [c["text"] for c in greedy], answers))
     n_tok = sum(len(c["token_ids"]) for c in comps)
     result.update({
         "k": max(ks),
@@ -84,7 +85,7 @@ def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[i
         "n_samples": n_samples,
     })
     if reference is not None:
-        ref = ray.get(reference.compute.remote([c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]))
+        ref = get(reference.compute.remote([c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]))
         ref_lp = ref["logprobs"]
         diff = sum(float(lp) - float(ref_lp[i, t]) for i, c in enumerate(comps) for t, lp in enumerate(c["logprobs"]))
         result["kl_to_initial"] = diff / max(n_tok, 1)

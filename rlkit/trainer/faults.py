@@ -40,13 +40,19 @@ def last_checkpoint(out: Path) -> str:
 def learner_call(ref, step: int, out: Path):
     """``ray.get`` a learner call; a learner that died or raised becomes a :class:`TrainingError` that names the
     step, the cause and the checkpoint to resume from."""
+    from rlkit.workers.local import LocalRef, get
+
     try:
-        return ray.get(ref)
+        return get(ref)
     except ray.exceptions.RayActorError as err:
         cause = f"the learner process died ({type(err).__name__})"
     except ray.exceptions.RayTaskError as err:
         inner = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
         cause = f"{type(getattr(err, 'cause', None) or inner).__name__}: " + str(getattr(err, "cause", None) or inner)
+    except Exception as err:  # an in-process learner raised (ray.mode: inprocess)
+        if not isinstance(ref, LocalRef):
+            raise
+        cause = f"{type(err).__name__}: {err}"
     raise TrainingError(f"step {step + 1}: {cause.strip()}. Last complete checkpoint: {last_checkpoint(out)}; "
                         "continue with `rlkit train <recipe> --resume`") from None
 

@@ -1,4 +1,5 @@
-"""The GRPO driver: rollouts -> rewards -> reference -> learner -> weight sync, all through Ray actors."""
+"""The GRPO driver: rollouts -> rewards -> reference -> learner -> weight sync, through Ray actors (or, with
+``ray.mode: inprocess``, the same worker classes in this process: ``rlkit.workers.local``)."""
 
 from __future__ import annotations
 
@@ -58,17 +59,24 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     encode = make_encoder(recipe, model, tokenizer, {"train": train, "held-out": evalset})
     del model
 
-    start_ray(recipe.ray, console)
+    inproc = recipe.ray.mode == "inprocess"
+    if inproc:  # every role in this process (rlkit.workers.local); the rollout engine shares the learner's module
+        from rlkit.workers.common import setup_process
+
+        setup_process(recipe.ray.torch_threads)
+        console.print(f"in-process mode: no Ray; rollout, learner, reference and reward in this process, "
+                      f"{recipe.ray.torch_threads} torch threads")
+    else:
+        start_ray(recipe.ray, console)
     from rlkit.workers import Learner, PPOLearner, ReferenceWorker, RewardWorker
+    from rlkit.workers.local import get, spawn
     from rlkit.workers.rollout import spawn_rollout_workers
 
     ppo = recipe.algorithm == "ppo"  # PPO: the same loop with its own section and a learner with a critic
     rc, g = recipe.ray, (recipe.ppo if ppo else recipe.grpo)
-    # Rollout workers restart when they die; the driver re-sends the current weights and retries their shard
-    # (see generate). Reward and reference workers are stateless: Ray restarts them and retries the call itself.
-    rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3)
-    reward = RewardWorker.options(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3).remote(
-        [r.model_dump(exclude_defaults=True) for r in recipe.rewards])
+    # Reward and reference workers are stateless: Ray restarts them and retries the call itself.
+    reward = spawn(RewardWorker, dict(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3),
+                   [r.model_dump(exclude_defaults=True) for r in recipe.rewards], inprocess=inproc)
     learner_kw = dict(temperature=recipe.rollout.temperature, dtype=recipe.model.dtype, seed=recipe.seed,
                       torch_threads=rc.torch_threads)
     if recipe.model.lora is not None:  # the learner trains adapters over the initial policy and serves "initial"
@@ -78,9 +86,13 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         learner = LearnerGroup(recipe.learner.num_workers, policy_path, g.model_dump(), recipe.regularizers,
                                num_cpus=rc.cpus_per_learner, **learner_kw)
     else:
-        learner = (PPOLearner if ppo else Learner).options(num_cpus=rc.cpus_per_learner).remote(
-            policy_path, g.model_dump(), recipe.regularizers, **learner_kw)
-    needs = ray.get(learner.needs.remote())
+        learner = spawn(PPOLearner if ppo else Learner, dict(num_cpus=rc.cpus_per_learner),
+                        policy_path, g.model_dump(), recipe.regularizers, inprocess=inproc, **learner_kw)
+    # Rollout workers restart when they die; the driver re-sends the current weights and retries their shard
+    # (see generate). In-process, the one rollout engine generates with the learner's module: nothing to sync.
+    rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3,
+                                    share=(learner.instance.model, learner.instance.tokenizer) if inproc else None)
+    needs = get(learner.needs.remote())
     references = {}
     ref_keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
     if recipe.eval.kl_to_initial:
@@ -89,10 +101,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     served = set(needs.get("served", ()))  # computed inside the learner (LoRA: "initial", adapters disabled)
     for key in sorted(ref_keys - served):
         kind, paths, weights = resolve_reference(needs["references"][key], init_paths, out, teachers)
-        references[key] = ReferenceWorker.options(num_cpus=rc.cpus_per_reference, max_restarts=3,
-                                                  max_task_retries=3).remote(
-            kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
-            torch_threads=rc.torch_threads, name=key)
+        references[key] = spawn(ReferenceWorker, dict(num_cpus=rc.cpus_per_reference, max_restarts=3,
+                                                      max_task_retries=3),
+                                kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
+                                torch_threads=rc.torch_threads, name=key, inprocess=inproc)
 
     ev = recipe.eval
     eval_prompts = [r["prompt"] for r in evalset][: ev.num_prompts]
@@ -110,7 +122,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         if sync["weights"] is not None:
             call_when_alive(lambda: worker.update_weights.remote(sync["weights"], sync["version"]))
 
-    driver = ray.get(learner.load_training_state.remote(str(resume_from))) if resume_from else None
+    driver = get(learner.load_training_state.remote(str(resume_from))) if resume_from else None
     if driver:
         eval_before = driver["eval_before"]
         order, cursor = driver["order"], driver["cursor"]
@@ -167,14 +179,19 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
             # reference forwards and reward scoring run at the same time in their own actors
             ref_futures = {k: w.compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k, w in references.items()}
-            scored = ray.get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
+            scored = get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
             data = {"step": step, "prompt_ids": p_ids, "completion_ids": c_ids, "scores": scored["totals"],
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
-                    "refs": {k: ray.get(f) for k, f in ref_futures.items()}}
+                    "refs": {k: get(f) for k, f in ref_futures.items()}}
             metrics = learner_call(learner.train_step.remote(data), step, out)
-            sync.update(weights=learner.get_weights.remote(), version=step + 1)  # workers fetch it from the store
-            refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
-            for i, w in enumerate(rollout):
+            if inproc:  # the rollout engine already has the new weights: it is the learner's module
+                sync["version"] = step + 1
+                refresh_references(references, needs["references"], step + 1, learner.get_weights.remote)
+                rollout[0].update_weights.remote(None, step + 1)
+            else:  # workers fetch the weights from the object store
+                sync.update(weights=learner.get_weights.remote(), version=step + 1)
+                refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
+            for i, w in enumerate([] if inproc else rollout):
                 try:
                     ray.get(w.update_weights.remote(sync["weights"], step + 1))
                 except ray.exceptions.RayActorError:  # died in between: Ray restarts it; send again
@@ -196,9 +213,9 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         pool.shutdown()
     t_loop = time.time() - t_loop
     eval_after = run_eval()
-    final = ray.get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None
+    final = get(learner.save.remote(str(out / "final"))) if recipe.checkpoint.save_final else None
     summary = {"eval_before": eval_before, "eval_after": eval_after, "steps": g.steps,
-               "regularizers": ray.get(learner.state.remote()), "initial_model": init_paths[0],
+               "regularizers": get(learner.state.remote()), "initial_model": init_paths[0],
                "final_checkpoint": final, "wall_time_s": time.time() - t0, "train_time_s": t_loop}
     atomic_write_json(out / "summary.json", summary)
     if eval_before:

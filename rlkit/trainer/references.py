@@ -138,17 +138,20 @@ def check_same_vocabulary(policy_path: str, teacher_path: str, key: str) -> None
 def refresh_references(references: dict, specs: dict, step: int, weights) -> list[str]:
     """TR-DPO refresh: after optimizer step ``step``, every reference whose spec has ``refresh_every`` dividing
     ``step`` moves toward the policy, ``theta_ref <- (1 - a) theta_ref + a theta`` with ``a = refresh_rate``
-    (default 1). ``weights``: the learner's weights (an object ref). Returns the refreshed keys.
+    (default 1). ``weights``: the learner's weights (an object ref), or a function making them, called only when a
+    reference is due (in-process mode: ``learner.get_weights.remote``). Returns the refreshed keys.
 
     Not saved in checkpoints: a resumed run, or a reference actor restarted by Ray, starts again from the
     reference's original weights."""
-    import ray
+    from rlkit.workers.local import get
 
     done = []
     for key, worker in references.items():
         spec = specs.get(key) or {}
         every = spec.get("refresh_every")
         if every and step % every == 0:
-            ray.get(worker.refresh.remote(weights, spec.get("refresh_rate") or 1.0))
+            if callable(weights):
+                weights = get(weights())
+            get(worker.refresh.remote(weights, spec.get("refresh_rate") or 1.0))
             done.append(key)
     return done

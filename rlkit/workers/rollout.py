@@ -16,10 +16,20 @@ from .common import load_model, setup_process
 class RolloutWorker:
     def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
                  batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
-                 vllm_options: dict | None = None):
+                 vllm_options: dict | None = None, model=None, tokenizer=None):
+        """``model``/``tokenizer`` (in-process placement only): generate with this live ``nn.Module``, the learner's
+        policy, instead of loading a copy; weight updates are then no-ops (the weights are shared)."""
         setup_process(torch_threads, seed + rank)
         self.rank, self.version = rank, version  # the weights at model_path are this version (Ray restarts reuse it)
-        if engine == "vllm":
+        self.shared = model is not None
+        if self.shared:
+            if engine != "transformers":
+                raise ValueError(f"rollout.engine {engine!r} cannot share the learner's module: use 'transformers'")
+            from rlkit.rollout import TransformersEngine
+
+            self.tokenizer = tokenizer
+            self.engine = TransformersEngine(model, tokenizer, batch_size)
+        elif engine == "vllm":
             import tempfile
 
             from rlkit.models.loading import TINY_NAMES, load_tokenizer
@@ -38,8 +48,9 @@ class RolloutWorker:
             self.engine = TransformersEngine(model, self.tokenizer, batch_size)
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
-        print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model={model_path}", flush=True)
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
+              f"{'the learner policy (shared, in-process)' if self.shared else model_path}", flush=True)
+        if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
             print(f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
                   "re-sends the current ones", flush=True)
 
@@ -51,8 +62,9 @@ class RolloutWorker:
         outs = self.engine.generate(prompt_ids, SamplingParams(**params))
         return [asdict(c) for c in outs]
 
-    def update_weights(self, state_dict: dict, version: int) -> int:
-        self.engine.update_weights(state_dict)
+    def update_weights(self, state_dict: dict | None, version: int) -> int:
+        if not self.shared:
+            self.engine.update_weights(state_dict)
         self.version = version
         return version
 
@@ -60,9 +72,16 @@ class RolloutWorker:
         return self.version
 
 
-def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0) -> list:
-    """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``)."""
+def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None) -> list:
+    """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``).
+    ``share=(model, tokenizer)``: one in-process worker generating with that live module (``ray.mode: inprocess``)."""
     rc, ro = recipe.ray, recipe.rollout
+    if share is not None:
+        from .local import spawn
+
+        return [spawn(RolloutWorker, {}, model_path, engine=ro.engine, batch_size=ro.batch_size,
+                      torch_threads=rc.torch_threads, seed=recipe.seed, version=version, model=share[0],
+                      tokenizer=share[1], inprocess=True)]
     opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
     if rc.gpus_per_rollout_worker:
         opts["num_gpus"] = rc.gpus_per_rollout_worker

@@ -1,0 +1,83 @@
+"""In-process placement (``ray.mode: inprocess``): every worker role lives in the driver process, no Ray.
+
+The driver talks to its workers through actor handles: ``handle.method.remote(...)`` returns a future and
+``get(future)`` its value. :class:`LocalActor` gives an ordinary instance of a worker class that same surface, so one
+driver (``rlkit.trainer.grpo``) runs both placements:
+
+* ``actors`` (default): each role (rollout, learner, reference, reward) is a Ray actor in its own process; policy
+  weights travel from the learner to the rollout workers through the object store after every step.
+* ``inprocess``: the same classes, instantiated here. The rollout engine generates with the learner's own
+  ``nn.Module`` (one copy of the policy, nothing to synchronise), the way verl's hybrid engine colocates actor and
+  rollout. One process, so no Ray services and no per-actor copy of torch: the memory of a single-process trainer
+  such as TRL's, for single-machine jobs. A call runs when ``.remote`` is made; the future holds its value or its
+  exception, which ``get`` raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LocalRef:
+    """A finished in-process call: its value, or the exception it raised (re-raised by :func:`get`)."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+
+class _Method:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args, **kwargs) -> LocalRef:
+        try:
+            return LocalRef(self.fn(*args, **kwargs))
+        except Exception as err:  # noqa: BLE001 - handed to the caller by get(), as Ray does
+            return LocalRef(error=err)
+
+
+class LocalActor:
+    """An instance of a Ray actor class, living in this process and called like a Ray actor handle."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.instance, name)
+        return _Method(attr) if callable(attr) else attr
+
+    def __repr__(self) -> str:
+        return f"LocalActor({type(self.instance).__name__})"
+
+
+def get(ref):
+    """``ray.get`` for Ray object refs and :class:`LocalRef` futures alike (lists too)."""
+    if isinstance(ref, LocalRef):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+    if isinstance(ref, list) and ref and all(isinstance(r, LocalRef) for r in ref):
+        return [get(r) for r in ref]
+    import ray
+
+    return ray.get(ref)
+
+
+def actor_class(remote_cls):
+    """The plain Python class behind a ``@ray.remote`` class (itself when it is not one)."""
+    return getattr(remote_cls, "__ray_actor_class__", remote_cls)
+
+
+def spawn(remote_cls, options: dict, *args, inprocess: bool = False, **kwargs):
+    """``remote_cls.options(**options).remote(*args, **kwargs)``, or with ``inprocess`` an instance here."""
+    if inprocess:
+        return LocalActor(actor_class(remote_cls)(*args, **kwargs))
+    return remote_cls.options(**options).remote(*args, **kwargs)
+
+
+def is_local(handle) -> bool:
+    return isinstance(handle, LocalActor)

@@ -1,0 +1,151 @@
+"""``ray.mode: inprocess``: every worker role in the driver process, the rollout engine sharing the learner's
+module. It must train exactly as the Ray actor placement does, and refuse what it cannot do."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlkit._config import ConfigError
+from rlkit.config import load_recipe
+from rlkit.workers.local import LocalActor, LocalRef, actor_class, get, spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["sft.enabled=false", "grpo.steps=3", "grpo.prompts_per_step=4", "grpo.group_size=4", "eval.before=false",
+        "eval.num_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]", "logging.plot=false", "logging.tensorboard=false",
+        "data.params={n_train: 64, n_eval: 8}", "ray.torch_threads=1",
+        # a dense signal (shorter is better) so that the untrained policy moves within 3 steps
+        "rewards=[{name: numeric_match}, {name: length_penalty, weight: 0.5, params: {max_length: 2, scale: 8}}]"]
+
+
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def add(self, k=1):
+        self.n += k
+        return self.n
+
+    def fail(self):
+        raise KeyError("boom")
+
+
+def test_local_actor_calls_like_a_ray_handle():
+    actor = spawn(Counter, {"num_cpus": 1}, 5, inprocess=True)
+    assert isinstance(actor, LocalActor) and actor.instance.n == 5
+    ref = actor.add.remote(k=2)
+    assert isinstance(ref, LocalRef) and get(ref) == 7
+    assert get([actor.add.remote(), actor.add.remote()]) == [8, 9]
+    assert actor.n == 9  # plain attributes read through
+    bad = actor.fail.remote()  # the exception is kept in the future, raised by get, as with Ray
+    with pytest.raises(KeyError, match="boom"):
+        get(bad)
+
+
+def test_spawn_unwraps_ray_remote_classes_without_starting_ray():
+    import ray
+
+    from rlkit.workers import RewardWorker
+
+    assert actor_class(RewardWorker).__name__ == "RewardWorker" and actor_class(Counter) is Counter
+    worker = spawn(RewardWorker, {"num_cpus": 0.25}, [{"name": "numeric_match"}], inprocess=True)
+    scored = get(worker.score.remote(["1+1="], ["2", "3"][:1], ["2"]))
+    assert scored["totals"] == [1.0]
+    assert not ray.is_initialized()
+
+
+def test_shared_rollout_engine_uses_the_learner_module_and_keeps_its_mode():
+    from rlkit.models.tiny import build_tiny_model, build_tiny_tokenizer
+    from rlkit.rollout import SamplingParams
+    from rlkit.workers import RolloutWorker
+
+    model, tok = build_tiny_model(), build_tiny_tokenizer(padding_side="left")
+    model.train()
+    worker = spawn(RolloutWorker, {}, "tiny", model=model, tokenizer=tok, inprocess=True)
+    assert worker.instance.engine.model is model
+    params = dict(n=2, max_new_tokens=4, temperature=1.0, seed=3)
+    first = get(worker.generate.remote([[1, 2, 3]], params))
+    assert model.training  # eval() only for the call
+    with torch.no_grad():  # a change to the learner's weights is seen at once: no sync needed
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert get(worker.update_weights.remote(None, 1)) == 1  # a no-op that records the version
+    second = get(worker.generate.remote([[1, 2, 3]], params))
+    assert [c["logprobs"] for c in first] != [c["logprobs"] for c in second]
+    with pytest.raises(ValueError, match="share"):
+        actor_class(RolloutWorker)("tiny", engine="vllm", model=model, tokenizer=tok)
+    assert SamplingParams(**params).n == 2
+
+
+@pytest.mark.parametrize("override,key", [
+    ("rollout.engine=vllm", "rollout.engine"),
+    ("rollout.num_workers=2", "rollout.num_workers"),
+    ("learner.num_workers=2", "learner.num_workers"),
+    ("grpo.async_rollout=true", "grpo.async_rollout"),
+    ("ray.address=auto", "ray.address"),
+])
+def test_inprocess_refuses_what_it_cannot_run(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["ray.mode=inprocess", override])
+    assert key in str(err.value) and "ray.mode" in str(err.value)
+    load_recipe(ROOT / "recipes" / "quickstart.yaml", ["ray.mode=actors", override.replace("vllm", "transformers")])
+
+
+def rlkit(*args, home):
+    env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_inprocess_trains_exactly_like_ray_actors_and_resumes(tmp_path):
+    runs = {}
+    for mode in ("inprocess", "actors"):
+        out = tmp_path / mode
+        args = ["train", "recipes/quickstart.yaml", f"output_dir={out}", *FAST, f"ray.mode={mode}",
+                "checkpoint.save_every=2"]
+        proc = rlkit(*args, home=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[mode] = (metrics(out), proc.stdout, args)
+    (rows, stdout, args), (ray_rows, ray_stdout, _) = runs["inprocess"], runs["actors"]
+    assert "in-process mode" in stdout and "Ray: started" not in stdout and "Ray: started" in ray_stdout
+    assert "shared, in-process" in stdout
+    # same seeds, one torch thread each: the same samples, losses and weights, step after step
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for a, b in zip(rows, ray_rows):
+        diff = {k: (a[k], b[k]) for k in a if not k.startswith("time") and a[k] != b.get(k)}
+        assert not diff, diff
+    assert rows[-1]["kl_k3/value"] > 0  # the policy moved (and the rollout saw it: same rewards as with sync)
+    # resume in-process from the step-2 checkpoint: step 3 is redone identically
+    import shutil
+
+    out = tmp_path / "inprocess"
+    shutil.rmtree(out / "checkpoints" / "step_000003", ignore_errors=True)
+    proc = rlkit(*args, "--resume", home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = metrics(out)
+    assert [r["step"] for r in again] == [1, 2, 3]
+    assert again[-1]["loss/total"] == rows[-1]["loss/total"] and again[-1]["grad_norm"] == rows[-1]["grad_norm"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,extra", [
+    ("recipes/ppo_kl_adaptive.yaml", ["ppo.steps=2", "ppo.prompts_per_step=8"]),
+    ("recipes/grpo_lora.yaml", ["grpo.steps=2"]),
+])
+def test_inprocess_runs_ppo_and_lora(tmp_path, recipe, extra):
+    args = ["train", recipe, f"output_dir={tmp_path}", *[a for a in FAST if not a.startswith("grpo.")], *extra,
+            "ray.mode=inprocess"]
+    proc = rlkit(*args, home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss/total"] == r["loss/total"] for r in rows)
+    assert (tmp_path / "summary.json").exists()
