@@ -152,10 +152,13 @@ def worker_rlkit(a, work: Path) -> dict:
     # A fresh local cluster of our own: with address=None, ray.init (and so rlkit's start_ray) joins any Ray cluster
     # already running on this machine. run_grpo then finds Ray initialised and uses this one.
     recipe = recipe_for(a, work)
-    ray.init(address="local", num_cpus=recipe.ray.num_cpus or os.cpu_count() or 2, include_dashboard=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    actors = recipe.ray.mode == "actors"  # ray.mode=inprocess: no Ray at all
+    if actors:
+        ray.init(address="local", num_cpus=recipe.ray.num_cpus or os.cpu_count() or 2, include_dashboard=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     run_grpo(recipe, console=Console(soft_wrap=True))
-    ray.shutdown()
+    if actors:
+        ray.shutdown()
     rows = [json.loads(line) for line in (work / "rlkit_run" / "metrics.jsonl").read_text().splitlines() if line]
     return {"step_times_s": [r["time/step"] for r in rows]}
 

@@ -81,6 +81,27 @@ def test_shared_rollout_engine_uses_the_learner_module_and_keeps_its_mode():
     assert SamplingParams(**params).n == 2
 
 
+def test_inprocess_run_never_imports_ray(tmp_path):
+    """Worker modules create their Ray actor classes lazily: an in-process job loads no Ray at all (its import alone
+    is ~30 MB of resident memory)."""
+    code = (
+        "import sys\n"
+        "from rlkit.config import load_recipe\n"
+        "from rlkit.trainer.grpo import run_grpo\n"
+        f"r = load_recipe('recipes/quickstart.yaml', ['output_dir={tmp_path}', 'ray.mode=inprocess', 'grpo.steps=1', "
+        "'grpo.prompts_per_step=2', 'grpo.group_size=2', 'eval.before=false', 'eval.num_prompts=1', "
+        "'eval.n_samples=1', 'eval.ks=[1]', 'sft.enabled=false', 'logging.tensorboard=false', 'logging.plot=false', "
+        "'checkpoint.save_final=false', 'data.params={n_train: 8, n_eval: 2}'])\n"
+        "run_grpo(r)\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "print('no ray')\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "no ray" in out.stdout and (tmp_path / "metrics.jsonl").exists()
+
+
 @pytest.mark.parametrize("override,key", [
     ("rollout.engine=vllm", "rollout.engine"),
     ("rollout.num_workers=2", "rollout.num_workers"),

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import ray
-
 from rlkit.utils.evaluation import summarize_correctness
-from rlkit.workers.local import get
+from rlkit.workers.local import get, ray_error
 
 
 def shard(items: list, n: int) -> list[list]:
@@ -36,7 +34,7 @@ def generate(workers, prompt_ids: list[list[int]], params: dict, on_restart=None
                     out.extend(result)
                     break
                 why = f"was restarted (weights version {result['stale']}, expected {version})"
-            except ray.exceptions.RayActorError as err:
+            except ray_error() as err:
                 why = f"died ({type(err).__name__})"
             if attempt == retries:
                 raise RuntimeError(f"rollout worker {i} {why}; gave up after {retries} retries")

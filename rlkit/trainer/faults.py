@@ -11,8 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import ray
-
 from rlkit.utils.checkpoint import atomic_write_bytes, list_complete_checkpoints
 
 
@@ -40,13 +38,13 @@ def last_checkpoint(out: Path) -> str:
 def learner_call(ref, step: int, out: Path):
     """``ray.get`` a learner call; a learner that died or raised becomes a :class:`TrainingError` that names the
     step, the cause and the checkpoint to resume from."""
-    from rlkit.workers.local import LocalRef, get
+    from rlkit.workers.local import LocalRef, get, ray_error
 
     try:
         return get(ref)
-    except ray.exceptions.RayActorError as err:
+    except ray_error("RayActorError") as err:
         cause = f"the learner process died ({type(err).__name__})"
-    except ray.exceptions.RayTaskError as err:
+    except ray_error("RayTaskError") as err:
         inner = err.as_instanceof_cause() if hasattr(err, "as_instanceof_cause") else err
         cause = f"{type(getattr(err, 'cause', None) or inner).__name__}: " + str(getattr(err, "cause", None) or inner)
     except Exception as err:  # an in-process learner raised (ray.mode: inprocess)
@@ -61,6 +59,8 @@ def call_when_alive(make_call, timeout_s: float = 300.0):
     """``ray.get(make_call())``, retried while the actor is restarting (Ray answers ``ActorUnavailableError`` or
     ``ActorDiedError`` until the new process is up) for up to ``timeout_s``; then the last error propagates."""
     import time
+
+    import ray
 
     deadline = time.monotonic() + timeout_s
     while True:

@@ -9,7 +9,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import ray
 import yaml
 
 from rlkit.config import Recipe
@@ -44,9 +43,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | "
                   f"eval prompts {len(evalset)} | out {out}")
     check_model_source(recipe)
-    from rlkit.workers.learner_group import LearnerGroup, check_recipe as check_learner_group
+    if recipe.learner.num_workers > 1:  # data-parallel learners (rlkit/workers/learner_group.py)
+        from rlkit.workers.learner_group import LearnerGroup, check_recipe as check_learner_group
 
-    check_learner_group(recipe)  # learner.num_workers > 1: data-parallel learners (rlkit/workers/learner_group.py)
+        check_learner_group(recipe)
     init_paths = prepare_initial_models(recipe, out, console)
     teachers = prepare_teachers(recipe, out, init_paths, console)  # sft:tiny teachers trained; tokenizers checked
     resume_from = find_resume_point(recipe, out, console)
@@ -69,7 +69,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     else:
         start_ray(recipe.ray, console)
     from rlkit.workers import Learner, PPOLearner, ReferenceWorker, RewardWorker
-    from rlkit.workers.local import get, spawn
+    from rlkit.workers.local import get, ray_error, spawn
     from rlkit.workers.rollout import spawn_rollout_workers
 
     ppo = recipe.algorithm == "ppo"  # PPO: the same loop with its own section and a learner with a critic
@@ -193,8 +193,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                 refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
             for i, w in enumerate([] if inproc else rollout):
                 try:
-                    ray.get(w.update_weights.remote(sync["weights"], step + 1))
-                except ray.exceptions.RayActorError:  # died in between: Ray restarts it; send again
+                    get(w.update_weights.remote(sync["weights"], step + 1))
+                except ray_error():  # died in between: Ray restarts it; send again
                     print(f"rollout worker {i} died during the weight sync: re-sending weights", flush=True)
                     resend(w)
             metrics.update({f"reward/{k}": sum(v) / len(v) for k, v in scored["components"].items()})

@@ -7,7 +7,6 @@ import math
 import os
 from collections import defaultdict
 
-import ray
 import torch
 
 from rlkit.advantages import group_advantages, rloo_advantages
@@ -18,6 +17,7 @@ from rlkit.objectives.aggregation import masked_mean
 from rlkit.regularizers import PolicyBatch, build_regularizers
 
 from .common import cpu_state_dict, load_model, setup_process
+from .local import remote_actor
 
 
 class LearnerCore:
@@ -269,7 +269,7 @@ class LearnerCore:
         return {"regularizers": {r.label: r.state_dict() for r in self.regs}, "version": self.version}
 
 
-@ray.remote
+@remote_actor
 class Learner(LearnerCore):
     def __init__(self, *args, torch_threads: int = 1, **kwargs):
         setup_process(torch_threads)

@@ -15,6 +15,7 @@ driver (``rlkit.trainer.grpo``) runs both placements:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -81,3 +82,47 @@ def spawn(remote_cls, options: dict, *args, inprocess: bool = False, **kwargs):
 
 def is_local(handle) -> bool:
     return isinstance(handle, LocalActor)
+
+
+class _LazyActorClass:
+    """``ray.remote(cls)``, made on first use: importing a worker module does not import Ray (``inprocess`` runs
+    never load it). ``options``/``remote`` and every other attribute go to the Ray actor class."""
+
+    def __init__(self, cls):
+        self.__ray_actor_class__ = cls
+        self.__name__, self.__doc__ = cls.__name__, cls.__doc__
+        self._remote = None
+
+    def _ray_class(self):
+        if self._remote is None:
+            import ray
+
+            self._remote = ray.remote(self.__ray_actor_class__)
+        return self._remote
+
+    def options(self, **kwargs):
+        return self._ray_class().options(**kwargs)
+
+    def remote(self, *args, **kwargs):
+        return self._ray_class().remote(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._ray_class(), name)
+
+    def __repr__(self) -> str:
+        return f"ActorClass({self.__name__})"
+
+
+def remote_actor(cls):
+    """Class decorator: ``cls`` as a Ray actor class, created lazily (see :class:`_LazyActorClass`)."""
+    return _LazyActorClass(cls)
+
+
+class _NeverRaised(Exception):
+    """Stands for Ray's exception classes when Ray was never imported: nothing can raise them then."""
+
+
+def ray_error(name: str = "RayActorError") -> type[BaseException]:
+    """``ray.exceptions.<name>`` for ``except`` clauses, without importing Ray when no Ray call was ever made."""
+    ray = sys.modules.get("ray")
+    return getattr(ray.exceptions, name) if ray is not None and hasattr(ray, "exceptions") else _NeverRaised

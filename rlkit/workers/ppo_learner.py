@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import ray
 import torch
 
 from rlkit.advantages import gae_advantages, whiten
@@ -19,6 +18,7 @@ from rlkit.regularizers import PolicyBatch
 
 from .common import load_model, setup_process
 from .learner import LearnerCore
+from .local import remote_actor
 
 CRITIC_FILE = "critic.safetensors"
 
@@ -178,7 +178,7 @@ class PPOLearnerCore(LearnerCore):
         return driver
 
 
-@ray.remote
+@remote_actor
 class PPOLearner(PPOLearnerCore):
     def __init__(self, *args, torch_threads: int = 1, **kwargs):
         setup_process(torch_threads)

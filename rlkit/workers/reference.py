@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 
-import ray
 import torch
 
 from rlkit.modeling import collate, completion_logits, token_logprobs
 
 from .common import setup_process
+from .local import remote_actor
 
 
 def load_model(path: str, dtype: str = "float32"):
@@ -25,7 +25,7 @@ def load_model(path: str, dtype: str = "float32"):
     return load_merged_model(path, dtype)
 
 
-@ray.remote
+@remote_actor
 class ReferenceWorker:
     def __init__(self, kind: str, paths: list[str], weights: list[float] | None = None, dtype: str = "float32",
                  temperature: float = 1.0, torch_threads: int = 1, name: str | None = None):

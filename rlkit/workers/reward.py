@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import ray
+from .local import remote_actor
 
 
-@ray.remote
+@remote_actor
 class RewardWorker:
     def __init__(self, specs: list[dict]):
         from reward_models import CompositeReward

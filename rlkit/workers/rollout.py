@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict
-
-import ray
 
 from rlkit.rollout import SamplingParams
 
 from .common import load_model, setup_process
+from .local import remote_actor
 
 
-@ray.remote
+@remote_actor
 class RolloutWorker:
     def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
                  batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
@@ -50,7 +50,9 @@ class RolloutWorker:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
         print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
               f"{'the learner policy (shared, in-process)' if self.shared else model_path}", flush=True)
-        if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+        ray = sys.modules.get("ray")  # imported by Ray itself in an actor process; never imported in-process
+        in_actor = ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        if in_actor and ray.get_runtime_context().was_current_actor_reconstructed:
             print(f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
                   "re-sends the current ones", flush=True)
 
