@@ -7,7 +7,7 @@ alpha-divergence (alpha -> 0 reverse KL, alpha = 1 forward KL).
 """
 
 from rlkit.advantages import gae_advantages, group_advantages, rloo_advantages, whiten
-from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty
+from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty, linear_f_divergence
 from rlkit.divergences.generators import dpo_score, f_of_logu
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
 from rlkit.objectives.aggregation import aggregate
@@ -32,6 +32,7 @@ __all__ = [
     "gae_advantages",
     "group_advantages",
     "kl_penalty",
+    "linear_f_divergence",
     "lp_reg_proxy_logprobs",
     "paced_weights",
     "rloo_advantages",

@@ -1,6 +1,7 @@
 """Pure divergence math: f-divergence generators, sampled estimators, exact full-vocabulary divergences."""
 
 from .exact import f_divergence
+from .linear import linear_f_divergence
 from .proxy import FILTERED_LOGPROB, lp_reg_proxy_logprobs
 from .generators import DIVERGENCES, DPO_DIVERGENCES, canonical, dpo_score, f_of_logu, fprime_at_one
 from .sampled import KL_ESTIMATORS, f_divergence_sampled, kl_penalty
@@ -17,5 +18,6 @@ __all__ = [
     "f_of_logu",
     "fprime_at_one",
     "kl_penalty",
+    "linear_f_divergence",
     "lp_reg_proxy_logprobs",
 ]
