@@ -244,8 +244,8 @@ class RayConfig(StrictModel):
 
     ``mode``: ``actors`` runs each role (rollout, learner, reference, reward) as a Ray actor; ``inprocess`` runs them
     all in the driver process without Ray, the rollout engine generating with the learner's own module (one policy
-    copy, no weight sync; see ``rlkit.workers.local``): single-machine jobs with one learner and one rollout worker
-    on the transformers engine."""
+    copy, no weight sync; with ``async_rollout``, its own copy in a thread; see ``rlkit.workers.local``):
+    single-machine jobs with one learner and one rollout worker on the transformers engine."""
 
     mode: Literal["actors", "inprocess"] = "actors"
     address: str | None = None
@@ -342,8 +342,6 @@ def _check_inprocess(recipe: Recipe) -> None:
                                                                     "learner's module)"),
         ("rollout.num_workers", recipe.rollout.num_workers != 1, "must be 1"),
         ("learner.num_workers", recipe.learner.num_workers != 1, "must be 1"),
-        (f"{recipe.algorithm}.async_rollout", getattr(recipe, recipe.algorithm).async_rollout,
-         "needs a second copy of the policy in another process: use ray.mode=actors"),
     ):
         if bad:
             raise ConfigError(key, f"{why} with ray.mode=inprocess (or set ray.mode=actors)")

@@ -90,8 +90,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                         policy_path, g.model_dump(), recipe.regularizers, inprocess=inproc, **learner_kw)
     # Rollout workers restart when they die; the driver re-sends the current weights and retries their shard
     # (see generate). In-process, the one rollout engine generates with the learner's module: nothing to sync.
-    rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3,
-                                    share=(learner.instance.model, learner.instance.tokenizer) if inproc else None)
+    # With async rollouts the in-process engine keeps its own copy (it generates while the learner trains).
+    shared = inproc and not g.async_rollout
+    rollout = spawn_rollout_workers(recipe, policy_path, version=start, max_restarts=3, inprocess=inproc,
+                                    share=(learner.instance.model, learner.instance.tokenizer) if shared else None)
     needs = get(learner.needs.remote())
     references = {}
     ref_keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
@@ -184,14 +186,14 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
                     "refs": {k: get(f) for k, f in ref_futures.items()}}
             metrics = learner_call(learner.train_step.remote(data), step, out)
-            if inproc:  # the rollout engine already has the new weights: it is the learner's module
+            if shared:  # the rollout engine already has the new weights: it is the learner's module
                 sync["version"] = step + 1
                 refresh_references(references, needs["references"], step + 1, learner.get_weights.remote)
                 rollout[0].update_weights.remote(None, step + 1)
-            else:  # workers fetch the weights from the object store
+            else:  # workers fetch the weights from the object store (in-process: a state dict in memory)
                 sync.update(weights=learner.get_weights.remote(), version=step + 1)
                 refresh_references(references, needs["references"], step + 1, sync["weights"])  # TR-DPO refresh
-            for i, w in enumerate([] if inproc else rollout):
+            for i, w in enumerate([] if shared else rollout):
                 try:
                     get(w.update_weights.remote(sync["weights"], step + 1))
                 except ray_error():  # died in between: Ray restarts it; send again

@@ -8,7 +8,8 @@ driver (``rlkit.trainer.grpo``) runs both placements:
   weights travel from the learner to the rollout workers through the object store after every step.
 * ``inprocess``: the same classes, instantiated here. The rollout engine generates with the learner's own
   ``nn.Module`` (one copy of the policy, nothing to synchronise), the way verl's hybrid engine colocates actor and
-  rollout. One process, so no Ray services and no per-actor copy of torch: the memory of a single-process trainer
+  rollout. With ``async_rollout`` the engine keeps its own copy instead and generates the next batch in a thread
+  while the learner trains (torch ops release the GIL), its weights updated in place after each step. One process, so no Ray services and no per-actor copy of torch: the memory of a single-process trainer
   such as TRL's, for single-machine jobs. A call runs when ``.remote`` is made; the future holds its value or its
   exception, which ``get`` raises.
 """
@@ -16,6 +17,7 @@ driver (``rlkit.trainer.grpo``) runs both placements:
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 
@@ -29,16 +31,21 @@ class LocalRef:
 
 
 class _Method:
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "lock")
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, lock):
+        self.fn, self.lock = fn, lock
 
     def remote(self, *args, **kwargs) -> LocalRef:
-        try:
-            return LocalRef(self.fn(*args, **kwargs))
-        except Exception as err:  # noqa: BLE001 - handed to the caller by get(), as Ray does
-            return LocalRef(error=err)
+        # as with Ray: futures passed as arguments are resolved, and one actor runs one call at a time (a rollout
+        # thread's generate and the driver's weight update never overlap)
+        args = [get(a) if isinstance(a, LocalRef) else a for a in args]
+        kwargs = {k: get(v) if isinstance(v, LocalRef) else v for k, v in kwargs.items()}
+        with self.lock:
+            try:
+                return LocalRef(self.fn(*args, **kwargs))
+            except Exception as err:  # noqa: BLE001 - handed to the caller by get(), as Ray does
+                return LocalRef(error=err)
 
 
 class LocalActor:
@@ -46,10 +53,11 @@ class LocalActor:
 
     def __init__(self, instance):
         self.instance = instance
+        self._lock = threading.RLock()
 
     def __getattr__(self, name: str):
         attr = getattr(self.instance, name)
-        return _Method(attr) if callable(attr) else attr
+        return _Method(attr, self._lock) if callable(attr) else attr
 
     def __repr__(self) -> str:
         return f"LocalActor({type(self.instance).__name__})"

@@ -74,16 +74,19 @@ class RolloutWorker:
         return self.version
 
 
-def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None) -> list:
+def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None,
+                          inprocess: bool = False) -> list:
     """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``).
-    ``share=(model, tokenizer)``: one in-process worker generating with that live module (``ray.mode: inprocess``)."""
+    ``inprocess``: one worker in this process (``ray.mode: inprocess``), generating with ``share=(model,
+    tokenizer)``, a live module, when given, else with its own copy of the model at ``model_path``."""
     rc, ro = recipe.ray, recipe.rollout
-    if share is not None:
+    if inprocess:
         from .local import spawn
 
-        return [spawn(RolloutWorker, {}, model_path, engine=ro.engine, batch_size=ro.batch_size,
-                      torch_threads=rc.torch_threads, seed=recipe.seed, version=version, model=share[0],
-                      tokenizer=share[1], inprocess=True)]
+        model, tokenizer = share if share is not None else (None, None)
+        return [spawn(RolloutWorker, {}, model_path, engine=ro.engine, dtype=recipe.model.dtype,
+                      batch_size=ro.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed, version=version,
+                      model=model, tokenizer=tokenizer, inprocess=True)]
     opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
     if rc.gpus_per_rollout_worker:
         opts["num_gpus"] = rc.gpus_per_rollout_worker
