@@ -126,6 +126,8 @@ class GRPOConfig(StrictModel):
     #: generate step t+1 while the learner trains on step t (one-step off-policy; the clipped ratio is taken
     #: against the rollout policy's log-probs). Faster where rollout and learner have their own cores/GPUs.
     async_rollout: bool = False
+    #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py)
+    fused_head: bool = False
 
 
 class PPOConfig(GRPOConfig):

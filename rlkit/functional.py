@@ -10,6 +10,7 @@ from rlkit.advantages import gae_advantages, group_advantages, rloo_advantages, 
 from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty, linear_f_divergence
 from rlkit.divergences.generators import dpo_score, f_of_logu
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
+from rlkit.fused_head import linear_token_logprobs
 from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.dpo import dpo_loss, fdpo_loss, preference_ece
 from rlkit.objectives.policy import clipped_surrogate, tis_weights
@@ -33,6 +34,7 @@ __all__ = [
     "group_advantages",
     "kl_penalty",
     "linear_f_divergence",
+    "linear_token_logprobs",
     "lp_reg_proxy_logprobs",
     "paced_weights",
     "rloo_advantages",

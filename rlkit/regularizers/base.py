@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from rlkit._config import ConfigError, StrictModel
+from rlkit.divergences import f_divergence, linear_f_divergence
 
 from .weighting import ConstantWeighting, WeightingConfig, build_weighting, coerce_weighting
 
@@ -23,6 +24,10 @@ class PolicyBatch:
 
     ``ref_logprobs``/``ref_logits`` may be a tensor (one reference) or a dict keyed by reference type
     (``"initial"``, ``"soup"``, ``"teacher"``) when regularizers toward several references are combined.
+
+    ``hidden`` (``[B, T, H]``) and ``lm_head`` (``(weight [V, H], bias [V] or None, temperature)``) stand in for
+    ``logits`` when the learner's fused head (``grpo.fused_head``) never materialises them: ``logits = (hidden @
+    weight.T + bias) / temperature``; :meth:`exact_divergence` takes either form.
     """
 
     logprobs: torch.Tensor
@@ -37,6 +42,8 @@ class PolicyBatch:
     sampled_from: Literal["policy", "ref"] = "policy"
     step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
+    lm_head: tuple | None = None
 
     def reference(self, field_name: str, key: str, owner: str) -> torch.Tensor:
         value = getattr(self, field_name)
@@ -47,6 +54,20 @@ class PolicyBatch:
         if value is None:
             raise ValueError(f"regularizer {owner!r} needs batch.{field_name} (reference {key!r}), which is missing")
         return value
+
+    def exact_divergence(self, divergence: str, key: str, owner: str, alpha: float = 0.5,
+                         chunk_size: int | None = None) -> torch.Tensor:
+        """Exact per-token divergence ``[B, T]`` of the policy from reference ``key``'s ``ref_logits`` (already
+        divided by the temperature), zero on padding: from ``logits`` (:func:`rlkit.functional.f_divergence`), or,
+        when ``logits`` is None and ``hidden`` is set, from ``hidden`` + ``lm_head``
+        (:func:`rlkit.functional.linear_f_divergence`, the policy logits divided by the same temperature)."""
+        ref = self.reference("ref_logits", key, owner)
+        if self.logits is None and self.hidden is not None:
+            weight, bias, temperature = self.require("lm_head", owner)
+            return linear_f_divergence(self.hidden, weight, ref, divergence, alpha, bias=bias,
+                                       temperature=temperature, mask=self.mask, chunk_size=chunk_size or 256)
+        return f_divergence(self.require("logits", owner), ref, divergence, alpha=alpha, mask=self.mask,
+                            chunk_size=chunk_size)
 
     def require(self, field_name: str, owner: str) -> torch.Tensor:
         value = getattr(self, field_name)

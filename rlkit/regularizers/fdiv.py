@@ -4,7 +4,8 @@
 paper's ``D_{f_alpha}`` (alpha -> 0 reverse KL, alpha = 1 forward KL). ``mode: sampled`` uses
 :func:`rlkit.functional.f_divergence_sampled` (unbiased, control-variate forms) on policy samples (on-policy) or
 reference samples (DPH-RL's rehearsal); ``mode: exact`` sums over the vocabulary in chunks with
-:func:`rlkit.functional.f_divergence`.
+:func:`rlkit.functional.f_divergence` (or, with the learner's ``grpo.fused_head``, from hidden states with
+:func:`rlkit.functional.linear_f_divergence`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from pydantic import Field
 
 from rlkit._config import ConfigError
-from rlkit.divergences import f_divergence, f_divergence_sampled
+from rlkit.divergences import f_divergence_sampled
 
 from .base import PolicyBatch, Regularizer, RegularizerConfig
 
@@ -70,9 +71,9 @@ class _FDiv(Regularizer):
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
         c = self.cfg
         if c.mode == "exact":
-            ref = batch.reference("ref_logits", self.reference_key, self.label)
-            return f_divergence(batch.require("logits", self.label), ref, self.divergence_name, alpha=self._alpha(),
-                                mask=batch.mask, chunk_size=c.chunk_size)
+            # from logits, or (fused head: batch.logits is None) from batch.hidden with linear_f_divergence
+            return batch.exact_divergence(self.divergence_name, self.reference_key, self.label, self._alpha(),
+                                          c.chunk_size)
         if (c.samples == "reference") != (batch.sampled_from == "ref"):
             raise ValueError(f"regularizer {self.label!r} is configured for samples from the "
                              f"{c.samples}, but the batch was sampled from {batch.sampled_from!r}")

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 from rlkit._config import ConfigError
-from rlkit.divergences import KL_ESTIMATORS, f_divergence, f_divergence_sampled, kl_penalty
+from rlkit.divergences import KL_ESTIMATORS, f_divergence_sampled, kl_penalty
 
 from .base import PolicyBatch, Regularizer, RegularizerConfig
 
@@ -67,9 +67,8 @@ class KL(Regularizer):
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
         c = self.cfg
         if c.mode == "exact":
-            ref = batch.reference("ref_logits", self.reference_key, self.label)
-            return f_divergence(batch.require("logits", self.label), ref, "reverse_kl", mask=batch.mask,
-                                chunk_size=c.chunk_size)
+            # from logits, or (fused head: batch.logits is None) from batch.hidden with linear_f_divergence
+            return batch.exact_divergence("reverse_kl", self.reference_key, self.label, chunk_size=c.chunk_size)
         ref = batch.reference("ref_logprobs", self.reference_key, self.label)
         if c.samples == "reference":
             return f_divergence_sampled(batch.logprobs, ref, "reverse_kl", sampled_from="ref",

@@ -11,6 +11,7 @@ import torch
 
 from rlkit.advantages import group_advantages, rloo_advantages
 from rlkit.divergences import kl_penalty
+from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
@@ -45,6 +46,7 @@ class LearnerCore:
         self.version = 0
         self.bad_steps = 0
         self.dist = None  # data-parallel rank: a GradSync from rlkit.workers.learner_group
+        self._fused_ok: bool | None = None  # grpo.fused_head usable with this model and these regularizers
 
     def needs(self) -> dict:
         """What the driver must fetch: reference keys for log-probs and for full logits."""
@@ -99,7 +101,11 @@ class LearnerCore:
         reuse_old = cfg.get("epochs", 1) == 1 and cfg.get("minibatches", 1) == 1
         old_lp = proxy = None
         lp_regs = [r for r in self.regs if "proxy_logprobs" in r.requires()]
-        if not reuse_old:
+        fused = self._fused(batch)
+        if not reuse_old and fused:
+            with torch.no_grad():
+                old_lp = self._forward(batch, fused, entropy=False)[0]
+        elif not reuse_old:
             with torch.no_grad():
                 old_logits = completion_logits(self.model, batch, self.temperature)
                 old_lp = token_logprobs(old_logits, ids)
@@ -114,18 +120,18 @@ class LearnerCore:
         for _ in range(cfg.get("epochs", 1)):
             for idx in torch.arange(B).chunk(mbs):
                 sub = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}
-                logits = completion_logits(self.model, sub, self.temperature)
-                lp = token_logprobs(logits, sub["completion_ids"])
+                lp, ent, logits, head = self._forward(sub, fused)
                 # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
                 old = rollout_lp[idx] if cfg.get("async_rollout") else (lp.detach() if reuse_old else old_lp[idx])
                 prox = proxy[idx] if proxy is not None else (
                     lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
-                ent = entropy_from_logits(logits)
                 pb = PolicyBatch(
                     logprobs=lp, old_logprobs=old, mask=sub["completion_mask"], advantages=advantages[idx],
                     ref_logprobs={k: v[idx] for k, v in refs.items()} or None,
-                    ref_logits={k: v[idx] for k, v in ref_logits.items()} or None,
-                    logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step)
+                    # idx is a contiguous range: [B, T, V] reference logits are sliced as views, never copied
+                    ref_logits={k: v[int(idx[0]):int(idx[-1]) + 1] for k, v in ref_logits.items()} or None,
+                    logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step,
+                    hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None)
                 tis, tis_m = (tis_weights(old, rollout_lp[idx], sub["completion_mask"], cfg["tis_cap"])
                               if cfg.get("tis_cap") else (None, {}))
                 loss, m = self._loss(pb, sub, idx, clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
@@ -188,6 +194,39 @@ class LearnerCore:
         self.version += 1
         return metrics
 
+    def _fused(self, batch: dict) -> bool:
+        """Whether steps take the fused-head path (``grpo.fused_head``): decided at the first step, by a one-row
+        check that the head's ``F.linear`` gives the model's own logits; a fallback is printed once, with why."""
+        if not self.cfg.get("fused_head"):
+            return False
+        if self._fused_ok is None:
+            why = None
+            if any("proxy_logprobs" in r.requires() for r in self.regs):
+                why = "lp_reg builds its proxy from the old policy's full logits"
+            elif not fused_head_agrees(self.model, batch):
+                why = "the model's logits are not F.linear(hidden, lm_head) (not a plain Linear head, or a transform)"
+            self._fused_ok = why is None
+            if why:
+                print(f"Learner: grpo.fused_head falls back to full [B, T, V] logits: {why}", flush=True)
+        return self._fused_ok
+
+    def _forward(self, sub: dict, fused: bool, entropy: bool = True) -> tuple:
+        """``(log-probs, entropy, logits, head)`` of a minibatch: from ``[B, T, V]`` logits (``head`` None), or with
+        ``fused`` from the last hidden states and the lm_head, chunk by chunk (``logits`` None; ``head`` is
+        ``(hidden, (weight, bias, temperature))`` for :class:`PolicyBatch`'s ``hidden`` and ``lm_head``)."""
+        if not fused:
+            logits = completion_logits(self.model, sub, self.temperature)
+            ent = entropy_from_logits(logits) if entropy else None
+            return token_logprobs(logits, sub["completion_ids"]), ent, logits, None
+        parts = completion_hidden(self.model, sub)
+        if parts is None:
+            raise RuntimeError("grpo.fused_head: the model's lm_head is no longer a plain Linear")
+        hidden, weight, bias = parts
+        out = linear_token_logprobs(hidden, weight, sub["completion_ids"], bias, self.temperature,
+                                    with_entropy=entropy)
+        head = (hidden, (weight, bias, self.temperature))
+        return (*out, None, head) if entropy else (out, None, None, head)
+
     def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
         """One minibatch's objective (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
         return grpo_loss(pb, self.regs, **kwargs)
@@ -221,6 +260,10 @@ class LearnerCore:
         from rlkit.models.lora import base_model_outputs
 
         batch = batch if batch is not None else collate(prompts, completions, self.pad_id)
+        if not want_logits and self._fused(batch):  # fused head: no [B, T, V] logits for the reference either
+            out = fused_base_logprobs(self.model, batch, self.temperature)
+            if out is not None:
+                return out
         return base_model_outputs(self.model, batch, self.temperature, want_logits)
 
     def save(self, path: str, driver_state: dict | None = None) -> str:
