@@ -144,7 +144,6 @@ def recipe_for(a, work: Path):
 
 
 def worker_rlkit(a, work: Path) -> dict:
-    import ray
     from rich.console import Console
 
     from rlkit.trainer.grpo import run_grpo
@@ -154,6 +153,8 @@ def worker_rlkit(a, work: Path) -> dict:
     recipe = recipe_for(a, work)
     actors = recipe.ray.mode == "actors"  # ray.mode=inprocess: no Ray at all
     if actors:
+        import ray  # only for the actor placement: an in-process job never imports Ray
+
         ray.init(address="local", num_cpus=recipe.ray.num_cpus or os.cpu_count() or 2, include_dashboard=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
     run_grpo(recipe, console=Console(soft_wrap=True))
