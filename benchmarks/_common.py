@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rlkit.utils.checkpoint import atomic_write_json
@@ -13,3 +17,14 @@ def write_result(name: str, result: dict, out: str | None, note: str = "") -> Pa
     atomic_write_json(path, result)
     print(f"\nwrote {path}{note}")
     return path
+
+
+def run_worker(script: str, mode: str, args: list[str]) -> dict:
+    """Run ``script --worker --mode MODE ARGS`` in a fresh interpreter with ``MALLOC_MMAP_THRESHOLD_=1 MiB`` (freed
+    buffers go back to the OS, so RSS follows live tensors) and return the JSON on its last stdout line."""
+    cmd = [sys.executable, script, "--worker", "--mode", mode, *args]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

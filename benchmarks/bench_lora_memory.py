@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
+from _common import run_worker, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def max_rss_mb() -> float:
@@ -102,14 +100,9 @@ def worker(a) -> dict:
 
 
 def spawn(a, mode: str, model_dir: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--model-dir", model_dir, "--steps", str(a.steps),
-           "--prompts", str(a.prompts), "--group", str(a.group), "--completion-len", str(a.completion_len),
-           "--r", str(a.r), "--threads", str(a.threads), "--seed", str(a.seed)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, mode, [
+        "--model-dir", model_dir, "--steps", str(a.steps), "--prompts", str(a.prompts), "--group", str(a.group),
+        "--completion-len", str(a.completion_len), "--r", str(a.r), "--threads", str(a.threads), "--seed", str(a.seed)])
 
 
 def main(argv=None) -> dict | None:

@@ -7,6 +7,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +72,21 @@ def tiny_dir(tmp_path_factory):
     from rlkit.models.tiny import save_tiny
 
     return str(save_tiny(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+class LargestOutput(TorchDispatchMode):
+    """Largest numel of any op output (forward and backward) not sharing storage with the given inputs: the memory
+    structure tests use it to show that no ``[N, V]`` tensor is ever allocated."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.skip = {t.untyped_storage().data_ptr() for t in inputs}
+        self.largest, self.ops = 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.skip:
+                self.largest = max(self.largest, t.numel())
+        return out

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestOutput as _LargestOutput
 
 from rlkit.fused_head import completion_hidden, fused_head_agrees, linear_token_logprobs
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
@@ -106,23 +106,6 @@ def test_bad_arguments():
 
 
 # ------------------------------------------------------------------------------------------------ memory
-class _LargestOutput(TorchDispatchMode):
-    """Largest numel of any op output (forward and backward) not sharing storage with the given inputs."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self.skip = {t.untyped_storage().data_ptr() for t in inputs}
-        self.largest, self.ops = 0, set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops.add(str(func))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.skip:
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_vocab_sized_tensor_forward_or_backward():
     n, h_dim, vocab, chunk = 512, 16, 2000, 32
     g = torch.Generator().manual_seed(3)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestOutput as _LargestOutput
 
 from rlkit.functional import f_divergence, linear_f_divergence
 
@@ -215,23 +215,6 @@ def test_errors():
 
 # ----------------------------------------------------------------------------------------------- memory structure
 N_ROWS, BIG_V, SMALL_H, CHUNK = 64, 512, 16, 4  # N x V = 32768 >> chunk x V = 2048, V x H = 8192, N x H = 1024
-
-
-class _LargestOutput(TorchDispatchMode):
-    """Largest numel of any op output (forward and backward) not sharing storage with the given inputs."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self.skip = {t.untyped_storage().data_ptr() for t in inputs}
-        self.largest, self.ops = 0, set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops.add(str(func))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.skip:
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def _big(seed=0):
