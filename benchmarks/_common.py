@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,16 @@ def run_worker(script: str, mode: str, args: list[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"worker {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def rss_mb() -> float:
+    """The resident set now (``VmRSS``; Linux), below ``ru_maxrss`` when imports peaked higher."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return max_rss_mb()

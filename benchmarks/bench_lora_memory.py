@@ -27,26 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
 
-from _common import run_worker, write_result  # noqa: E402  (benchmarks/ is the script's directory)
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def rss_mb() -> float:
-    """The resident set now (``VmRSS``; Linux), below ``ru_maxrss`` when imports peaked higher."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return max_rss_mb()
+from _common import max_rss_mb, rss_mb, run_worker, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def make_data(tok, step: int, prompts: int, group: int, length: int, seed: int) -> dict:
