@@ -174,3 +174,18 @@ def test_inprocess_runs_ppo_and_lora(tmp_path, recipe, extra):
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss/total"] == r["loss/total"] for r in rows)
     assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_inprocess_reference_refresh_reaches_the_reference(tmp_path):
+    """TR-DPO refresh in-process: the learner's weights go to the reference worker when it is due (here after every
+    step with rate 1), so at the next step the refreshed reference equals the policy: KL 0, while the KL to the
+    initial model is not."""
+    regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
+    args = ["train", "recipes/quickstart.yaml", f"output_dir={tmp_path}", *FAST, "grpo.steps=2", "ray.mode=inprocess",
+            regs]
+    proc = rlkit(*args, home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    assert rows[1]["kl_k3/value"] > 1e-4
+    assert abs(rows[1]["tr/value"]) < 1e-6
