@@ -95,6 +95,9 @@ class VLLMOptions(StrictModel):
 
 class RolloutConfig(StrictModel):
     engine: Literal["transformers", "vllm"] = "transformers"
+    #: transformers engine: "native" (rlkit's KV-cache sampling loop: one prefill per prompt shared by its group,
+    #: finished rows leave the batch) or "generate" (transformers' generate); vLLM ignores it
+    sampler: Literal["native", "generate"] = "native"
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
     num_workers: int = Field(1, gt=0)
     max_new_tokens: int = Field(16, gt=0)

@@ -1,34 +1,65 @@
-"""The CPU-default rollout engine: ``transformers`` ``generate`` with per-token sampling log-probs."""
+"""The CPU-default rollout engine: a ``transformers`` model sampled with rlkit's lean KV-cache loop
+(:mod:`rlkit.rollout.sampler`, ``sampler="native"``, the default) or with ``generate`` (``sampler="generate"``, and the
+fallback for models the loop cannot drive), returning per-token sampling log-probs."""
 
 from __future__ import annotations
 
 import torch
 
 from .base import Completion, SamplingParams
+from .sampler import sample, supports_native_sampling
+
+SAMPLERS = ("native", "generate")
 
 
 class TransformersEngine:
-    def __init__(self, model, tokenizer, batch_size: int = 256):
+    def __init__(self, model, tokenizer, batch_size: int = 256, sampler: str = "native"):
         """``model`` may be a module that is also being trained (in-process placement): ``generate`` puts it in eval
-        mode for the call and restores its previous mode."""
+        mode for the call and restores its previous mode. ``batch_size``: at most this many sequences decode at
+        once. ``sampler``: ``"native"`` (:func:`rlkit.rollout.sampler.sample`) or ``"generate"``."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"rollout.sampler {sampler!r}: choose one of {SAMPLERS}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        if sampler == "native" and (why := supports_native_sampling(model)) is not None:
+            print(f"TransformersEngine: the native sampler cannot drive this model ({why}); using generate",
+                  flush=True)
+            sampler = "generate"
+        self.sampler = sampler
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        expanded = [p for p in prompt_ids for _ in range(params.n)]
         out: list[Completion] = []
         training = self.model.training
         self.model.eval()  # no dropout while sampling
         try:
-            for s in range(0, len(expanded), self.batch_size):
-                out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
+            if self.sampler == "native":  # whole groups per batch: a group shares its prompt's prefill
+                per = max(1, self.batch_size // params.n)
+                for s in range(0, len(prompt_ids), per):
+                    out.extend(self._sample_batch(prompt_ids[s:s + per], params))
+            else:
+                expanded = [p for p in prompt_ids for _ in range(params.n)]
+                for s in range(0, len(expanded), self.batch_size):
+                    out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
         finally:
             self.model.train(training)
         return out
+
+    def _sample_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        toks, lps, lengths = sample(self.model, prompts, params.n, params.max_new_tokens, eos_id=self.eos_id,
+                                    pad_id=self.pad_id, temperature=params.temperature, top_k=params.top_k,
+                                    top_p=params.top_p, greedy=params.greedy)
+        rows = [p for p in prompts for _ in range(params.n)]
+        toks, lps, lengths = toks.tolist(), lps.tolist(), lengths.tolist()
+        return [self._completion(p, toks[i][:lengths[i]], lps[i][:lengths[i]]) for i, p in enumerate(rows)]
+
+    def _completion(self, prompt: list[int], toks: list[int], lps: list[float]) -> Completion:
+        finished = bool(toks) and toks[-1] == self.eos_id
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        return Completion(list(prompt), toks, lps, text, finished)
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         P = max(len(p) for p in prompts)
@@ -51,11 +82,8 @@ class TransformersEngine:
         completions = []
         for i, p in enumerate(prompts):
             toks = new[i].tolist()
-            finished = self.eos_id in toks
-            length = toks.index(self.eos_id) + 1 if finished else len(toks)
-            toks = toks[:length]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            completions.append(Completion(list(p), toks, lps[i, :length].tolist(), text, finished))
+            length = toks.index(self.eos_id) + 1 if self.eos_id in toks else len(toks)
+            completions.append(self._completion(p, toks[:length], lps[i, :length].tolist()))
         return completions
 
     def update_weights(self, state_dict: dict) -> None:

@@ -83,7 +83,7 @@ def task_eval(model, tokenizer, recipe: Recipe, rows: list[dict], prompt_ids: li
     from rlkit.utils.evaluation import summarize_correctness
 
     ev, ro = recipe.eval, recipe.rollout
-    engine = TransformersEngine(model, tokenizer, batch_size=ro.batch_size)
+    engine = TransformersEngine(model, tokenizer, batch_size=ro.batch_size, sampler=ro.sampler)
     reward = CompositeReward([r.model_dump(exclude_defaults=True) for r in recipe.rewards])
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
 

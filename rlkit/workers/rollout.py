@@ -16,7 +16,7 @@ from .local import remote_actor
 class RolloutWorker:
     def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
                  batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
-                 vllm_options: dict | None = None, model=None, tokenizer=None):
+                 vllm_options: dict | None = None, model=None, tokenizer=None, sampler: str = "native"):
         """``model``/``tokenizer`` (in-process placement only): generate with this live ``nn.Module``, the learner's
         policy, instead of loading a copy; weight updates are then no-ops (the weights are shared)."""
         setup_process(torch_threads, seed + rank)
@@ -28,7 +28,7 @@ class RolloutWorker:
             from rlkit.rollout import TransformersEngine
 
             self.tokenizer = tokenizer
-            self.engine = TransformersEngine(model, tokenizer, batch_size)
+            self.engine = TransformersEngine(model, tokenizer, batch_size, sampler)
         elif engine == "vllm":
             import tempfile
 
@@ -45,7 +45,7 @@ class RolloutWorker:
             from rlkit.rollout import TransformersEngine
 
             model, self.tokenizer = load_model(model_path, dtype)
-            self.engine = TransformersEngine(model, self.tokenizer, batch_size)
+            self.engine = TransformersEngine(model, self.tokenizer, batch_size, sampler)
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
         print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
@@ -86,11 +86,11 @@ def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restart
         model, tokenizer = share if share is not None else (None, None)
         return [spawn(RolloutWorker, {}, model_path, engine=ro.engine, dtype=recipe.model.dtype,
                       batch_size=ro.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed, version=version,
-                      model=model, tokenizer=tokenizer, inprocess=True)]
+                      model=model, tokenizer=tokenizer, sampler=ro.sampler, inprocess=True)]
     opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
     if rc.gpus_per_rollout_worker:
         opts["num_gpus"] = rc.gpus_per_rollout_worker
     return [RolloutWorker.options(**opts).remote(
         model_path, rank=i, engine=ro.engine, dtype=recipe.model.dtype, batch_size=ro.batch_size,
-        torch_threads=rc.torch_threads, seed=recipe.seed, version=version,
+        torch_threads=rc.torch_threads, seed=recipe.seed, version=version, sampler=ro.sampler,
         vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None) for i in range(ro.num_workers)]
