@@ -177,15 +177,63 @@ def test_inprocess_runs_ppo_and_lora(tmp_path, recipe, extra):
 
 
 @pytest.mark.slow
-def test_inprocess_reference_refresh_reaches_the_reference(tmp_path):
+@pytest.mark.parametrize("async_rollout", [False, True])
+def test_inprocess_reference_refresh_reaches_the_reference(tmp_path, async_rollout):
     """TR-DPO refresh in-process: the learner's weights go to the reference worker when it is due (here after every
     step with rate 1), so at the next step the refreshed reference equals the policy: KL 0, while the KL to the
-    initial model is not."""
+    initial model is not. With async rollouts the next batch is generated and scored by the fixed reference while
+    the learner trains, but the refreshing reference must score it after the refresh."""
     regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
     args = ["train", "recipes/quickstart.yaml", f"output_dir={tmp_path}", *FAST, "grpo.steps=2", "ray.mode=inprocess",
-            regs]
+            regs, f"grpo.async_rollout={str(async_rollout).lower()}"]
     proc = rlkit(*args, home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(tmp_path)
     assert rows[1]["kl_k3/value"] > 1e-4
     assert abs(rows[1]["tr/value"]) < 1e-6
+
+
+@pytest.mark.slow
+def test_async_prefetch_scores_fixed_references_early_and_refreshing_ones_after_the_refresh(tmp_path, monkeypatch):
+    """With async rollouts the next batch is scored by the references that never change in the rollout thread,
+    while the learner trains; a TR-DPO reference scores each batch in the driver thread, after the refresh that
+    precedes the step (the refresh count at scoring time equals the step). Independent of timing: the thread and
+    the refresh count are recorded by the reference worker itself."""
+    import threading
+
+    import torch
+
+    from rlkit.trainer.grpo import run_grpo
+    from rlkit.workers.local import actor_class
+    from rlkit.workers.reference import ReferenceWorker
+
+    ReferenceWorker = actor_class(ReferenceWorker)  # the plain class, instantiated in-process
+    calls, refreshes = [], {}
+    compute, refresh = ReferenceWorker.compute, ReferenceWorker.refresh
+
+    def recording_compute(self, *args, **kwargs):
+        calls.append((self.name, refreshes.get(self.name, 0), threading.current_thread().name))
+        return compute(self, *args, **kwargs)
+
+    def counting_refresh(self, *args, **kwargs):
+        refreshes[self.name] = refreshes.get(self.name, 0) + 1
+        return refresh(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReferenceWorker, "compute", recording_compute)
+    monkeypatch.setattr(ReferenceWorker, "refresh", counting_refresh)
+    regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
+                         [f"output_dir={tmp_path}", *FAST, "grpo.steps=4", "ray.mode=inprocess",
+                          "grpo.async_rollout=true", "eval.kl_to_initial=false", "checkpoint.save_final=false", regs])
+    threads = torch.get_num_threads()
+    try:
+        run_grpo(recipe)
+    finally:
+        torch.set_num_threads(threads)
+    names = sorted({name for name, _, _ in calls})
+    assert len(names) == 2, calls
+    fixed = [c for c in calls if c[1] == 0 and c[0] not in refreshes]
+    tr = [c for c in calls if c[0] in refreshes]
+    # steps 2-4 prefetched; then the evaluation's KL to the initial model, in the driver
+    assert [t for _, _, t in fixed] == ["MainThread"] + ["rollout_0"] * 3 + ["MainThread"], calls
+    assert [(n, t) for _, n, t in tr] == [(s, "MainThread") for s in range(4)], calls

@@ -156,35 +156,53 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             return generate(rollout, encode([r["prompt"] for r in rows]),
                             {**sampling, "seed": recipe.seed * 100_003 + step}, on_restart=resend, version=version)
 
-        # grpo.async_rollout: the next step's rollout runs (in the rollout actors) while the learner trains on this
-        # one, with weights one step old; the learner then uses the rollout log-probs as the behaviour policy
+        # references that never change can score a batch as soon as it is generated; a TR-DPO reference must
+        # score it after the refresh that precedes the step that trains on it
+        fixed = {k for k in references if not (needs["references"].get(k) or {}).get("refresh_every")}
+
+        def score(rows: list[dict], comps: list[dict], keys) -> dict:
+            """Rewards and reference log-probs of a batch; the reference forwards and the reward scoring run at
+            the same time in their own actors."""
+            p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
+            ref_futures = {k: references[k].compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k in keys}
+            scored = get(reward.score.remote([r["prompt"] for r in rows for _ in range(g.group_size)],
+                                             [c["text"] for c in comps],
+                                             [r["answer"] for r in rows for _ in range(g.group_size)]))
+            return {"scored": scored, "refs": {k: get(f) for k, f in ref_futures.items()}}
+
+        def prepare(rows: list[dict], step: int, version: int, keys) -> dict:
+            t = time.time()
+            comps = rollouts(rows, step, version)
+            t_gen = time.time() - t
+            return {"rows": rows, "comps": comps, **score(rows, comps, keys), "t_gen": t_gen,
+                    "t_score": time.time() - t - t_gen}
+
+        # grpo.async_rollout: the next step's batch is generated, rewarded and scored by the fixed references (in
+        # their actors, or in a thread in-process) while the learner trains on this one, with weights one step
+        # old; the learner then uses the rollout log-probs as the behaviour policy
         pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if g.async_rollout else None
-        pending = None  # (rows, future) of the prefetched step
+        pending = None  # future of the prefetched step's prepared batch
         resume_point = (list(order), cursor, rng.getstate())  # data position of the first step not yet drawn
         for step in range(start, g.steps):
             ts = time.time()
             if pending is not None:
-                rows, comps = pending[0], pending[1].result()
-                pending = None
+                batch, pending = pending.result(), None
+                late = sorted(set(references) - set(batch["refs"]))  # refreshed references score it now
+                if late:
+                    later = score(batch["rows"], batch["comps"], late)
+                    batch["refs"].update(later["refs"])
             else:
                 resume_point = (list(order), cursor, rng.getstate())
-                rows = draw()
-                comps = rollouts(rows, step, sync["version"])
-            t_gen = time.time() - ts
+                batch = prepare(draw(), step, sync["version"], sorted(fixed))
+            t_wait = time.time() - ts
             if pool is not None and step + 1 < g.steps:
                 resume_point = (list(order), cursor, rng.getstate())
-                nxt = draw()
-                pending = (nxt, pool.submit(rollouts, nxt, step + 1, sync["version"]))
-            prompts = [r["prompt"] for r in rows]
-            rep_prompts = [p for p in prompts for _ in range(g.group_size)]
-            rep_answers = [r["answer"] for r in rows for _ in range(g.group_size)]
-            p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
-            # reference forwards and reward scoring run at the same time in their own actors
-            ref_futures = {k: w.compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k, w in references.items()}
-            scored = get(reward.score.remote(rep_prompts, [c["text"] for c in comps], rep_answers))
-            data = {"step": step, "prompt_ids": p_ids, "completion_ids": c_ids, "scores": scored["totals"],
+                pending = pool.submit(prepare, draw(), step + 1, sync["version"], sorted(fixed))
+            comps, scored = batch["comps"], batch["scored"]
+            data = {"step": step, "prompt_ids": [c["prompt_ids"] for c in comps],
+                    "completion_ids": [c["token_ids"] for c in comps], "scores": scored["totals"],
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
-                    "refs": {k: get(f) for k, f in ref_futures.items()}}
+                    "refs": batch["refs"]}
             metrics = learner_call(learner.train_step.remote(data), step, out)
             if shared:  # the rollout engine already has the new weights: it is the learner's module
                 sync["version"] = step + 1
@@ -201,7 +219,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                     resend(w)
             metrics.update({f"reward/{k}": sum(v) / len(v) for k, v in scored["components"].items()})
             metrics.update({f"reward/failures/{k}": float(v) for k, v in scored.get("failures", {}).items()})
-            metrics.update({"time/step": time.time() - ts, "time/generate": t_gen})
+            metrics.update({"time/step": time.time() - ts, "time/generate": batch["t_gen"],
+                            "time/score": batch["t_score"]})
+            if pool is not None:  # how long this step waited for its prefetched batch
+                metrics["time/wait_rollout"] = t_wait
             logger.log(step + 1, metrics)
             if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
                 # the data position before any prefetched batch: a resumed run draws that batch again
