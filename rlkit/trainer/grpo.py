@@ -106,7 +106,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         references[key] = spawn(ReferenceWorker, dict(num_cpus=rc.cpus_per_reference, max_restarts=3,
                                                       max_task_retries=3),
                                 kind, paths, weights, dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
-                                torch_threads=rc.torch_threads, name=key, inprocess=inproc)
+                                torch_threads=rc.torch_threads, name=key, shared_prefix=g.shared_prefix,
+                                inprocess=inproc)
 
     ev = recipe.eval
     eval_prompts = [r["prompt"] for r in evalset][: ev.num_prompts]
@@ -193,7 +194,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                     batch["refs"].update(later["refs"])
             else:
                 resume_point = (list(order), cursor, rng.getstate())
-                batch = prepare(draw(), step, sync["version"], sorted(fixed))
+                batch = prepare(draw(), step, sync["version"], list(references))
             t_wait = time.time() - ts
             if pool is not None and step + 1 < g.steps:
                 resume_point = (list(order), cursor, rng.getstate())
