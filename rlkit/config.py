@@ -131,6 +131,10 @@ class GRPOConfig(StrictModel):
     async_rollout: bool = False
     #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py)
     fused_head: bool = False
+    #: each distinct prompt of a batch runs through the policy and the references once, its KV cache shared by its
+    #: group's completions (rlkit/prefix.py); the same values and gradients as the full forward, minus the
+    #: repeated prompt positions. Checked once against the full forward; falls back (printed) where unsupported
+    shared_prefix: bool = True
 
 
 class PPOConfig(GRPOConfig):
@@ -156,6 +160,8 @@ class PPOConfig(GRPOConfig):
     critic: Literal["value_head", "separate"] = "value_head"
     critic_learning_rate: float | None = Field(None, gt=0)
     whiten_advantages: bool = True
+    #: off for PPO: the value head reads the trunk's output of the policy's full forward (and groups are usually 1)
+    shared_prefix: bool = False
 
 
 class DPOConfig(StrictModel):

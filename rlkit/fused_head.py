@@ -141,19 +141,25 @@ def _unwrap(model):
     return base, trunk, head
 
 
-def completion_hidden(model, batch: dict):
+def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
     """``(hidden [B, T, H], weight [V, H], bias [V] or None)``: the decoder trunk's final hidden states at the
     positions that predict each completion token (``P - 1 .. P + T - 2``, the positions whose logits
     :func:`rlkit.modeling.completion_logits` returns; those logits are ``F.linear(hidden, weight, bias)``, before
     the temperature) and the lm_head's parameters (tied weights included: gradients reach the embedding). ``None``
     when the head is not a plain ``torch.nn.Linear`` (e.g. wrapped by peft) or the config names a logit transform
     (softcapping, ``logit_scale``): the caller then uses the logits. peft-wrapped models run their base's trunk,
-    whose linear layers carry the adapters."""
+    whose linear layers carry the adapters. ``group`` (:func:`rlkit.prefix.prompt_groups`): each distinct prompt
+    runs through the trunk once."""
     parts = _unwrap(model)
     if parts is None:
         return None
     _, trunk, head = parts
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
+    if group is not None:
+        from rlkit.prefix import shared_prefix_outputs
+
+        hidden = shared_prefix_outputs(trunk, batch, group, logits=False)
+        return hidden, head.weight, head.bias
     out = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
     hidden = out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out[0])
@@ -184,14 +190,15 @@ def fused_head_agrees(model, batch: dict, rows: int = 1) -> bool:
 
 
 @torch.no_grad()
-def fused_base_logprobs(model, batch: dict, temperature: float = 1.0) -> dict | None:
+def fused_base_logprobs(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None
+                        ) -> dict | None:
     """LoRA learners: ``{"logprobs": [B, T]}`` of the adapter-disabled model (as
     :func:`rlkit.models.lora.base_model_outputs` without logits) through the fused head; ``None`` if unsupported."""
     was_training = model.training
     model.eval()
     try:
         with model.disable_adapter():
-            parts = completion_hidden(model, batch)
+            parts = completion_hidden(model, batch, group)
             if parts is None:
                 return None
             hidden, weight, bias = parts

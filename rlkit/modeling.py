@@ -34,13 +34,21 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
             "completion_ids": input_ids[:, P:], "completion_mask": comp_mask, "prompt_len": P}
 
 
-def completion_logits(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+def completion_logits(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None
+                      ) -> torch.Tensor:
     """Logits ``[B, T, V]`` that predict each completion token, divided by the sampling temperature.
 
     Only the last ``T + 1`` positions go through the LM head (``logits_to_keep``, which transformers' causal LMs
-    accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing."""
+    accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing.
+    ``group`` (:func:`rlkit.prefix.prompt_groups`): each distinct prompt runs once
+    (:func:`rlkit.prefix.shared_prefix_outputs`)."""
     P = batch["prompt_len"]
     T = batch["completion_ids"].shape[1]
+    if group is not None:
+        from rlkit.prefix import shared_prefix_outputs
+
+        logits = shared_prefix_outputs(model, batch, group)
+        return logits / temperature if temperature != 1.0 else logits
     kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   position_ids=batch["position_ids"], use_cache=False)
     try:

@@ -140,10 +140,10 @@ def adapter_state_dict(model) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def base_model_outputs(model, batch: dict, temperature: float = 1.0, want_logits: bool = False) -> dict:
+def base_model_outputs(model, batch: dict, temperature: float = 1.0, want_logits: bool = False, group=None) -> dict:
     """Reference outputs of the **adapter-disabled** model, ``pi_0``: ``{"logprobs": [B, T]}`` (+ ``"logits"``),
     in the same format as :class:`rlkit.workers.reference.ReferenceWorker`. No grad; evaluated in eval mode (no
-    dropout), the training mode restored after."""
+    dropout), the training mode restored after. ``group``: shared-prompt forward (:mod:`rlkit.prefix`)."""
     import torch
 
     from rlkit.modeling import completion_logits, token_logprobs
@@ -152,7 +152,7 @@ def base_model_outputs(model, batch: dict, temperature: float = 1.0, want_logits
     model.eval()
     try:
         with torch.no_grad(), model.disable_adapter():
-            logits = completion_logits(model, batch, temperature)
+            logits = completion_logits(model, batch, temperature, group)
     finally:
         model.train(was_training)
     out = {"logprobs": token_logprobs(logits, batch["completion_ids"])}

@@ -15,6 +15,7 @@ from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
+from rlkit.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
 
 from .common import cpu_state_dict, load_model, setup_process
@@ -47,6 +48,8 @@ class LearnerCore:
         self.bad_steps = 0
         self.dist = None  # data-parallel rank: a GradSync from rlkit.workers.learner_group
         self._fused_ok: bool | None = None  # grpo.fused_head usable with this model and these regularizers
+        # grpo.shared_prefix: each distinct prompt of a (mini)batch runs through the policy once (rlkit.prefix)
+        self._prefix = SharedPrefix(bool(grpo.get("shared_prefix", False)), "Learner")
 
     def needs(self) -> dict:
         """What the driver must fetch: reference keys for log-probs and for full logits."""
@@ -107,7 +110,8 @@ class LearnerCore:
                 old_lp = self._forward(batch, fused, entropy=False)[0]
         elif not reuse_old:
             with torch.no_grad():
-                old_logits = completion_logits(self.model, batch, self.temperature)
+                old_logits = completion_logits(self.model, batch, self.temperature,
+                                               self._prefix.group(self.model, batch))
                 old_lp = token_logprobs(old_logits, ids)
                 if lp_regs:
                     proxy = lp_regs[0].proxy_logprobs(old_logits, ids)
@@ -214,11 +218,12 @@ class LearnerCore:
         """``(log-probs, entropy, logits, head)`` of a minibatch: from ``[B, T, V]`` logits (``head`` None), or with
         ``fused`` from the last hidden states and the lm_head, chunk by chunk (``logits`` None; ``head`` is
         ``(hidden, (weight, bias, temperature))`` for :class:`PolicyBatch`'s ``hidden`` and ``lm_head``)."""
+        group = self._prefix.group(self.model, sub)
         if not fused:
-            logits = completion_logits(self.model, sub, self.temperature)
+            logits = completion_logits(self.model, sub, self.temperature, group)
             ent = entropy_from_logits(logits) if entropy else None
             return token_logprobs(logits, sub["completion_ids"]), ent, logits, None
-        parts = completion_hidden(self.model, sub)
+        parts = completion_hidden(self.model, sub, group)
         if parts is None:
             raise RuntimeError("grpo.fused_head: the model's lm_head is no longer a plain Linear")
         hidden, weight, bias = parts
@@ -260,11 +265,12 @@ class LearnerCore:
         from rlkit.models.lora import base_model_outputs
 
         batch = batch if batch is not None else collate(prompts, completions, self.pad_id)
+        group = self._prefix.group(self.model, batch)
         if not want_logits and self._fused(batch):  # fused head: no [B, T, V] logits for the reference either
-            out = fused_base_logprobs(self.model, batch, self.temperature)
+            out = fused_base_logprobs(self.model, batch, self.temperature, group)
             if out is not None:
                 return out
-        return base_model_outputs(self.model, batch, self.temperature, want_logits)
+        return base_model_outputs(self.model, batch, self.temperature, want_logits, group)
 
     def save(self, path: str, driver_state: dict | None = None) -> str:
         """A model checkpoint; with ``driver_state``, a full training checkpoint (optimizer, RNG, regularizer

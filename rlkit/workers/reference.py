@@ -28,7 +28,9 @@ def load_model(path: str, dtype: str = "float32"):
 @remote_actor
 class ReferenceWorker:
     def __init__(self, kind: str, paths: list[str], weights: list[float] | None = None, dtype: str = "float32",
-                 temperature: float = 1.0, torch_threads: int = 1, name: str | None = None):
+                 temperature: float = 1.0, torch_threads: int = 1, name: str | None = None,
+                 shared_prefix: bool = True):
+        """``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.prefix`)."""
         setup_process(torch_threads)
         if kind == "soup":  # checkpoints or LoRA adapter directories, averaged in float32
             from rlkit.references.soup import load_soup_model
@@ -40,6 +42,9 @@ class ReferenceWorker:
         self.temperature = temperature
         self.pad_id = self.tokenizer.pad_token_id
         self.name = name or kind
+        from rlkit.prefix import SharedPrefix
+
+        self.prefix = SharedPrefix(shared_prefix, f"ReferenceWorker[{self.name}]")
         print(f"ReferenceWorker[{self.name}] pid={os.getpid()} from {paths}", flush=True)
 
     def refresh(self, state_dict: dict, rate: float) -> int:
@@ -52,7 +57,7 @@ class ReferenceWorker:
     @torch.no_grad()
     def compute(self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False) -> dict:
         batch = collate(prompts, completions, self.pad_id)
-        logits = completion_logits(self.model, batch, self.temperature)
+        logits = completion_logits(self.model, batch, self.temperature, self.prefix.group(self.model, batch))
         out = {"logprobs": token_logprobs(logits, batch["completion_ids"])}
         if want_logits:
             out["logits"] = logits.float()
