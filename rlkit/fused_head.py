@@ -141,6 +141,13 @@ def _unwrap(model):
     return base, trunk, head
 
 
+def plain_lm_head(model) -> torch.nn.Linear | None:
+    """The lm_head when the model's logits are ``F.linear(trunk output, lm_head)`` as far as its type and config
+    tell (:func:`fused_head_agrees` checks the numbers), else ``None``."""
+    parts = _unwrap(model)
+    return None if parts is None else parts[2]
+
+
 def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
     """``(hidden [B, T, H], weight [V, H], bias [V] or None)``: the decoder trunk's final hidden states at the
     positions that predict each completion token (``P - 1 .. P + T - 2``, the positions whose logits

@@ -44,6 +44,9 @@ class PolicyBatch:
     extras: dict[str, Any] = field(default_factory=dict)
     hidden: torch.Tensor | None = None
     lm_head: tuple | None = None
+    #: references sent as hidden states: key -> ``(ref_hidden [B, T, H], weight [V, H], bias [V] or None,
+    #: temperature)``, ``ref_logits = (ref_hidden @ weight.T + bias) / temperature``; used instead of ``ref_logits``
+    ref_hidden: dict[str, tuple] | None = None
 
     def reference(self, field_name: str, key: str, owner: str) -> torch.Tensor:
         value = getattr(self, field_name)
@@ -60,7 +63,21 @@ class PolicyBatch:
         """Exact per-token divergence ``[B, T]`` of the policy from reference ``key``'s ``ref_logits`` (already
         divided by the temperature), zero on padding: from ``logits`` (:func:`rlkit.functional.f_divergence`), or,
         when ``logits`` is None and ``hidden`` is set, from ``hidden`` + ``lm_head``
-        (:func:`rlkit.functional.linear_f_divergence`, the policy logits divided by the same temperature)."""
+        (:func:`rlkit.functional.linear_f_divergence`, the policy logits divided by the same temperature). A
+        reference in ``ref_hidden`` enters as hidden states too: no ``[B, T, V]`` tensor on the fused path."""
+        if self.ref_hidden and key in self.ref_hidden:
+            h, w, b, temperature = self.ref_hidden[key]
+            if self.logits is None and self.hidden is not None:
+                weight, bias, policy_temperature = self.require("lm_head", owner)
+                if policy_temperature != temperature:
+                    raise ValueError(f"regularizer {owner!r}: reference {key!r} uses temperature {temperature}, "
+                                     f"the policy {policy_temperature}")
+                return linear_f_divergence(self.hidden, weight, None, divergence, alpha, ref_hidden=h,
+                                           ref_weight=w, ref_bias=b, bias=bias, temperature=temperature,
+                                           mask=self.mask, chunk_size=chunk_size or 256)
+            ref = torch.nn.functional.linear(h, w, b) / temperature  # the logits learner: build them here
+            return f_divergence(self.require("logits", owner), ref, divergence, alpha=alpha, mask=self.mask,
+                                chunk_size=chunk_size)
         ref = self.reference("ref_logits", key, owner)
         if self.logits is None and self.hidden is not None:
             weight, bias, temperature = self.require("lm_head", owner)

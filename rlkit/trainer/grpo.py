@@ -165,7 +165,9 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             """Rewards and reference log-probs of a batch; the reference forwards and the reward scoring run at
             the same time in their own actors."""
             p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
-            ref_futures = {k: references[k].compute.remote(p_ids, c_ids, k in needs["ref_logits"]) for k in keys}
+            hidden = set(needs.get("ref_hidden", ()))
+            ref_futures = {k: references[k].compute.remote(p_ids, c_ids, k in needs["ref_logits"] and k not in hidden,
+                                                           hidden=k in hidden) for k in keys}
             scored = get(reward.score.remote([r["prompt"] for r in rows for _ in range(g.group_size)],
                                              [c["text"] for c in comps],
                                              [r["answer"] for r in rows for _ in range(g.group_size)]))
@@ -183,6 +185,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         # old; the learner then uses the rollout log-probs as the behaviour policy
         pool = ThreadPoolExecutor(1, thread_name_prefix="rollout") if g.async_rollout else None
         pending = None  # future of the prefetched step's prepared batch
+        heads_sent: dict[str, int] = {}  # lm_head version the learner holds, per hidden-state reference
         resume_point = (list(order), cursor, rng.getstate())  # data position of the first step not yet drawn
         for step in range(start, g.steps):
             ts = time.time()
@@ -199,6 +202,10 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             if pool is not None and step + 1 < g.steps:
                 resume_point = (list(order), cursor, rng.getstate())
                 pending = pool.submit(prepare, draw(), step + 1, sync["version"], sorted(fixed))
+            for k, r in batch["refs"].items():  # hidden-state references: their lm_head once per version
+                if "hidden" in r and heads_sent.get(k) != r["head_version"]:
+                    r["head"] = get(references[k].head.remote())
+                    heads_sent[k] = r["head_version"]
             comps, scored = batch["comps"], batch["scored"]
             data = {"step": step, "prompt_ids": [c["prompt_ids"] for c in comps],
                     "completion_ids": [c["token_ids"] for c in comps], "scores": scored["totals"],

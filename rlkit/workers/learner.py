@@ -50,6 +50,7 @@ class LearnerCore:
         self._fused_ok: bool | None = None  # grpo.fused_head usable with this model and these regularizers
         # grpo.shared_prefix: each distinct prompt of a (mini)batch runs through the policy once (rlkit.prefix)
         self._prefix = SharedPrefix(bool(grpo.get("shared_prefix", False)), "Learner")
+        self._ref_heads: dict[str, dict] = {}  # lm_heads of references sent as hidden states, by key
 
     def needs(self) -> dict:
         """What the driver must fetch: reference keys for log-probs and for full logits."""
@@ -60,7 +61,12 @@ class LearnerCore:
                 lp.add(r.reference_key)
             if "ref_logits" in req:
                 logits.add(r.reference_key)
+        cfg = self.model.config
+        # exact divergences: the reference sends hidden states (+ its lm_head once per version) where they are the
+        # smaller transfer, V > H, instead of [B, T, V] logits
+        big_vocab = getattr(cfg, "vocab_size", 0) > getattr(cfg, "hidden_size", float("inf"))
         return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits), "labels": [r.label for r in self.regs],
+                "ref_hidden": sorted(logits) if big_vocab else [],
                 "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
                                if r.reference_key != "proxy"},
                 # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
@@ -88,6 +94,7 @@ class LearnerCore:
         B = ids.shape[0]
         refs = {k: v["logprobs"] for k, v in data.get("refs", {}).items()}
         ref_logits = {k: v["logits"] for k, v in data.get("refs", {}).items() if "logits" in v}
+        ref_hidden = {k: self._ref_head(k, v) for k, v in data.get("refs", {}).items() if "hidden" in v}
         scores = torch.tensor(data["scores"], dtype=torch.float32)
         correct = torch.tensor(data["correct"], dtype=torch.float32)
         accuracy = correct.view(-1, cfg["group_size"]).mean(1).repeat_interleave(cfg["group_size"])
@@ -134,6 +141,8 @@ class LearnerCore:
                     ref_logprobs={k: v[idx] for k, v in refs.items()} or None,
                     # idx is a contiguous range: [B, T, V] reference logits are sliced as views, never copied
                     ref_logits={k: v[int(idx[0]):int(idx[-1]) + 1] for k, v in ref_logits.items()} or None,
+                    ref_hidden={k: (h[int(idx[0]):int(idx[-1]) + 1], *head) for k, (h, *head) in ref_hidden.items()}
+                    or None,
                     logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step,
                     hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None)
                 tis, tis_m = (tis_weights(old, rollout_lp[idx], sub["completion_mask"], cfg["tis_cap"])
@@ -197,6 +206,20 @@ class LearnerCore:
                         "advantage/abs_mean": float(advantages.abs().mean())})
         self.version += 1
         return metrics
+
+    def _ref_head(self, key: str, ref: dict) -> tuple:
+        """``(hidden, weight, bias, temperature)`` for a reference sent as hidden states; its lm_head comes with the
+        first batch of each version (``ref["head"]``) and is kept until the next."""
+        heads = self._ref_heads
+        if "head" in ref:
+            heads[key] = ref["head"]
+        head = heads.get(key)
+        if head is None or head["version"] != ref["head_version"]:
+            raise RuntimeError(f"Learner: reference {key!r} sent hidden states of lm_head version "
+                               f"{ref['head_version']}, but this learner holds "
+                               f"{'none' if head is None else 'version ' + str(head['version'])}. The driver sends "
+                               "each version's head once; a restarted learner must resume from a checkpoint")
+        return ref["hidden"], head["weight"], head["bias"], head["temperature"]
 
     def _fused(self, batch: dict) -> bool:
         """Whether steps take the fused-head path (``grpo.fused_head``): decided at the first step, by a one-row

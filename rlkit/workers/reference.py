@@ -1,4 +1,5 @@
-"""ReferenceWorker: serves reference log-probs (and full logits when a regularizer needs them).
+"""ReferenceWorker: serves reference log-probs, and for exact divergences either full logits or (``hidden=True``)
+the final hidden states at the completion positions plus, once per weights version, its lm_head.
 
 The reference is the frozen initial policy, a soup of checkpoints (SALSA) or a teacher model. Any path may be a
 peft LoRA adapter directory: it is loaded as its base model with the adapter merged in, so a soup of adapters is the
@@ -45,6 +46,8 @@ class ReferenceWorker:
         from rlkit.prefix import SharedPrefix
 
         self.prefix = SharedPrefix(shared_prefix, f"ReferenceWorker[{self.name}]")
+        self.head_version = 0  # bumped by every refresh: the learner caches the lm_head per version
+        self._hidden_ok: bool | None = None  # hidden-state form usable (checked at the first such call)
         print(f"ReferenceWorker[{self.name}] pid={os.getpid()} from {paths}", flush=True)
 
     def refresh(self, state_dict: dict, rate: float) -> int:
@@ -52,13 +55,51 @@ class ReferenceWorker:
         ``state_dict`` (the learner's weights; with LoRA, the merged ones). See :mod:`rlkit.references.refresh`."""
         from rlkit.references.refresh import lerp_parameters_
 
+        self.head_version += 1  # the lm_head (tied: the embedding) moved too
         return lerp_parameters_(self.model, state_dict, rate)
 
     @torch.no_grad()
-    def compute(self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False) -> dict:
+    def compute(self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False,
+                hidden: bool = False) -> dict:
+        """``{"logprobs": [B, T]}`` of the completion tokens at the sampling temperature, plus
+        ``"logits"`` ``[B, T, V]`` (divided by the temperature) with ``want_logits``, or with ``hidden``
+        ``"hidden"`` ``[B, T, H]`` (the final hidden states whose lm_head output is those logits, before the
+        temperature) and ``"head_version"``: :meth:`head` gives the lm_head of that version. ``V / H`` times less
+        to send than logits, and the learner's fused head never builds ``[B, T, V]``
+        (:func:`rlkit.functional.linear_f_divergence` with ``ref_hidden``). A head that is not a plain linear layer
+        gets logits instead."""
         batch = collate(prompts, completions, self.pad_id)
-        logits = completion_logits(self.model, batch, self.temperature, self.prefix.group(self.model, batch))
+        group = self.prefix.group(self.model, batch)
+        if hidden and self._hidden_ok is None:  # once: the head's F.linear gives the model's own logits
+            from rlkit.fused_head import fused_head_agrees
+
+            self._hidden_ok = fused_head_agrees(self.model, batch)
+            if not self._hidden_ok:
+                print(f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
+                      flush=True)
+        if hidden and self._hidden_ok:
+            from rlkit.fused_head import completion_hidden, linear_token_logprobs
+
+            parts = completion_hidden(self.model, batch, group)
+            if parts is not None:
+                h, weight, bias = parts
+                return {"logprobs": linear_token_logprobs(h, weight, batch["completion_ids"], bias, self.temperature),
+                        "hidden": h.float(), "head_version": self.head_version}
+            want_logits = True
+        logits = completion_logits(self.model, batch, self.temperature, group)
         out = {"logprobs": token_logprobs(logits, batch["completion_ids"])}
         if want_logits:
             out["logits"] = logits.float()
         return out
+
+    def head(self) -> dict:
+        """The lm_head that :meth:`compute`'s ``"hidden"`` go through: ``{"weight": [V, H], "bias": [V] or None,
+        "version": v, "temperature": t}`` (float32 copies; a refresh moves the reference, not these)."""
+        from rlkit.fused_head import plain_lm_head
+
+        head = plain_lm_head(self.model)
+        if head is None:
+            raise ValueError(f"ReferenceWorker[{self.name}]: the lm_head is not a plain linear layer")
+        return {"weight": head.weight.detach().float().clone(),
+                "bias": None if head.bias is None else head.bias.detach().float().clone(),
+                "version": self.head_version, "temperature": self.temperature}
