@@ -44,6 +44,18 @@ def np_divergence(p, q, name, alpha=0.5):
     raise ValueError(name)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (restored after): on a small shared machine two threads are many times slower for the tiny
+    models of the tests. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ray_home(tmp_path_factory):
     """One HOME for every in-process Ray cluster of the test session. Ray 2.60 keeps an auth token under ~/.ray

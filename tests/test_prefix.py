@@ -15,12 +15,7 @@ from rlkit.models.tiny import build_tiny_model, save_tiny
 from rlkit.prefix import SharedPrefix, prompt_groups, shared_prefix_agrees
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grouped_batch(sizes=(3, 1, 4, 2), max_len=9, seed=0, T_min=1):
