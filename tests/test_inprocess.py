@@ -221,6 +221,16 @@ def test_async_prefetch_scores_fixed_references_early_and_refreshing_ones_after_
 
     monkeypatch.setattr(ReferenceWorker, "compute", recording_compute)
     monkeypatch.setattr(ReferenceWorker, "refresh", counting_refresh)
+    from rlkit.workers.reward import RewardWorker
+
+    RewardWorker = actor_class(RewardWorker)
+    rewarded, score = [], RewardWorker.score
+
+    def counting_score(self, prompts, *args, **kwargs):
+        rewarded.append((len(prompts), threading.current_thread().name))
+        return score(self, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(RewardWorker, "score", counting_score)
     regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
                          [f"output_dir={tmp_path}", *FAST, "grpo.steps=4", "ray.mode=inprocess",
@@ -237,3 +247,6 @@ def test_async_prefetch_scores_fixed_references_early_and_refreshing_ones_after_
     # steps 2-4 prefetched; then the evaluation's KL to the initial model, in the driver
     assert [t for _, _, t in fixed] == ["MainThread"] + ["rollout_0"] * 3 + ["MainThread"], calls
     assert [(n, t) for _, n, t in tr] == [(s, "MainThread") for s in range(4)], calls
+    # each training batch (4 prompts x 4) is rewarded exactly once: step 1 in the driver, steps 2-4 prefetched
+    train = [r for r in rewarded if r[0] == 16]
+    assert train == [(16, "MainThread")] + [(16, "rollout_0")] * 3, rewarded

@@ -65,25 +65,23 @@ class PolicyBatch:
         when ``logits`` is None and ``hidden`` is set, from ``hidden`` + ``lm_head``
         (:func:`rlkit.functional.linear_f_divergence`, the policy logits divided by the same temperature). A
         reference in ``ref_hidden`` enters as hidden states too: no ``[B, T, V]`` tensor on the fused path."""
+        ref_logits, ref_kw, ref_temperature = None, {}, None
         if self.ref_hidden and key in self.ref_hidden:
-            h, w, b, temperature = self.ref_hidden[key]
-            if self.logits is None and self.hidden is not None:
-                weight, bias, policy_temperature = self.require("lm_head", owner)
-                if policy_temperature != temperature:
-                    raise ValueError(f"regularizer {owner!r}: reference {key!r} uses temperature {temperature}, "
-                                     f"the policy {policy_temperature}")
-                return linear_f_divergence(self.hidden, weight, None, divergence, alpha, ref_hidden=h,
-                                           ref_weight=w, ref_bias=b, bias=bias, temperature=temperature,
-                                           mask=self.mask, chunk_size=chunk_size or 256)
-            ref = torch.nn.functional.linear(h, w, b) / temperature  # the logits learner: build them here
-            return f_divergence(self.require("logits", owner), ref, divergence, alpha=alpha, mask=self.mask,
-                                chunk_size=chunk_size)
-        ref = self.reference("ref_logits", key, owner)
+            h, w, b, ref_temperature = self.ref_hidden[key]
+            ref_kw = {"ref_hidden": h, "ref_weight": w, "ref_bias": b}
+        else:
+            ref_logits = self.reference("ref_logits", key, owner)
         if self.logits is None and self.hidden is not None:
             weight, bias, temperature = self.require("lm_head", owner)
-            return linear_f_divergence(self.hidden, weight, ref, divergence, alpha, bias=bias,
-                                       temperature=temperature, mask=self.mask, chunk_size=chunk_size or 256)
-        return f_divergence(self.require("logits", owner), ref, divergence, alpha=alpha, mask=self.mask,
+            if ref_kw and ref_temperature != temperature:
+                raise ValueError(f"regularizer {owner!r}: reference {key!r} uses temperature {ref_temperature}, "
+                                 f"the policy {temperature}")
+            return linear_f_divergence(self.hidden, weight, ref_logits, divergence, alpha, bias=bias,
+                                       temperature=temperature, mask=self.mask, chunk_size=chunk_size or 256,
+                                       **ref_kw)
+        if ref_kw:  # the logits learner: the reference logits are built here
+            ref_logits = torch.nn.functional.linear(h, w, b) / ref_temperature
+        return f_divergence(self.require("logits", owner), ref_logits, divergence, alpha=alpha, mask=self.mask,
                             chunk_size=chunk_size)
 
     def require(self, field_name: str, owner: str) -> torch.Tensor:

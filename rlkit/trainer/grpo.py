@@ -161,17 +161,21 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         # score it after the refresh that precedes the step that trains on it
         fixed = {k for k in references if not (needs["references"].get(k) or {}).get("refresh_every")}
 
+        hidden_refs = set(needs.get("ref_hidden", ()))  # references that send hidden states instead of logits
+
+        def reference_futures(comps: list[dict], keys) -> dict:
+            p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
+            return {k: references[k].compute.remote(p_ids, c_ids, k in needs["ref_logits"] and k not in hidden_refs,
+                                                    hidden=k in hidden_refs) for k in keys}
+
         def score(rows: list[dict], comps: list[dict], keys) -> dict:
             """Rewards and reference log-probs of a batch; the reference forwards and the reward scoring run at
             the same time in their own actors."""
-            p_ids, c_ids = [c["prompt_ids"] for c in comps], [c["token_ids"] for c in comps]
-            hidden = set(needs.get("ref_hidden", ()))
-            ref_futures = {k: references[k].compute.remote(p_ids, c_ids, k in needs["ref_logits"] and k not in hidden,
-                                                           hidden=k in hidden) for k in keys}
+            futures = reference_futures(comps, keys)
             scored = get(reward.score.remote([r["prompt"] for r in rows for _ in range(g.group_size)],
                                              [c["text"] for c in comps],
                                              [r["answer"] for r in rows for _ in range(g.group_size)]))
-            return {"scored": scored, "refs": {k: get(f) for k, f in ref_futures.items()}}
+            return {"scored": scored, "refs": {k: get(f) for k, f in futures.items()}}
 
         def prepare(rows: list[dict], step: int, version: int, keys) -> dict:
             t = time.time()
@@ -192,9 +196,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             if pending is not None:
                 batch, pending = pending.result(), None
                 late = sorted(set(references) - set(batch["refs"]))  # refreshed references score it now
-                if late:
-                    later = score(batch["rows"], batch["comps"], late)
-                    batch["refs"].update(later["refs"])
+                batch["refs"].update({k: get(f) for k, f in reference_futures(batch["comps"], late).items()})
             else:
                 resume_point = (list(order), cursor, rng.getstate())
                 batch = prepare(draw(), step, sync["version"], list(references))
