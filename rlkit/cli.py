@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         if args.command == "regularizers":
-            from rlkit.regularizers import PRESETS, available
+            from rlkit.regularizers import available, catalogue
 
             print("regularizers:", ", ".join(available()))
-            print("presets:", ", ".join(f"{k}" for k in sorted(PRESETS)))
+            _print_catalogue(catalogue())
             return 0
         if args.command == "ablate":
             from pathlib import Path
@@ -137,3 +137,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _print_catalogue(rows: list[dict]) -> None:
+    """Presets with the value each estimates and the gradient each delivers (plain text, pipe-friendly)."""
+    cols = [("preset", "preset"), ("label", "metric label"), ("placement", "placement"),
+            ("value", "value (what <label>/value estimates)"), ("gradient", "gradient it delivers")]
+    width = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in cols}
+    print("presets:")
+    print(("  " + "  ".join(title.ljust(width[k]) for k, title in cols)).rstrip())
+    for r in rows:
+        print(("  " + "  ".join(r[k].ljust(width[k]) for k, _ in cols)).rstrip())
+

@@ -28,7 +28,8 @@ def test_every_preset_builds_and_is_zero_at_equality(preset):
     regs = build_regularizers(preset)
     assert regs
     batch = _batch_from_logits(same=True)
-    for reg in regs:
+    for reg in regs:  # rehearsal presets take reference samples, the others policy samples
+        batch.sampled_from = "ref" if getattr(reg.cfg, "samples", "policy") == "reference" else "policy"
         out = reg(batch)
         assert torch.allclose(out.per_token, torch.zeros_like(out.per_token), atol=1e-6), reg.label
         assert reg.requires() <= {"logprobs", "ref_logprobs", "logits", "ref_logits", "mask", "old_logprobs",

@@ -46,7 +46,8 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
 
     Regularizers with ``placement == "reward"`` are skipped here (see :func:`rlkit.objectives.ppo.reward_penalty`).
     A regularizer may override the surrogate on some tokens (Lp-Reg): there ``L = -A ratio`` (unclipped).
-    Every term is aggregated with the same ``aggregation`` mode. Returns ``(loss, metrics)``.
+    Every term is aggregated with ``aggregation``, except a regularizer that sets its own (``cfg.aggregation``).
+    Returns ``(loss, metrics)``.
     """
     if batch.old_logprobs is None or batch.advantages is None:
         raise ValueError("policy_loss needs batch.old_logprobs and batch.advantages")
@@ -65,7 +66,7 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
     loss = pg_loss
     for reg in in_loss:
         out = reg(batch)
-        loss = loss + aggregate(out.per_token, mask, aggregation, norm_length)
+        loss = loss + aggregate(out.per_token, mask, reg.cfg.aggregation or aggregation, norm_length)
         metrics.update(out.metrics)
     if entropy_coef:
         if entropy is None:

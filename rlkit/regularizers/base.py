@@ -174,6 +174,9 @@ class RegularizerConfig(StrictModel):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     weighting: WeightingConfig = Field(default_factory=ConstantWeighting)
     placement: Literal["loss", "reward"] = "loss"
+    #: how this term's per-token penalty becomes a scalar (None: the objective's ``aggregation``); e.g. APO's DADS
+    #: averages the weighted KL per sequence, then over samples (``seq-mean-token-mean``)
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo"] | None = None
 
     @field_validator("reference", mode="before")
     @classmethod
@@ -230,10 +233,20 @@ class Regularizer:
         """Batch fields this regularizer reads (the trainer uses it to decide what to compute/serve)."""
         return {"logprobs", "mask"}
 
+    def describe(self) -> dict[str, str]:
+        """What this regularizer's penalty estimates (``value``, logged as ``<label>/value``) and which
+        divergence's gradient it delivers in expectation (``gradient``): the catalogue of ``rlkit regularizers``."""
+        return {"value": self.name, "gradient": self.name}
+
     # --- math -----------------------------------------------------------------------------------------------
     def divergence(self, batch: PolicyBatch) -> torch.Tensor:
-        """Unweighted per-token divergence estimate ``[B, T]``."""
+        """Unweighted per-token penalty ``[B, T]``: its value is the divergence estimate, its gradient (in
+        expectation over the samples) the one :meth:`describe` names."""
         raise NotImplementedError
+
+    def penalty(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """:meth:`divergence` plus diagnostics of its own (e.g. importance-weight maxima)."""
+        return self.divergence(batch), {}
 
     def surrogate_override(self, batch: PolicyBatch) -> torch.Tensor | None:
         """Bool ``[B, T]`` of tokens whose clipped surrogate the objective must replace by ``-A * ratio``."""
@@ -241,13 +254,17 @@ class Regularizer:
 
     def __call__(self, batch: PolicyBatch) -> RegularizerOutput:
         mask = batch.mask.to(torch.bool)
-        div = self.divergence(batch)
+        div, extra = self.penalty(batch)
         div = torch.where(mask, div, torch.zeros_like(div))
         coef = self.weighting.coef(batch.step)
         weights = self.weighting.sample_weights(batch)
         per_token = coef * div if weights is None else coef * weights.unsqueeze(-1).to(div.dtype) * div
         n = mask.sum().clamp_min(1)
-        metrics = {f"{self.label}/value": float(div.detach().sum() / n), f"{self.label}/coef": float(coef)}
+        value = div.detach()
+        # value: per token; seq_value: per sequence (the sum over its tokens, averaged over sequences)
+        metrics = {f"{self.label}/value": float(value.sum() / n),
+                   f"{self.label}/seq_value": float(value.sum() / max(value.shape[0], 1)),
+                   f"{self.label}/coef": float(coef), **{f"{self.label}/{k}": float(v) for k, v in extra.items()}}
         if weights is not None:
             metrics[f"{self.label}/weight_mean"] = float(weights.float().mean())
         return RegularizerOutput(per_token=per_token, metrics=metrics)

@@ -12,21 +12,34 @@ from .base import Regularizer
 
 _REGISTRY: dict[str, type[Regularizer]] = {}
 
-#: one-word presets; a dict spec may start from one with ``name: <preset>`` and override any key
+#: one-word presets; a dict spec may start from one with ``name: <preset>`` and override any key. Every preset's
+#: value estimate and delivered gradient are listed by ``rlkit regularizers`` (:func:`catalogue`).
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
+    # reverse KL in the loss: value from the named estimator, gradient of the reverse KL per visited state
     "kl_k1": [{"name": "kl", "estimator": "k1"}],
     "kl_k2": [{"name": "kl", "estimator": "k2"}],
     "kl_k3": [{"name": "kl", "estimator": "k3"}],
     "kl_k3+": [{"name": "kl", "estimator": "k3+"}],
     "kl_abs": [{"name": "kl", "estimator": "abs"}],
     "kl_exact": [{"name": "kl", "mode": "exact"}],
+    # the reverse KL between sequence distributions (score-function terms over later tokens)
+    "kl_seq": [{"name": "kl", "estimator": "k3", "gradient": "sequence"}],
+    # GRPO / verl low_var_kl / TRL / OpenRLHF as they run it: k3 differentiated as written = forward-KL gradient
+    "kl_k3_pathwise": [{"name": "kl", "estimator": "k3", "gradient": "pathwise"}],
     "kl_reward": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05}],
     "kl_adaptive": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05,
                      "weighting": {"type": "adaptive", "target": 0.05, "horizon": 1000}}],
-    "dads": [{"name": "kl", "estimator": "k3", "weighting": {"type": "dads"}}],
+    # APO's DADS: per-sample weights, KL averaged per sequence then over samples; dads_apo = k3 as View-R1 ran it
+    "dads": [{"name": "kl", "estimator": "k3", "weighting": {"type": "dads"}, "aggregation": "seq-mean-token-mean"}],
+    "dads_apo": [{"name": "kl", "estimator": "k3", "gradient": "pathwise", "weighting": {"type": "dads"},
+                  "aggregation": "seq-mean-token-mean"}],
     "forward_kl_exact": [{"name": "forward_kl", "mode": "exact"}],
+    "forward_kl_seq": [{"name": "forward_kl", "gradient": "sequence"}],
     "js_exact": [{"name": "js", "mode": "exact"}],
+    # DPH-RL: the divergence on reference samples only (needs a rehearsal set: the recipe's `rehearsal` section)
+    "forward_kl_rehearsal": [{"name": "forward_kl", "samples": "reference"}],
+    "js_rehearsal": [{"name": "js", "samples": "reference"}],
 }
 
 
@@ -109,6 +122,26 @@ def build_regularizers(specs: Any, path: str = "regularizers") -> list[Regulariz
         if labels.count(label) > 1:
             raise ConfigError(path, f"two regularizers share the label {label!r}; give one a distinct 'label'")
     return out
+
+
+def catalogue() -> list[dict[str, str]]:
+    """One row per preset and registered name: ``{"preset", "spec", "label", "value", "gradient", "placement"}``.
+    ``value`` is what ``<label>/value`` estimates, ``gradient`` the divergence whose gradient the penalty
+    delivers in expectation (section 2b of the regularizer notes)."""
+    rows = []
+    for name in available_presets():
+        spec = PRESETS.get(name, [{"name": name}])
+        for reg in build_regularizers(copy.deepcopy(spec)) if spec else []:
+            rows.append({"preset": name, "spec": _spec_text(spec[0]), "label": reg.label,
+                         "placement": reg.placement, **reg.describe()})
+        if not spec:
+            rows.append({"preset": name, "spec": "[]", "label": "-", "placement": "-", "value": "nothing",
+                         "gradient": "none"})
+    return rows
+
+
+def _spec_text(spec: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
 
 
 def check_objective(regularizers: Sequence[Regularizer], objective: str, path: str = "regularizers") -> None:
