@@ -8,8 +8,10 @@ method that returns only that term. So the subclass overrides ``_compute_loss``:
 set to 0 for the call (the clipped policy term only, TRL's KL skipped) and adds the rlkit penalty on the same
 log-probs, averaged the way TRL's ``loss_type`` averages. ``beta`` stays > 0 everywhere else, so TRL still builds
 the reference model and fills ``inputs["ref_per_token_logps"]``. The regularizer comes from
-:func:`rlkit.regularizers.build_regularizers` with ``coef = beta``; with ``kl_k3`` the result is TRL's own loss
-(``tests/test_examples_trl.py`` checks the loss and the gradients against ``GRPOTrainer._compute_loss``).
+:func:`rlkit.regularizers.build_regularizers` with ``coef = beta``. With ``kl_k3_pathwise`` the result is TRL's own
+loss, value and gradients (``tests/test_examples_trl.py`` checks both against ``GRPOTrainer._compute_loss``); TRL's
+k3, differentiated as written, delivers the *forward* KL's gradient. With ``kl_k3`` (the default here) the loss has
+the same value but the reverse KL's gradient (shared/docs/regularizers.md, section 2b).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from rlkit.models import load_model_and_tokenizer
 from rlkit.regularizers import PolicyBatch, build_regularizers
 
 #: regularizers that work on sampled tokens in the loss (``rlkit.regularizers.PRESETS`` / registry names)
-REGULARIZERS = ("kl_k3", "kl_k1", "kl_k2", "kl_k3+", "forward_kl", "js", "alpha")
+REGULARIZERS = ("kl_k3", "kl_k3_pathwise", "kl_seq", "kl_k1", "kl_k2", "forward_kl", "js", "alpha")
 #: how TRL's ``loss_type`` averages per-token terms, in :func:`rlkit.functional.aggregate`'s names
 AGGREGATION = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "drgrpo"}
 

@@ -1,6 +1,9 @@
 """The TRL examples: each runs end to end, and each subclass reproduces TRL's own loss where TRL has the same math.
 
-* GRPO: with ``kl_k3`` the rlkit regularizer must give exactly TRL's built-in ``beta * k3`` loss (and gradients),
+* GRPO: with ``kl_k3_pathwise`` (+ ``importance_correction``, TRL's default ``use_bias_correction_kl``) the rlkit
+  regularizer must give exactly TRL's built-in ``beta * k3 * pi/pi_old`` loss and gradients; rlkit's default
+  ``kl_k3`` gives the same value and, because TRL's differentiated ratio makes its k3 gradient the reverse KL's,
+  the same gradients too; without the correction the two differ (k3 pathwise = the forward KL's gradient),
   checked by calling ``GRPOTrainer._compute_loss`` itself on the same inputs.
 * DPO: rlkit's f-DPO must equal TRL's own f-DPO (``DPOConfig.f_divergence_type``; sigmoid DPO for reverse_kl),
   checked by calling ``DPOTrainer._compute_loss`` itself on the same batch; TRL's alpha coefficient is
@@ -57,7 +60,7 @@ def test_dpo_example_runs(tmp_path):
     assert steps[0][1] == pytest.approx(math.log(2), abs=1e-5)  # step 1: policy == reference, loss = log 2
 
 
-# --- GRPO: the rlkit kl_k3 regularizer is TRL's built-in k3 term ---------------------------------------------
+# --- GRPO: the rlkit kl_k3_pathwise regularizer is TRL's built-in k3 term -------------------------------------
 
 def _grpo_inputs(trainer, generator):
     """A hand-made rollout batch in the layout `_generate_and_score_completions` produces."""
@@ -91,26 +94,26 @@ def _loss_and_grads(compute, model, inputs):
     return loss.detach(), grads
 
 
-def test_grpo_kl_k3_equals_trl_builtin_kl(tmp_path):
+def test_grpo_kl_k3_pathwise_equals_trl_builtin_kl(tmp_path):
     from trl import GRPOTrainer
 
     from rlkit.regularizers import build_regularizers
 
     example = _load_example("trl_grpo_with_rlkit_regularizer")
-    trainer = example.build_trainer(str(tmp_path), regularizer="kl_k3", beta=0.1, n_prompts=8)
+    trainer = example.build_trainer(str(tmp_path), regularizer="kl_k3_pathwise", beta=0.1, n_prompts=8)
     model = trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop, which does not run here
     inputs = _grpo_inputs(trainer, torch.Generator().manual_seed(0))
 
     ours, our_grads = _loss_and_grads(trainer._compute_loss, model, inputs)
-    ours_kl = trainer._metrics["train"]["rlkit/kl_k3/value"][-1]
+    ours_kl = trainer._metrics["train"]["rlkit/kl_k3_pathwise/value"][-1]
     # TRL's own code path on the same trainer and inputs: per_token_loss + beta * k3 (with use_bias_correction_kl)
     theirs, their_grads = _loss_and_grads(lambda m, i: GRPOTrainer._compute_loss(trainer, m, i), model, inputs)
     theirs_kl = trainer._metrics["train"]["kl"][-1]
 
     loss_diff = (ours - theirs).abs().item()
     grad_diff = (our_grads - their_grads).abs().max().item()
-    print(f"GRPO kl_k3 vs TRL: loss {ours.item():.8f} vs {theirs.item():.8f}, |diff| {loss_diff:.3g}, "
+    print(f"GRPO kl_k3_pathwise vs TRL: loss {ours.item():.8f} vs {theirs.item():.8f}, |diff| {loss_diff:.3g}, "
           f"max |grad diff| {grad_diff:.3g}, kl metric |diff| {abs(ours_kl - theirs_kl):.3g}")
     assert loss_diff < 1e-6
     assert grad_diff < 1e-6
@@ -120,6 +123,17 @@ def test_grpo_kl_k3_equals_trl_builtin_kl(tmp_path):
     trainer.regularizer = build_regularizers({"name": "kl_k1", "coef": 0.1, "importance_correction": True})[0]
     other, _ = _loss_and_grads(trainer._compute_loss, model, inputs)
     assert (other - theirs).abs().item() > 1e-4
+    # rlkit's default kl_k3 (reverse-KL gradient): TRL's value and, since TRL's ratio is differentiated, its gradient
+    trainer.regularizer = build_regularizers({"name": "kl_k3", "coef": 0.1, "importance_correction": True})[0]
+    same_value, token_grads = _loss_and_grads(trainer._compute_loss, model, inputs)
+    assert (same_value - theirs).abs().item() < 1e-6
+    assert (token_grads - their_grads).abs().max().item() < 1e-6
+    # without the ratio, k3 as written (the forward KL's gradient) and kl_k3 (the reverse KL's) part ways
+    grads = {}
+    for name in ("kl_k3", "kl_k3_pathwise"):
+        trainer.regularizer = build_regularizers({"name": name, "coef": 0.1})[0]
+        grads[name] = _loss_and_grads(trainer._compute_loss, model, inputs)[1]
+    assert (grads["kl_k3"] - grads["kl_k3_pathwise"]).abs().max().item() > 1e-5
 
 
 def test_grpo_example_refuses_unsupported_setups(tmp_path):

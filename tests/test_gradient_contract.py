@@ -155,6 +155,11 @@ CASES = [
     # GRPO's k3 as the papers run it: unbiased for the reverse KL, but the gradient is the forward KL's
     ({"name": "kl", "gradient": "pathwise"}, "policy", "forward_kl", "token", False),
     ({"name": "kl", "estimator": "k2", "gradient": "pathwise"}, "policy", "reverse_kl", "token", False),
+    # ... times the differentiated ratio pi/sg(pi_old) (TRL's use_bias_correction_kl): the reverse KL's again
+    ({"name": "kl", "gradient": "pathwise", "importance_correction": True}, "policy", "reverse_kl", "token", True),
+    ({"name": "kl", "estimator": "k1", "gradient": "pathwise", "importance_correction": True}, "policy",
+     "reverse_kl", "token", True),
+    ({"name": "kl", "importance_correction": True}, "policy", "reverse_kl", "token", True),
     ({"name": "forward_kl"}, "policy", "forward_kl", "token", True),
     ({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True),
     ({"name": "forward_kl", "mode": "exact"}, "policy", "forward_kl", "token", True),

@@ -8,9 +8,11 @@ penalty optimizes) are separate choices (shared/docs/regularizers.md, section 2b
 * ``gradient: sequence``: the gradient of ``KL(P || P_ref)`` between sequence distributions: the token term plus
   ``sg(sum of the later tokens' k3) * log pi`` (score-function terms; see :mod:`rlkit.divergences.gradients`).
 * ``gradient: pathwise``: differentiate the value estimator as written, as GRPO (Shao et al. 2024), verl's
-  ``low_var_kl``, TRL and OpenRLHF do with k3. On policy samples this delivers, in expectation, **k3: the forward
-  KL's gradient**, k1: zero, k2: the reverse KL's. Kept to reproduce those papers exactly (preset
-  ``kl_k3_pathwise``); it is never the default.
+  ``low_var_kl`` and OpenRLHF's k3 do. On policy samples this delivers, in expectation, **k3: the forward KL's
+  gradient**, k1: zero, k2: the reverse KL's. Kept to reproduce those papers exactly (preset
+  ``kl_k3_pathwise``); it is never the default. With ``importance_correction`` the differentiated ratio
+  ``pi/sg(pi_old)`` adds ``k grad log pi``, which turns k3's (and k1's) gradient into the reverse KL's: that is
+  TRL's ``use_bias_correction_kl`` (default on in TRL 1.x, after DeepSeek-V3.2).
 
 ``samples: reference``: the samples come from the reference (DPH-RL-style rehearsal batches), value
 ``u log u - u + 1`` (``u = pi/pi_ref``), whose pathwise gradient is exact at token level; at sequence level prefix
@@ -39,6 +41,10 @@ ESTIMATOR_VALUE = {"k1": "k1, unbiased", "k2": "k2 = d^2/2, biased", "k3": "k3, 
 #: what each estimator's pathwise gradient is on policy samples (section 2b of regularizers.md)
 PATHWISE_GRADIENT = {"k1": "none (zero in expectation)", "k2": "reverse KL (token)", "k3": "forward KL (token)",
                      "abs": "sign(d) (no divergence's)", "k1+": "reverse KL (token)", "k3+": "reverse KL (token)"}
+#: ... and times the differentiated ratio pi/sg(pi) (TRL's use_bias_correction_kl, DeepSeek-V3.2): the pathwise
+#: gradient becomes (k' + k) grad log pi: d for k3, 1 + d for k1 (the 1 has zero mean), d + d^2/2 for k2
+PATHWISE_CORRECTED_GRADIENT = {"k1": "reverse KL (token)", "k2": "d + d^2/2 (no divergence's)",
+                               "k3": "reverse KL (token)", "abs": "sign(d) + |d| (no divergence's)"}
 
 
 class KLConfig(RegularizerConfig):
@@ -118,7 +124,8 @@ class KL(Regularizer):
             return {"value": f"reverse KL ({on}), subtracted from the reward",
                     "gradient": "reverse KL (sequence), through the return"}
         level = "sequence" if c.gradient == "sequence" else "token"
-        grad = PATHWISE_GRADIENT[c.estimator] if c.gradient == "pathwise" else f"reverse KL ({level})"
+        pathwise = PATHWISE_CORRECTED_GRADIENT if c.importance_correction else PATHWISE_GRADIENT
+        grad = pathwise[c.estimator] if c.gradient == "pathwise" else f"reverse KL ({level})"
         return {"value": f"reverse KL ({on})" + (", per sequence" if level == "sequence" else ""), "gradient": grad}
 
     def requires(self) -> set[str]:

@@ -25,7 +25,7 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     "kl_exact": [{"name": "kl", "mode": "exact"}],
     # the reverse KL between sequence distributions (score-function terms over later tokens)
     "kl_seq": [{"name": "kl", "estimator": "k3", "gradient": "sequence"}],
-    # GRPO / verl low_var_kl / TRL / OpenRLHF as they run it: k3 differentiated as written = forward-KL gradient
+    # GRPO paper / verl low_var_kl / OpenRLHF as they run it: k3 differentiated as written = forward-KL gradient
     "kl_k3_pathwise": [{"name": "kl", "estimator": "k3", "gradient": "pathwise"}],
     "kl_reward": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05}],
     "kl_adaptive": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05,
