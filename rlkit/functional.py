@@ -9,6 +9,7 @@ alpha-divergence (alpha -> 0 reverse KL, alpha = 1 forward KL).
 from rlkit.advantages import gae_advantages, group_advantages, rloo_advantages, whiten
 from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty, linear_f_divergence
 from rlkit.divergences.generators import dpo_score, f_of_logu
+from rlkit.divergences.gradients import exact_sequence_penalty, sampled_penalty
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
 from rlkit.fused_head import linear_token_logprobs
 from rlkit.objectives.aggregation import aggregate
@@ -25,6 +26,7 @@ __all__ = [
     "dads_weights",
     "dpo_loss",
     "dpo_score",
+    "exact_sequence_penalty",
     "f_divergence",
     "f_divergence_sampled",
     "f_of_logu",
@@ -38,6 +40,7 @@ __all__ = [
     "lp_reg_proxy_logprobs",
     "paced_weights",
     "rloo_advantages",
+    "sampled_penalty",
     "scheduled_coef",
     "soup_state_dict",
     "tis_weights",
