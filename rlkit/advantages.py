@@ -1,6 +1,9 @@
-"""Advantage estimators: group-relative (GRPO, Dr. GRPO), RLOO and GAE. Pure tensor functions."""
+"""Advantage estimators: group-relative (GRPO, Dr. GRPO), RLOO and GAE; APO's STCR scaling. Pure tensor
+functions."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -37,6 +40,40 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     g = _groups(rewards, group_size)
     loo_mean = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
     return (g - loo_mean).reshape(-1)
+
+
+def stcr_scale(advantages: torch.Tensor, lengths: torch.Tensor, correct: torch.Tensor, group_size: int,
+               base: float = 1.00001) -> torch.Tensor:
+    """STCR, APO's advantage scaling for over-long wrong answers (arXiv 2506.21655, the companion of DADS).
+
+    Per group of ``group_size`` samples, ``L+`` is the mean length of the correct responses. An incorrect response
+    ``i`` longer than that gets its advantage scaled by ``1 + w_i`` with ``w_i = 1 - base^-(L_i - L+)`` (``base``
+    1.00001 in the paper and its code, so ``w_i ~ 1e-5 (L_i - L+)`` for moderate excess lengths and ``w_i < 1``
+    always); every other sample, and every sample of a group with no correct response, keeps its advantage
+    (``w_i = 0``). With GRPO's negative advantages for wrong answers, longer wrong answers are pushed down harder.
+
+    Reference code (View-R1, ``openrlhf/trainer/ppo_utils/experience_maker.py``, ``use_stcr``): the same rule,
+    applied after GRPO's group normalization (its ``group_norm`` estimator only), with correctness read as the
+    integer part of the reward; rlkit applies it to the group advantages of any GRPO estimator (grpo, drgrpo, rloo)
+    with the reward's ``correct`` flags.
+
+    ``advantages``: ``[B]`` or ``[B, T]``; ``lengths``: ``[B]`` completion lengths (tokens); ``correct``: ``[B]``
+    0/1 flags or bool (> 0.5 counts as correct). Returns the scaled advantages, the same shape as ``advantages``.
+    """
+    if base <= 1:
+        raise ValueError(f"STCR base must be > 1, got {base}")
+    n = lengths.numel()
+    if correct.numel() != n or advantages.shape[0] != n:
+        raise ValueError(f"advantages {tuple(advantages.shape)}, lengths {tuple(lengths.shape)} and correct "
+                         f"{tuple(correct.shape)} must have the same number of samples")
+    length = _groups(lengths.detach().float().reshape(-1), group_size)
+    ok = _groups((correct.detach().float().reshape(-1) > 0.5).float(), group_size)
+    n_ok = ok.sum(1, keepdim=True)
+    mean_ok = (length * ok).sum(1, keepdim=True) / n_ok.clamp_min(1)
+    excess = (length - mean_ok) * (1 - ok)
+    w = torch.where((excess > 0) & (n_ok > 0), -torch.expm1(-excess * math.log(base)), torch.zeros_like(excess))
+    scale = (1 + w).reshape(-1).to(advantages.dtype)
+    return advantages * (scale.unsqueeze(-1) if advantages.dim() == 2 else scale)
 
 
 def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

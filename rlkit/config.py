@@ -117,7 +117,14 @@ class GRPOConfig(StrictModel):
     clip_low: float = Field(0.2, ge=0, lt=1)
     clip_high: float = Field(0.28, ge=0)
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo"] = "token-mean"
+    #: Dr. GRPO's constant length ``L`` of aggregation ``drgrpo`` (``sum(v m) / (B L)``); ``None``: the driver
+    #: sets it to ``rollout.max_new_tokens`` (the paper's generation budget), the same for every batch
+    norm_length: int | None = Field(None, gt=0)
     advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    #: APO's STCR (arXiv 2506.21655): scale the advantage of each incorrect response longer than its group's mean
+    #: correct length ``L+`` by ``1 + w``, ``w = 1 - stcr_base^-(L - L+)`` (rlkit.advantages.stcr_scale)
+    stcr: bool = False
+    stcr_base: float = Field(1.00001, gt=1)
     epochs: int = Field(1, gt=0)
     minibatches: int = Field(1, gt=0)
     #: stop after this many consecutive steps in which every update had a non-finite loss or gradient (0: never)
@@ -162,6 +169,12 @@ class PPOConfig(GRPOConfig):
     whiten_advantages: bool = True
     #: off for PPO: the value head reads the trunk's output of the policy's full forward (and groups are usually 1)
     shared_prefix: bool = False
+
+    @model_validator(mode="after")
+    def _no_stcr(self):
+        if self.stcr:
+            raise ValueError("'stcr' scales group-relative advantages (GRPO); PPO's GAE advantages do not take it")
+        return self
 
 
 class DPOConfig(StrictModel):
@@ -216,6 +229,26 @@ class LearnerConfig(StrictModel):
     """Learner placement: ``num_workers`` data-parallel learner actors in one torch.distributed group."""
 
     num_workers: int = Field(1, gt=0)
+
+
+class RehearsalConfig(StrictModel):
+    """DPH-RL's rehearsal (arXiv 2509.07430; :mod:`rlkit.trainer.rehearsal`): before RL, each training prompt is
+    sampled ``k`` times by the initial policy ``pi_0`` (rollout temperature, no top-p/top-k); prompts solved k/k form
+    the rehearsal set ``D_pef`` (their correct responses and ``log pi_0`` of them are stored, cached in
+    ``<output_dir>/rehearsal/presample.json``), the rest ``D_exp``. GRPO draws prompts from ``D_exp`` only; every step
+    also adds ``coef * token-mean g(u)``, ``u = pi_theta / pi_0``, over ``responses_per_step`` stored responses for
+    each regularizer with ``samples: reference`` (forward KL ``KL(pi_0 || pi_theta)``: ``g = u - log u - 1``). GRPO
+    only, one learner."""
+
+    #: samples per prompt; a prompt is in the rehearsal set when all k are correct (the reference code: 4 of 8)
+    k: int = Field(8, gt=0)
+    #: stored responses in each step's rehearsal batch; ``None``: one per 8 GRPO rows (prompts_per_step x
+    #: group_size / 8), the reference code's 256 next to 128 prompts x 16 samples
+    responses_per_step: int | None = Field(None, gt=0)
+    #: pre-sample only the first N training prompts (the others are for exploration); ``None``: all of them
+    max_prompts: int | None = Field(None, gt=0)
+    #: prompts per pre-sampling call (each generates ``k`` samples of each)
+    presample_batch: int = Field(64, gt=0)
 
 
 class RewardSpec(StrictModel):
@@ -287,9 +320,11 @@ class CheckpointConfig(StrictModel):
 
 class SweepConfig(StrictModel):
     """An ablation grid for ``rlkit ablate``: ``grid`` maps a dotted recipe key to the values it takes (every
-    combination is a cell); each cell runs once per seed."""
+    combination is a cell); ``arms`` names sets of overrides that go together (crossed with the grid); each cell
+    runs once per seed."""
 
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0])
     parallel: int = Field(1, gt=0)
 
@@ -316,6 +351,9 @@ class Recipe(StrictModel):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     regularizers: Any = "kl_k3"
+    #: DPH-RL rehearsal on responses pre-sampled from the initial policy; needed by ``samples: reference``
+    #: regularizers (see :class:`RehearsalConfig`)
+    rehearsal: RehearsalConfig | None = None
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="numeric_match")])
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -334,6 +372,7 @@ def build_recipe(data: dict) -> Recipe:
 
     regs = build_regularizers(recipe.regularizers, "regularizers")
     check_objective(regs, recipe.algorithm)
+    _check_rehearsal(recipe)
     _check_rewards(recipe.rewards)
     if recipe.model.lora is not None and recipe.algorithm != "grpo":
         raise ConfigError("model.lora", f"LoRA is implemented for algorithm 'grpo' only, not {recipe.algorithm!r}")
@@ -343,6 +382,41 @@ def build_recipe(data: dict) -> Recipe:
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
         _check_inprocess(recipe)
     return recipe
+
+
+def _check_rehearsal(recipe: Recipe) -> None:
+    """``samples: reference`` regularizers need the rehearsal set (DPH-RL) and a rehearsal set needs them."""
+    from rlkit.regularizers import build_regularizers
+    from rlkit.objectives.rehearsal import on_reference_samples
+
+    specs = recipe.regularizers
+    specs = [] if specs is None else [specs] if isinstance(specs, (str, dict)) else list(specs)
+    paths = []
+    for i, spec in enumerate(specs):
+        for reg in build_regularizers([spec]):
+            if on_reference_samples(reg):
+                paths.append(f"regularizers[{i}]")
+                ref = reg.cfg.reference
+                if ref.type != "initial" or ref.refresh_every:
+                    raise ConfigError(f"regularizers[{i}].reference", "rehearsal responses are sampled from the "
+                                      "initial policy: samples 'reference' needs reference 'initial' (no refresh)")
+                if reg.cfg.weighting.type in ("dads", "paced"):
+                    raise ConfigError(f"regularizers[{i}].weighting", f"'{reg.cfg.weighting.type}' weights need "
+                                      "advantages/accuracy, which rehearsal responses do not have")
+    if paths and recipe.rehearsal is None:
+        raise ConfigError(f"{paths[0]}.samples", "samples 'reference' needs responses pre-sampled from the initial "
+                          "policy: add a `rehearsal:` section (DPH-RL, see recipes/grpo_dph.yaml) or use samples "
+                          "'policy'")
+    if recipe.rehearsal is not None:
+        if not paths:
+            raise ConfigError("rehearsal", "no regularizer has samples 'reference', so the rehearsal set would carry "
+                              "no loss: add one (e.g. {name: forward_kl, samples: reference}) or remove `rehearsal:`")
+        if recipe.algorithm != "grpo":
+            raise ConfigError("rehearsal", f"rehearsal is implemented for algorithm 'grpo' only, not "
+                              f"{recipe.algorithm!r}")
+        if recipe.learner.num_workers > 1:
+            raise ConfigError("rehearsal", "rehearsal with data-parallel learners (learner.num_workers > 1) is not "
+                              "supported yet: use learner.num_workers=1")
 
 
 def _check_inprocess(recipe: Recipe) -> None:

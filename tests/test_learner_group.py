@@ -80,7 +80,7 @@ def test_loss_shares_make_the_global_normalizer():
     stats = torch.tensor([[30.0, 8, 10], [10.0, 8, 2]], dtype=torch.float64)  # (tokens, sequences, padded length)
     assert [loss_share(stats, r, "token-mean") for r in (0, 1)] == [0.75, 0.25]
     assert [loss_share(stats, r, "seq-mean-token-mean") for r in (0, 1)] == [0.5, 0.5]
-    assert [loss_share(stats, r, "drgrpo") for r in (0, 1)] == [0.5, 0.1]  # b_k T_k / (B max T)
+    assert [loss_share(stats, r, "drgrpo") for r in (0, 1)] == [0.5, 0.5]  # b_k / B: L is the same constant
 
 
 def test_merge_metrics():

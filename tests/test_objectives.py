@@ -32,8 +32,9 @@ def test_aggregation_modes():
     assert aggregate(v, m, "token-mean").item() == pytest.approx(10 / 4)
     assert aggregate(v, m, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
     assert aggregate(v, m, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
-    assert aggregate(v, m, "drgrpo").item() == pytest.approx(10 / (2 * 4))
     assert aggregate(v, m, "drgrpo", norm_length=10).item() == pytest.approx(10 / 20)
+    with pytest.raises(ValueError, match="norm_length"):  # no silent fallback to the padded length
+        aggregate(v, m, "drgrpo")
     with pytest.raises(ValueError, match="unknown aggregation"):
         aggregate(v, m, "mean")
 
@@ -53,10 +54,11 @@ def _batch(b=4, t=5, seed=0, **kw):
 def test_grpo_loss_is_surrogate_plus_beta_kl(aggregation):
     batch = _batch()
     regs = build_regularizers([{"name": "kl", "estimator": "k3", "coef": 0.04}])
-    loss, metrics = grpo_loss(batch, regs, aggregation=aggregation)
+    L = 8 if aggregation == "drgrpo" else None  # Dr. GRPO's constant length
+    loss, metrics = grpo_loss(batch, regs, aggregation=aggregation, norm_length=L)
     pg, _ = clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, batch.mask)
     kl = kl_penalty(batch.logprobs, batch.ref_logprobs, "k3")
-    want = aggregate(pg, batch.mask, aggregation) + 0.04 * aggregate(kl, batch.mask, aggregation)
+    want = aggregate(pg, batch.mask, aggregation, L) + 0.04 * aggregate(kl, batch.mask, aggregation, L)
     torch.testing.assert_close(loss, want)
     assert metrics["kl_k3/value"] == pytest.approx(aggregate(kl, batch.mask, "token-mean").item(), rel=1e-5)
     assert metrics["kl_k3/coef"] == pytest.approx(0.04)

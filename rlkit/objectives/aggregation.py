@@ -14,8 +14,11 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean"
     * ``token-mean``: ``sum(v m) / sum(m)``, every token weighs the same (DAPO; verl's default).
     * ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (original GRPO).
     * ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
-    * ``drgrpo``: ``sum(v m) / (B * L)`` with the constant ``L = norm_length`` (default ``T``), Dr. GRPO's
-      length-unbiased form (arXiv 2503.20783).
+    * ``drgrpo``: ``sum(v m) / (B * L)`` with a constant ``L = norm_length``, Dr. GRPO's length-unbiased form (Liu
+      et al. 2025, arXiv 2503.20783, which divides by the generation budget, ``max_new_tokens``). ``L`` must be
+      given: the padded length ``T`` changes from batch to batch, which would make the normaliser (and so the
+      step size) depend on the longest completion of the batch. The GRPO learner passes ``grpo.norm_length``,
+      which the driver fills with ``rollout.max_new_tokens``.
     """
     m = mask.to(values.dtype)
     vm = values * m
@@ -26,8 +29,11 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean"
     if mode == "seq-mean-token-sum":
         return vm.sum(-1).mean()
     if mode == "drgrpo":
-        length = norm_length if norm_length is not None else values.shape[-1]
-        return vm.sum() / (values.shape[0] * length)
+        if norm_length is None or norm_length <= 0:
+            raise ValueError("aggregation 'drgrpo' needs a constant norm_length > 0 (Dr. GRPO's L, e.g. "
+                             f"rollout.max_new_tokens), got {norm_length!r}; the padded length varies between "
+                             "batches and is not used")
+        return vm.sum() / (values.shape[0] * norm_length)
     raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(AGGREGATIONS)}")
 
 

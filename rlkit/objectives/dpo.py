@@ -27,7 +27,10 @@ def fdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
 
     ``divergence``: ``reverse_kl`` (``log u``), ``forward_kl`` (``-1/u``), ``js`` (``log(2u/(1+u))``), ``alpha``
     (``(1 - u^(-alpha))/alpha``; paper parameterisation: alpha -> 0 is reverse KL, alpha = 1 forward KL), ``chi2``.
-    **TRL's** ``DPOConfig.f_alpha_divergence_coef`` is ``1 - alpha`` in this notation (they agree only at 0.5).
+    **TRL's** ``DPOConfig.f_alpha_divergence_coef`` depends on the TRL version: TRL >= 0.29 writes
+    ``f'(t) = (t^(a'-1) - 1)/(a'-1)``, so ``f_alpha_divergence_coef = 1 - alpha`` (they agree only at 0.5); TRL
+    0.20-0.28 wrote ``(1 - u^-a)/a``, the paper's form, so there ``f_alpha_divergence_coef = alpha``
+    (``tests/test_fidelity_fixes.py`` checks the conversion against the installed TRL's own loss).
     Returns the loss per pair, shape ``[B]``.
     """
     if loss_type not in DPO_LOSS_TYPES:

@@ -13,14 +13,15 @@ from .policy import policy_loss
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float | None = 0.2, aggregation: str = "token-mean") -> torch.Tensor:
+               clip: float | None = 0.2, aggregation: str = "token-mean", norm_length: int | None = None
+               ) -> torch.Tensor:
     """Clipped value loss: ``1/2 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`` (``clip=None``: plain
-    ``1/2 (V - R)^2``), aggregated over the completion mask."""
+    ``1/2 (V - R)^2``), aggregated over the completion mask (``norm_length``: the constant of ``drgrpo``)."""
     err = (values.float() - returns.float()).square()
     if clip is not None:
         clipped = old_values.float() + torch.clamp(values.float() - old_values.float(), -clip, clip)
         err = torch.maximum(err, (clipped - returns.float()).square())
-    return 0.5 * aggregate(err, mask, aggregation)
+    return 0.5 * aggregate(err, mask, aggregation, norm_length)
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def ppo_loss(batch: PolicyBatch, values: torch.Tensor, old_values: torch.Tensor,
     """PPO loss: policy surrogate (+ loss-placed regularizers) ``+ vf_coef * value_loss``. Advantages in
     ``batch.advantages`` are token-level (GAE, :func:`rlkit.advantages.gae_advantages`)."""
     loss, metrics = policy_loss(batch, regularizers, aggregation=aggregation, **kwargs)
-    v_loss = value_loss(values, old_values, returns, batch.mask, value_clip, aggregation)
+    v_loss = value_loss(values, old_values, returns, batch.mask, value_clip, aggregation, kwargs.get("norm_length"))
     loss = loss + vf_coef * v_loss
     with torch.no_grad():
         metrics.update({"loss/value": v_loss.item(), "loss/total": loss.item(),

@@ -1,21 +1,34 @@
-"""Weightings of a regularizer: constant, scheduled, adaptive (target KL), and per-sample (DADS, PACED)."""
+"""Weightings of a regularizer: constant, scheduled, adaptive (target KL), and per-sample (DADS, PACED).
+
+Every weighting also takes ``only_incorrect`` (KDRL's reward-guided masking, arXiv 2506.02208): the per-sample
+weight is multiplied by 1 for incorrect responses and 0 for correct ones. It is a field of every weighting rather
+than a weighting of its own because a regularizer has one ``weighting`` and KDRL combines the mask with an annealed
+coefficient (``{type: linear, end: 0.001, total_steps: N, only_incorrect: true}``). It needs the per-sample
+``correct`` flags in ``PolicyBatch.extras["correct"]`` (the GRPO learner puts them there).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Union
 
 import torch
 from pydantic import Field
 
 from rlkit._config import StrictModel
-from rlkit.weights import AdaptiveKLController, dads_weights, paced_weights, scheduled_coef
+from rlkit.weights import AdaptiveKLController, dads_weights, incorrect_mask, paced_weights, scheduled_coef
 
 
-class ConstantWeighting(StrictModel):
+class _WeightingBase(StrictModel):
+    #: KDRL's reward-guided masking: weight 0 on correct responses, 1 on incorrect ones (times any other weight)
+    only_incorrect: bool = False
+
+
+class ConstantWeighting(_WeightingBase):
     type: Literal["constant"] = "constant"
 
 
-class ScheduledWeighting(StrictModel):
+class ScheduledWeighting(_WeightingBase):
     """Coefficient moves from ``coef`` to ``end`` over ``total_steps`` (after ``warmup_steps`` at ``coef``)."""
 
     type: Literal["linear", "cosine"]
@@ -24,7 +37,7 @@ class ScheduledWeighting(StrictModel):
     warmup_steps: int = Field(0, ge=0)
 
 
-class AdaptiveWeighting(StrictModel):
+class AdaptiveWeighting(_WeightingBase):
     """Ziegler et al.'s controller: the coefficient tracks a target divergence per step."""
 
     type: Literal["adaptive"]
@@ -32,19 +45,24 @@ class AdaptiveWeighting(StrictModel):
     horizon: int = Field(10000, gt=0)
 
 
-class DadsWeighting(StrictModel):
-    """APO's DADS: per-sample ``1 - exp(-eta * acc)`` on positive-advantage samples."""
+class DadsWeighting(_WeightingBase):
+    """APO's DADS (arXiv 2506.21655): per-sample ``1 - exp(-eta * acc)`` on positive-advantage samples, 1 elsewhere
+    and where ``acc`` is 0 or 1; ``eta`` defaults to Euler's number ``e``, as the reference code (View-R1) uses
+    (see :func:`rlkit.weights.dads_weights`)."""
 
     type: Literal["dads"]
-    eta: float = Field(1.0, gt=0)
+    eta: float = Field(math.e, gt=0)
 
 
-class PacedWeighting(StrictModel):
-    """Per-sample Beta kernel ``acc^a (1-acc)^b`` (PACED), normalized to a maximum of 1."""
+class PacedWeighting(_WeightingBase):
+    """Per-sample Beta kernel ``acc^a (1-acc)^b`` (PACED). ``normalize`` (default) divides by the kernel's peak so
+    the maximum weight is 1 (at ``a = b = 1``: ``4 acc (1 - acc)``, 4x the paper's raw ``acc (1 - acc)``);
+    ``normalize: false`` is the raw kernel as the paper writes it (see :func:`rlkit.weights.paced_weights`)."""
 
     type: Literal["paced"]
     a: float = Field(1.0, ge=0)
     b: float = Field(1.0, ge=0)
+    normalize: bool = True
 
 
 WeightingConfig = Annotated[
@@ -74,11 +92,20 @@ class Weighting:
         return self.base
 
     def sample_weights(self, batch) -> torch.Tensor | None:
+        """Per-sample weights ``[B]`` (None: all 1): DADS / PACED, times KDRL's incorrect-only mask."""
+        w = None
         if self.cfg.type == "dads":
-            return dads_weights(batch.require("accuracy", "dads"), batch.require("advantages", "dads"), self.cfg.eta)
-        if self.cfg.type == "paced":
-            return paced_weights(batch.require("accuracy", "paced"), self.cfg.a, self.cfg.b)
-        return None
+            w = dads_weights(batch.require("accuracy", "dads"), batch.require("advantages", "dads"), self.cfg.eta)
+        elif self.cfg.type == "paced":
+            w = paced_weights(batch.require("accuracy", "paced"), self.cfg.a, self.cfg.b, self.cfg.normalize)
+        if self.cfg.only_incorrect:
+            correct = batch.extras.get("correct")
+            if correct is None:
+                raise ValueError("weighting.only_incorrect needs the per-sample correctness flags in "
+                                 "batch.extras['correct'] (the GRPO learner sets them), which are missing")
+            mask = incorrect_mask(torch.as_tensor(correct))
+            w = mask if w is None else w * mask
+        return w
 
     def observe(self, value: float, n_steps: int = 1) -> None:
         if self.controller is not None:

@@ -74,6 +74,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
 
     ppo = recipe.algorithm == "ppo"  # PPO: the same loop with its own section and a learner with a critic
     rc, g = recipe.ray, (recipe.ppo if ppo else recipe.grpo)
+    g = g.model_copy(update={"norm_length": g.norm_length or recipe.rollout.max_new_tokens})  # Dr. GRPO's constant L
     # Reward and reference workers are stateless: Ray restarts them and retries the call itself.
     reward = spawn(RewardWorker, dict(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3),
                    [r.model_dump(exclude_defaults=True) for r in recipe.rewards], inprocess=inproc)
@@ -126,6 +127,20 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             call_when_alive(lambda: worker.update_weights.remote(sync["weights"], sync["version"]))
 
     driver = get(learner.load_training_state.remote(str(resume_from))) if resume_from else None
+    reh = None  # DPH-RL rehearsal: the split pre-sampled by the initial policy (rlkit/trainer/rehearsal.py)
+    if recipe.rehearsal is not None:
+        from .rehearsal import default_responses_per_step, prepare_rehearsal
+
+        reh = prepare_rehearsal(recipe, out, train, encode, rollout, reward,
+                                references.get("initial", learner if "initial" in served else None), init_paths[0],
+                                resume=driver is not None, console=console, on_restart=resend, version=sync["version"])
+        reh_per_step = recipe.rehearsal.responses_per_step or default_responses_per_step(g.prompts_per_step,
+                                                                                         g.group_size)
+        if len(reh.explore) < g.prompts_per_step:
+            from .faults import TrainingError
+
+            raise TrainingError(f"rehearsal: only {len(reh.explore)} training prompts are left for exploration "
+                                f"(D_exp), fewer than grpo.prompts_per_step={g.prompts_per_step}")
     if driver:
         eval_before = driver["eval_before"]
         order, cursor = driver["order"], driver["cursor"]
@@ -134,7 +149,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         console.print(f"resumed from {resume_from} at step {start}")
     else:
         eval_before = run_eval() if ev.before else None
-        order, cursor = list(range(len(train))), len(train)
+        order = list(range(len(train))) if reh is None else list(reh.explore)  # rehearsal: GRPO sees D_exp only
+        cursor = len(order)
     if eval_before and not driver:
         console.print(f"eval before: pass@1 {eval_before['pass@1']:.3f} | pass@{ev.ks[-1]} "
                       f"{eval_before[f'pass@{ev.ks[-1]}']:.3f} | greedy {eval_before['greedy_accuracy']:.3f}")
@@ -142,7 +158,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     sampling = dict(n=g.group_size, max_new_tokens=recipe.rollout.max_new_tokens,
                     temperature=recipe.rollout.temperature, top_p=recipe.rollout.top_p, top_k=recipe.rollout.top_k)
     t_loop = time.time()
-    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]), "kl_initial/k3", "entropy")
+    progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]),
+                     *(f"rehearsal/{label}/value" for label in needs.get("rehearsal", ())), "kl_initial/k3", "entropy")
     with MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=g.steps,
                        progress_keys=progress_keys, print_every=recipe.logging.print_every) as logger:
         def draw() -> list[dict]:
@@ -191,6 +208,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         pending = None  # future of the prefetched step's prepared batch
         heads_sent: dict[str, int] = {}  # lm_head version the learner holds, per hidden-state reference
         resume_point = (list(order), cursor, rng.getstate())  # data position of the first step not yet drawn
+        if reh is not None and start == 0:
+            logger.log(0, reh.metrics())
         for step in range(start, g.steps):
             ts = time.time()
             if pending is not None:
@@ -213,6 +232,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                     "completion_ids": [c["token_ids"] for c in comps], "scores": scored["totals"],
                     "correct": correctness(scored["components"]), "rollout_logprobs": [c["logprobs"] for c in comps],
                     "refs": batch["refs"]}
+            if reh is not None and (rows := reh.batch(step, reh_per_step, recipe.seed)):
+                data["rehearsal"] = rows  # stored pi_0 responses: only their divergence is trained on
             metrics = learner_call(learner.train_step.remote(data), step, out)
             if shared:  # the rollout engine already has the new weights: it is the learner's module
                 sync["version"] = step + 1
@@ -250,6 +271,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     summary = {"eval_before": eval_before, "eval_after": eval_after, "steps": g.steps,
                "regularizers": get(learner.state.remote()), "initial_model": init_paths[0],
                "final_checkpoint": final, "wall_time_s": time.time() - t0, "train_time_s": t_loop}
+    if reh is not None:
+        summary["rehearsal"] = {**reh.metrics(), "responses_per_step": reh_per_step}
     atomic_write_json(out / "summary.json", summary)
     if eval_before:
         hide = {"k", "n_samples", "num_prompts", "pass@k"}

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import torch
 
-from rlkit.advantages import group_advantages, rloo_advantages
+from rlkit.advantages import group_advantages, rloo_advantages, stcr_scale
 from rlkit.divergences import kl_penalty
 from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
@@ -17,6 +17,7 @@ from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
 from rlkit.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
+from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 
 from .common import cpu_state_dict, load_model, setup_process
 from .local import remote_actor
@@ -39,8 +40,14 @@ class LearnerCore:
             self.model, self.tokenizer = load_model(model_path, dtype)
         self.model.train()
         self.cfg = grpo
+        if grpo.get("aggregation") == "drgrpo" and not grpo.get("norm_length"):
+            raise ValueError("grpo.aggregation 'drgrpo' needs grpo.norm_length, Dr. GRPO's constant L (the driver "
+                             "sets it to rollout.max_new_tokens); it is missing")
         self.temperature = temperature
         self.regs = build_regularizers(regularizers)
+        # samples: reference (DPH-RL) act on the stored rehearsal rows only, the others on the GRPO batch
+        self.rehearsal_regs = [r for r in self.regs if on_reference_samples(r)]
+        self.policy_regs = [r for r in self.regs if not on_reference_samples(r)]
         self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=grpo["learning_rate"],
                                      weight_decay=grpo.get("weight_decay", 0.0))
         self.pad_id = self.tokenizer.pad_token_id
@@ -66,21 +73,30 @@ class LearnerCore:
         # smaller transfer, V > H, instead of [B, T, V] logits
         big_vocab = getattr(cfg, "vocab_size", 0) > getattr(cfg, "hidden_size", float("inf"))
         return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits), "labels": [r.label for r in self.regs],
+                "rehearsal": [r.label for r in self.rehearsal_regs],
                 "ref_hidden": sorted(logits) if big_vocab else [],
                 "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
                                if r.reference_key != "proxy"},
                 # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
                 "served": ["initial"] if self.lora else []}
 
-    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None
-                    ) -> torch.Tensor:
+    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None,
+                    correct: torch.Tensor | None = None) -> torch.Tensor:
         """Advantages from sequence ``scores`` ``[B]`` and the per-token ``penalty`` ``[B, T]`` of reward-placed
-        regularizers (PPO overrides this with token-level GAE)."""
+        regularizers (PPO overrides this with token-level GAE); with ``grpo.stcr``, APO's STCR scaling of over-long
+        wrong answers (:func:`rlkit.advantages.stcr_scale`; lengths from ``batch``'s completion mask, ``correct``
+        the reward's per-sample flags)."""
         rewards = scores if penalty is None else scores - penalty.sum(-1)
         g, kind = self.cfg["group_size"], self.cfg.get("advantage", "grpo")
         if kind == "rloo":
-            return rloo_advantages(rewards, g)
-        return group_advantages(rewards, g, scale_std=(kind == "grpo"))
+            adv = rloo_advantages(rewards, g)
+        else:
+            adv = group_advantages(rewards, g, scale_std=(kind == "grpo"))
+        if self.cfg.get("stcr"):
+            if batch is None or correct is None:
+                raise ValueError("grpo.stcr needs the completion mask and the per-sample correct flags")
+            adv = stcr_scale(adv, batch["completion_mask"].sum(-1), correct, g, self.cfg.get("stcr_base", 1.00001))
+        return adv
 
     def train_step(self, data: dict) -> dict:
         cfg, step = self.cfg, data["step"]
@@ -105,9 +121,10 @@ class LearnerCore:
         # Placement "reward": penalise the sampled sequences before advantages (no grad; rollout log-probs).
         pen = None
         if any(r.placement == "reward" for r in self.regs):
-            pen, m = reward_penalty(PolicyBatch(logprobs=rollout_lp, mask=mask, ref_logprobs=refs, step=step), self.regs)
+            pen, m = reward_penalty(PolicyBatch(logprobs=rollout_lp, mask=mask, ref_logprobs=refs, step=step,
+                                                extras={"correct": correct}), self.regs)
             metrics.update({f"reward_penalty/{k}": v for k, v in m.items()})
-        advantages = self._advantages(scores, pen, batch)
+        advantages = self._advantages(scores, pen, batch, correct=correct)
         reuse_old = cfg.get("epochs", 1) == 1 and cfg.get("minibatches", 1) == 1
         old_lp = proxy = None
         lp_regs = [r for r in self.regs if "proxy_logprobs" in r.requires()]
@@ -128,8 +145,10 @@ class LearnerCore:
         bad_terms: set[str] = set()
         n_updates = 0
         mbs = cfg.get("minibatches", 1)
+        reh = self._rehearsal_inputs(data.get("rehearsal"), mbs)  # DPH-RL rehearsal rows: one chunk per minibatch
+        n_reh = 0
         for _ in range(cfg.get("epochs", 1)):
-            for idx in torch.arange(B).chunk(mbs):
+            for j, idx in enumerate(torch.arange(B).chunk(mbs)):
                 sub = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}
                 lp, ent, logits, head = self._forward(sub, fused)
                 # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
@@ -144,13 +163,18 @@ class LearnerCore:
                     ref_hidden={k: (h[int(idx[0]):int(idx[-1]) + 1], *head) for k, (h, *head) in ref_hidden.items()}
                     or None,
                     logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step,
-                    hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None)
+                    hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None,
+                    extras={"correct": correct[idx]})
                 tis, tis_m = (tis_weights(old, rollout_lp[idx], sub["completion_mask"], cfg["tis_cap"])
                               if cfg.get("tis_cap") else (None, {}))
                 loss, m = self._loss(pb, sub, idx, clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
-                                     aggregation=cfg["aggregation"], entropy=ent,
+                                     aggregation=cfg["aggregation"], norm_length=cfg.get("norm_length"), entropy=ent,
                                      entropy_coef=cfg.get("entropy_coef", 0.0), token_weights=tis)
                 m.update(tis_m)
+                if j < len(reh):  # the rehearsal divergence joins this update's loss
+                    r_loss, r_m = self._rehearsal_term(*reh[j], fused, step)
+                    loss = loss + r_loss
+                    m.update({**r_m, "loss/total": float(loss.detach())})
                 if n_updates == 0:
                     gap = (lp.detach() - rollout_lp[idx]).abs() * sub["completion_mask"]
                     sums["rollout/logprob_gap"] += float(masked_mean(gap, sub["completion_mask"]))
@@ -176,7 +200,11 @@ class LearnerCore:
                 for k, v in m.items():
                     sums[k] += v
                 n_updates += 1
+                n_reh += j < len(reh)
         metrics.update({k: (v / max(n_updates, 1) if not k.startswith("rollout/logprob_gap") else v) for k, v in sums.items()})
+        metrics.update({k: v / n_reh for k, v in sums.items() if k.startswith("rehearsal/") and n_reh})
+        if reh:
+            metrics["rehearsal/batch_size"] = float(sum(len(ref) for _, ref in reh))
         n_planned = cfg.get("epochs", 1) * len(torch.arange(B).chunk(mbs))
         metrics["skipped_updates"] = float(n_planned - n_updates)
         if bad_terms:
@@ -197,6 +225,8 @@ class LearnerCore:
                 r.observe(metrics[key])
             elif f"reward_penalty/{key}" in metrics:
                 r.observe(metrics[f"reward_penalty/{key}"])
+            elif f"rehearsal/{key}" in metrics:
+                r.observe(metrics[f"rehearsal/{key}"])
         if "initial" in refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
             kl0 = kl_penalty(rollout_lp, refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
             metrics["kl_initial/k3"] = float(masked_mean(kl0, mask))
@@ -206,6 +236,23 @@ class LearnerCore:
                         "advantage/abs_mean": float(advantages.abs().mean())})
         self.version += 1
         return metrics
+
+    def _rehearsal_inputs(self, rehearsal: dict | None, chunks: int) -> list[tuple[dict, torch.Tensor]]:
+        """``data["rehearsal"]`` (stored ``pi_0`` responses, :mod:`rlkit.trainer.rehearsal`) collated and split into
+        ``chunks`` parts, one per minibatch: ``[(batch, stored log pi_0 [R_j, T])]``; empty without rows or without
+        ``samples: reference`` regularizers."""
+        if not rehearsal or not self.rehearsal_regs:
+            return []
+        batch, ref = rehearsal_tensors(rehearsal, self.pad_id)
+        return [({k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}, ref[idx])
+                for idx in torch.arange(ref.shape[0]).chunk(chunks)]
+
+    def _rehearsal_term(self, sub: dict, ref: torch.Tensor, fused: bool, step: int) -> tuple[torch.Tensor, dict]:
+        """DPH-RL's rehearsal loss on stored ``pi_0`` responses: ``sum_r coef_r * token-mean g_r(pi_theta / pi_0)``
+        (:func:`rlkit.objectives.rehearsal.rehearsal_loss`; forward KL ``KL(pi_0 || pi_theta)``: ``g = u - log u - 1``)
+        with the policy's log-probs from the same forward as the GRPO rows."""
+        lp = self._forward(sub, fused, entropy=False)[0]
+        return rehearsal_loss(lp, sub["completion_mask"], ref, self.rehearsal_regs, step)
 
     def _ref_head(self, key: str, ref: dict) -> tuple:
         """``(hidden, weight, bias, temperature)`` for a reference sent as hidden states; its lm_head comes with the
@@ -257,7 +304,7 @@ class LearnerCore:
 
     def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
         """One minibatch's objective (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
-        return grpo_loss(pb, self.regs, **kwargs)
+        return grpo_loss(pb, self.policy_regs, **kwargs)
 
     def _extra_checkpoint_files(self) -> dict:
         """More files for every checkpoint (PPO: its critic)."""
@@ -347,3 +394,16 @@ class Learner(LearnerCore):
         setup_process(torch_threads)
         super().__init__(*args, **kwargs)
         print(f"Learner pid={os.getpid()} regularizers={[r.label for r in self.regs]}", flush=True)
+
+
+def rehearsal_tensors(data: dict, pad_id: int) -> tuple[dict, torch.Tensor]:
+    """``data["rehearsal"]`` -> (a :func:`rlkit.modeling.collate` batch, stored ``log pi_0`` ``[R, T]``, 0 on
+    padding)."""
+    batch = collate(data["prompt_ids"], data["completion_ids"], pad_id)
+    ref = torch.zeros_like(batch["completion_mask"])
+    for i, lps in enumerate(data["ref_logprobs"]):
+        if len(lps) != len(data["completion_ids"][i]):
+            raise ValueError(f"rehearsal row {i}: {len(lps)} stored log-probs for {len(data['completion_ids'][i])} "
+                             "completion tokens")
+        ref[i, :len(lps)] = torch.tensor(lps, dtype=ref.dtype)
+    return batch, ref

@@ -13,12 +13,11 @@
 **The global loss.** The loss of one update is an aggregate over the minibatch (``grpo.aggregation``). With
 ``token-mean`` it is ``sum(per-token loss) / n`` over the whole minibatch; the mean of per-shard token-means is
 *not* that when shards hold different numbers of tokens. So each rank scales its gradient by its share of the
-global normalizer before the all-reduce sum: ``n_k / sum_j n_j`` (token-mean), ``b_k / sum_j b_j`` (the
-sequence-mean modes) or ``b_k T_k / (sum_j b_j * max_j T_j)`` (``drgrpo``, whose length constant is the padded
-length). The summed gradient is then the gradient of the 1-worker loss on the whole minibatch, up to float
-rounding (``tests/test_learner_group.py`` measures it). With ``grpo.minibatches > 1`` the rows are dealt so that
-worker ``k``'s minibatch ``j`` is a slice of the 1-worker run's minibatch ``j`` (when the number of groups
-allows it).
+global normalizer before the all-reduce sum: ``n_k / sum_j n_j`` (token-mean) or ``b_k / sum_j b_j`` (the
+sequence-mean modes, and ``drgrpo``, whose length constant ``grpo.norm_length`` is the same on every rank). The
+summed gradient is then the gradient of the 1-worker loss on the whole minibatch, up to float rounding
+(``tests/test_learner_group.py`` measures it). With ``grpo.minibatches > 1`` the rows are dealt so that worker
+``k``'s minibatch ``j`` is a slice of the 1-worker run's minibatch ``j`` (when the number of groups allows it).
 
 **Non-finite updates.** A rank whose loss is non-finite skips its backward; every rank learns this in the same
 collective that sums the token counts, and all ranks skip the update together.
@@ -69,13 +68,12 @@ def check_recipe(recipe) -> None:
 def loss_share(stats: torch.Tensor, rank: int, aggregation: str) -> float:
     """Rank ``rank``'s share of the global loss normalizer. ``stats``: ``[world, 3]`` rows of (tokens, sequences,
     padded length) of each rank's minibatch. The shares of all ranks sum to 1."""
-    n, b, t = stats[:, 0], stats[:, 1], stats[:, 2]
+    n, b = stats[:, 0], stats[:, 1]
     if aggregation == "token-mean":  # sum(v m) / sum(m), clamped like rlkit.objectives.aggregation
         return float(n[rank] / n.sum().clamp_min(1))
-    if aggregation in ("seq-mean-token-mean", "seq-mean-token-sum"):
+    # drgrpo: sum(v m) / (B * L) with the constant L = grpo.norm_length on every rank, so the share is b_k / B
+    if aggregation in ("seq-mean-token-mean", "seq-mean-token-sum", "drgrpo"):
         return float(b[rank] / b.sum())
-    if aggregation == "drgrpo":  # sum(v m) / (B * T) with T the padded length of the whole minibatch
-        return float(b[rank] * t[rank] / (b.sum() * t.max()))
     raise ValueError(f"data-parallel learners: unknown aggregation {aggregation!r}")
 
 

@@ -125,8 +125,8 @@ class PPOLearnerCore(LearnerCore):
                 p.grad = None
             self._step_metrics["nonfinite/critic_grad_norm"] = 1.0
 
-    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None
-                    ) -> torch.Tensor:
+    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None,
+                    correct: torch.Tensor | None = None) -> torch.Tensor:
         """Token-level GAE (Schulman et al. 2016, arXiv 1506.02438) on the PPO-RLHF reward
         ``r_t = 1[t = last] score - sum_r coef_r D_r(t)``: ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)``,
         ``A_t = sum_l (gamma lam)^l delta_{t+l}``; then whitened over the batch's tokens if ``whiten_advantages``."""
