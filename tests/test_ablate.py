@@ -43,6 +43,18 @@ def test_expand_is_product_times_seeds_seed_major():
         expand({"seed": [0, 1]}, [0])
 
 
+def test_arms_go_together_and_cross_the_grid():
+    arms = {"rkl": {"regularizers": "kl_k3"}, "dph": {"regularizer": "forward_kl_rehearsal", "rehearsal": {"k": 4}}}
+    cells = expand({"grpo.steps": [1, 2]}, [0], arms)
+    assert [c.group for c in cells] == ["arm=rkl,grpo.steps=1", "arm=rkl,grpo.steps=2", "arm=dph,grpo.steps=1",
+                                        "arm=dph,grpo.steps=2"]
+    assert cells[2].values == {"regularizers": "forward_kl_rehearsal", "rehearsal": {"k": 4}, "grpo.steps": 1}
+    assert cells[2].overrides() == ["regularizers=forward_kl_rehearsal", "rehearsal={k: 4}", "grpo.steps=1", "seed=0"]
+    assert [c.group for c in expand({}, [0], {"a": {"x": 1}})] == ["arm=a"]
+    with pytest.raises(ConfigError, match="also a grid key"):
+        expand({"regularizers": ["js"]}, [0], {"a": {"regularizers": "kl_k3"}})
+
+
 def test_value_labels_tell_dicts_apart():
     a, b = {"name": "kl", "coef": 0.1}, {"name": "kl", "coef": 0.2}
     assert value_label(a).startswith("kl-") and value_label(a) != value_label(b)
@@ -107,6 +119,11 @@ def test_report_numbers_are_mean_and_sample_std_over_seeds(tmp_path):
     for png in ("curves.png", "pass_at_k.png", "kl_frontier.png"):
         assert (rep / png).stat().st_size > 5000
     assert len(list(csv.DictReader((rep / "cells.csv").open()))) == 4
+    # paired by seed, b - a: pass@1 diffs -0.2, -0.3 -> mean -0.25, SE stdev/sqrt(2) = 0.05, |mean| > 2 SE
+    paired = (rep / "paired.md").read_text()
+    assert "from `regularizers=a`" in paired
+    assert "| regularizers=b | 2 | -0.250 ± 0.050* | -0.250 ± 0.050* |" in paired
+    assert "paired differences" in html.lower()
 
 
 def test_report_lists_missing_cells(tmp_path):
@@ -142,6 +159,7 @@ def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
     rep = out / "report"
     for f in ("table.md", "table.csv", "cells.csv", "curves.png", "pass_at_k.png", "kl_frontier.png", "index.html"):
         assert (rep / f).is_file(), f
+    assert "replaces the recipe's arms" in proc.stdout  # the recipe's arms set regularizers too
     rows = {r["group"]: r for r in csv.DictReader((rep / "table.csv").open())}
     assert set(rows) == {"initial (before GRPO)", "regularizers=kl_k3", "regularizers=lp_reg"}
     for r in rows.values():

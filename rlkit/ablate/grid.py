@@ -91,19 +91,30 @@ def parse_sweep_arg(arg: str) -> tuple[str, list[Any]]:
     return key, values
 
 
-def expand(grid: dict[str, list[Any]], seeds: list[int]) -> list[Cell]:
+def expand(grid: dict[str, list[Any]], seeds: list[int], arms: dict[str, dict[str, Any]] | None = None
+           ) -> list[Cell]:
     """Every combination of grid values (first key varies slowest) x every seed, seed-major so that a partial
-    run already covers every group once."""
+    run already covers every group once.
+
+    ``arms`` (optional) are named sets of overrides that go together, e.g. DPH-RL's rehearsal regularizer with the
+    ``rehearsal`` section it needs: ``{"dph": {"regularizers": "forward_kl_rehearsal", "rehearsal": {"k": 8}}}``.
+    Each arm is crossed with the grid (arms vary slowest); its group label starts with ``arm=<name>``."""
     grid = {ALIASES.get(k, k): list(v) for k, v in grid.items()}
-    if "seed" in grid:
+    arms = {name: {ALIASES.get(k, k): v for k, v in over.items()} for name, over in (arms or {}).items()}
+    if "seed" in grid or any("seed" in over for over in arms.values()):
         raise ConfigError("sweep.grid.seed", "use sweep.seeds / --seeds for seeds")
+    for name, over in arms.items():
+        both = sorted(set(over) & set(grid))
+        if both:
+            raise ConfigError(f"sweep.arms.{name}.{both[0]}", "is also a grid key: set it in one place")
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
     groups = []
-    for combo in combos:
-        values = dict(zip(keys, combo))
-        label = ",".join(f"{k}={value_label(v)}" for k, v in values.items()) or "base"
-        groups.append((label, values))
+    for arm, over in (arms.items() if arms else [(None, {})]):
+        for combo in combos:
+            values = {**over, **dict(zip(keys, combo))}
+            label = ",".join([f"arm={arm}"] * (arm is not None) + [f"{k}={value_label(values[k])}" for k in keys])
+            groups.append((label or "base", values))
     labels = [g[0] for g in groups]
     dup = next((x for x in labels if labels.count(x) > 1), None)
     if dup:

@@ -1,8 +1,10 @@
-"""The ablation report: ``report/{table.md, table.csv, cells.csv, curves.png, pass_at_k.png, kl_frontier.png,
-index.html}`` from the cells' ``summary.json`` and ``metrics.jsonl``.
+"""The ablation report: ``report/{table.md, paired.md, table.csv, cells.csv, curves.png, pass_at_k.png,
+kl_frontier.png, index.html}`` from the cells' ``summary.json`` and ``metrics.jsonl``.
 
 Every number is a mean +- sample standard deviation (n-1) over the seeds of a group; the first row is the initial
-(SFT) policy before GRPO, averaged over the distinct seeds.
+(SFT) policy before GRPO, averaged over the distinct seeds. ``paired.md`` compares every group with the first one
+seed by seed (same warm start, same held-out prompts within a seed): the mean paired difference, its standard error
+``sd/sqrt(n)``, and whether ``|mean| > 2 SE`` (a difference the seeds resolve).
 """
 
 from __future__ import annotations
@@ -103,6 +105,40 @@ def markdown_table(keys: list[str], table: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: metrics of the paired comparison (the largest pass@k is added)
+PAIRED_KEYS = ("pass@1", "greedy_accuracy", "kl_to_initial", "entropy")
+
+
+def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
+    """Per-seed differences of every group from the first group: ``mean ± SE (n)``, ``*`` where ``|mean| > 2 SE``."""
+    names = list(groups)
+    if len(names) < 2:
+        return ""
+    largest = [k for k in keys if k.startswith("pass@")][-1:]
+    cols = list(dict.fromkeys(k for k in (PAIRED_KEYS[0], *largest, *PAIRED_KEYS[1:]) if k in keys))
+    base = {r["seed"]: r for r in groups[names[0]]}
+    lines = [f"Paired differences from `{names[0]}` (same seed: same warm start and held-out prompts); mean ± SE over "
+             "seeds, * where |mean| > 2 SE.", "", "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols)
+             + " |", "|" + "---|" * (len(cols) + 2)]
+    for name in names[1:]:
+        cells = []
+        n = 0
+        for k in cols:
+            diffs = [float(r[k]) - float(base[r["seed"]][k]) for r in groups[name]
+                     if r["seed"] in base and isinstance(r.get(k), (int, float))
+                     and isinstance(base[r["seed"]].get(k), (int, float))]
+            n = max(n, len(diffs))
+            if not diffs:
+                cells.append("n/a")
+                continue
+            mean = statistics.fmean(diffs)
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+            star = "*" if se is not None and abs(mean) > 2 * se else ""
+            cells.append(f"{mean:+.3f}" + (f" ± {se:.3f}" if se is not None else "") + star)
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _csv(rows: list[list]) -> bytes:
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
@@ -171,6 +207,9 @@ def write_report(out: str | Path, cells: list[Cell], console=None) -> Path:
     keys, table, groups, missing = aggregate(cells, out)
     md = markdown_table(keys, table)
     atomic_write_bytes(rep / "table.md", md.encode())
+    paired = paired_table(groups, keys)
+    atomic_write_bytes(rep / "paired.md", paired.encode())
+    md_all = md + ("\n" + paired if paired else "")
     head = ["group", "seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
     rows = [head] + [[g, max(v[2] for v in row.values())] + [x for k in keys for x in row[k][:2]]
                      for g, row in table.items()]
@@ -186,14 +225,14 @@ def write_report(out: str | Path, cells: list[Cell], console=None) -> Path:
         plot_pass_at_k({g: c for g, c in pk.items() if c}, rep / "pass_at_k.png")
         plot_frontier(groups, rep / "kl_frontier.png")
         images = ["curves.png", "pass_at_k.png", "kl_frontier.png"]
-    atomic_write_bytes(rep / "index.html", _html(out, md, table, keys, groups, images, missing).encode())
+    atomic_write_bytes(rep / "index.html", _html(out, md_all, table, keys, groups, images, missing).encode())
     if console is not None:
         if console.is_terminal:
             from rich.markdown import Markdown
 
-            console.print(Markdown(md))
+            console.print(Markdown(md_all))
         else:  # logs and CI: the markdown itself, one row per line
-            console.print(md, markup=False, highlight=False, soft_wrap=True)
+            console.print(md_all, markup=False, highlight=False, soft_wrap=True)
         if missing:
             console.print(f"[yellow]missing cells (not finished)[/]: {', '.join(missing)}")
         console.print(f"report -> {rep / 'index.html'}")

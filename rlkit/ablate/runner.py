@@ -34,16 +34,20 @@ from .grid import Cell, expand, parse_sweep_arg
 
 def plan(recipe_path: str, sweeps: list[str], seeds: list[int] | None, overrides: list[str]):
     """Resolve the grid (recipe ``sweep:`` section, then ``--sweep`` args on top) and validate every cell's recipe
-    before anything runs. Returns ``(sweep, cells, resolved recipes by cell name)``."""
+    before anything runs. A ``--sweep`` key that the recipe's ``arms`` also set replaces those arms (the command
+    line decides that axis). Returns ``(sweep, cells, resolved recipes by cell name)``."""
     data = apply_overrides(load_yaml(recipe_path), overrides)
     section = data.pop("sweep", None) or {}
     sweep = validate_model(SweepConfig, section, "sweep")
     for arg in sweeps:
         key, values = parse_sweep_arg(arg)
         sweep.grid[key] = values
+        if any(key in arm for arm in sweep.arms.values()):
+            print(f"rlkit ablate: --sweep {key}=... replaces the recipe's arms ({', '.join(sweep.arms)})", flush=True)
+            sweep.arms = {}
     if seeds is not None:
         sweep.seeds = seeds
-    cells = expand(sweep.grid, sweep.seeds)
+    cells = expand(sweep.grid, sweep.seeds, sweep.arms)
     resolved = {}
     for cell in cells:
         try:
@@ -88,7 +92,7 @@ def run_ablation(recipe_path: str, out: str | Path, sweeps: list[str] | None = N
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "ablation.json", {
-        "recipe": recipe_path, "overrides": overrides, "grid": sweep.grid, "seeds": sweep.seeds,
+        "recipe": recipe_path, "overrides": overrides, "grid": sweep.grid, "arms": sweep.arms, "seeds": sweep.seeds,
         "cells": [{"name": c.name, "group": c.group, "seed": c.seed} for c in cells],
         "command": " ".join(shlex.quote(a) for a in ["rlkit", "ablate", *sys.argv[2:]]) if sys.argv[1:2] == ["ablate"]
         else None})
