@@ -4,6 +4,7 @@ states + lm_head weight, checked against float64 textbook formulas and plain aut
 with and without the option agree."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -216,7 +217,12 @@ def tiny_dir(tmp_path_factory):
 
 
 REGS = {"kl_k3": ["kl_k3"], "forward_kl": [{"name": "forward_kl", "mode": "exact", "reference": "initial"}],
-        "kl_exact": ["kl_exact"]}
+        "kl_exact": ["kl_exact"],
+        # sequence-level gradients through a real learner step: sampled (score-function terms / prefix weights)
+        # and exact (future exact divergences / prefix weights on exact per-state divergences)
+        "kl_seq": ["kl_seq", "forward_kl_seq"],
+        "exact_seq": [{"name": "kl", "mode": "exact", "gradient": "sequence"},
+                      {"name": "forward_kl", "mode": "exact", "gradient": "sequence"}]}
 
 
 @pytest.mark.parametrize("reg", list(REGS))
@@ -229,14 +235,18 @@ def test_learner_steps_agree_with_and_without_fused_head(tiny_dir, reg, updates,
     vocab = cores[True].model.config.vocab_size
     init = {n: p.detach().clone() for n, p in cores[True].model.named_parameters()}
     for step in range(2):
-        data = _data(step, vocab, reg != "kl_k3")
+        data = _data(step, vocab, reg not in ("kl_k3", "kl_seq"))
         base, fused = (cores[f].train_step(copy.deepcopy(data)) for f in (False, True))
         assert sorted(base) == sorted(fused)
         for k in base:
             assert fused[k] == pytest.approx(base[k], rel=1e-5, abs=1e-6), k
     assert cores[True]._fused_ok and "falls back" not in capsys.readouterr().out
-    label = {"kl_k3": "kl_k3", "forward_kl": "forward_kl_exact", "kl_exact": "kl_exact"}[reg]
+    label = {"kl_k3": "kl_k3", "forward_kl": "forward_kl_exact", "kl_exact": "kl_exact", "kl_seq": "kl_k3_seq",
+             "exact_seq": "kl_exact_seq"}[reg]
     assert base[f"{label}/value"] > 0 and base["policy/entropy"] > 0
+    if reg in ("kl_seq", "exact_seq"):  # the forward KL's prefix importance weights are reported
+        fkl = "forward_kl_seq" if reg == "kl_seq" else "forward_kl_exact_seq"
+        assert base[f"{fkl}/weight_max"] > 1.0 and math.isfinite(base[f"{fkl}/seq_value"])
     _assert_same_weights(cores[False].model, cores[True].model, init)
 
 
