@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from rlkit.models.cache import cache_kwarg, returned_cache
+
 
 def prompt_groups(batch: dict) -> torch.Tensor | None:
     """``group [B]``: for each row the index of its distinct prompt (groups are runs of equal adjacent prompts);
@@ -54,10 +56,10 @@ def shared_prefix_outputs(model, batch: dict, group: torch.Tensor, *, logits: bo
     last = _first(pre)[:, -1][group]  # [B, V] or [B, H]: predicts completion token 0
     if T == 1:
         return last[:, None]
-    cache = pre.past_key_values
+    cache = returned_cache(pre)
     cache.batch_select_indices(group)  # differentiable indexing: every row of a group reads its prompt's K/V
     out = model(input_ids=ids[:, P:P + T - 1], attention_mask=mask[:, :P + T - 1], position_ids=pos[:, P:P + T - 1],
-                past_key_values=cache, use_cache=True)
+                use_cache=True, **{cache_kwarg(model) or "past_key_values": cache})
     return torch.cat([last[:, None], _first(out)], dim=1)
 
 

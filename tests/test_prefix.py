@@ -154,6 +154,11 @@ def test_learner_steps_agree_with_and_without_shared_prefix(tiny_dir, updates, c
 
     cores = {s: LearnerCore(tiny_dir, {**GRPO, **updates, "shared_prefix": s}, ["kl_k3"], temperature=0.8)
              for s in (False, True)}
+    # plain SGD, so a weight difference is a gradient difference: AdamW divides each entry by its own running RMS,
+    # which turns float32 noise in near-zero gradient entries into lr-sized steps (measured 1.5e-5 at lr 1e-4 over
+    # 6 updates here, the same in a float64 model: RoPE runs in float32), and no bound would then mean anything
+    for core in cores.values():
+        core.opt = torch.optim.SGD([p for p in core.model.parameters() if p.requires_grad], lr=0.1)
     init = {n: p.detach().clone() for n, p in cores[True].model.named_parameters()}
     for step in range(2):
         data = learner_data(step)
@@ -166,7 +171,7 @@ def test_learner_steps_agree_with_and_without_shared_prefix(tiny_dir, updates, c
     params = dict(cores[False].model.named_parameters())
     assert max(float((params[n].detach() - p).abs().max()) for n, p in init.items()) > 1e-4  # the steps moved them
     for n, p in cores[True].model.named_parameters():
-        assert float((p.detach() - params[n].detach()).abs().max()) <= 1e-5, n
+        assert float((p.detach() - params[n].detach()).abs().max()) <= 1e-6, n
 
 
 def test_reference_worker_scores_equal_with_and_without_shared_prefix(tiny_dir):

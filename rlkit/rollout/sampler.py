@@ -23,27 +23,24 @@ unprocessed softmax. Only these parameters apply: a model's ``generation_config`
 ``repetition_penalty``) is not read, exactly as with the vLLM engine.
 
 Requirements on the model: a decoder-only ``transformers`` model whose forward takes ``attention_mask``,
-``position_ids``, ``past_key_values`` and ``use_cache`` and returns a ``Cache`` (every standard decoder since
-transformers 4.36). :func:`supports_native_sampling` checks this; the engine falls back to ``generate`` otherwise.
+``position_ids``, ``use_cache`` and its KV cache (``cache`` from transformers 5.2x, ``past_key_values`` before:
+:mod:`rlkit.models.cache`) and returns a ``Cache`` (every standard decoder since transformers 4.36). :func:`supports_native_sampling` checks this; the engine falls back to ``generate`` otherwise.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-
-def _forward_params(model) -> set[str]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the forward in **kwargs
-    return set(inspect.signature(base.forward).parameters)
+from rlkit.models.cache import cache_kwarg, forward_params, returned_cache
 
 
 def supports_native_sampling(model) -> str | None:
     """``None`` when :func:`sample` can drive ``model``; otherwise the reason it cannot (the engine then uses
     ``generate`` and prints the reason)."""
-    params = _forward_params(model)
-    missing = [p for p in ("attention_mask", "position_ids", "past_key_values", "use_cache") if p not in params]
+    params = forward_params(model)
+    missing = [p for p in ("attention_mask", "position_ids", "use_cache") if p not in params]
+    if cache_kwarg(model) is None:
+        missing.append("cache / past_key_values")
     if missing:
         return f"{type(model).__name__}.forward takes no {', '.join(missing)}"
     if getattr(model.config, "is_encoder_decoder", False):
@@ -88,9 +85,10 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, eos_
         ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
         mask[i, P - len(p):] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    kw = {"logits_to_keep": 1} if "logits_to_keep" in _forward_params(model) else {}
+    kw = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
+    cache_name = cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    cache, logits = returned_cache(out), out.logits[:, -1].float()
     if n > 1:
         cache.batch_repeat_interleave(n)
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
@@ -127,6 +125,6 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, eos_
         tok = tok.masked_fill(~alive, pad_id)
         width += 1
         out = model(input_ids=tok[:, None], attention_mask=mask[:, :width], position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
-        cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
+                    use_cache=True, **{cache_name: cache})
+        cache, logits, next_pos = returned_cache(out), out.logits[:, -1].float(), next_pos + 1
     return tokens, logprobs, lengths
