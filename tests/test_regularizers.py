@@ -178,3 +178,19 @@ def test_registering_a_new_regularizer_is_one_class_one_line():
     assert torch.isfinite(reg(_batch_from_logits()).per_token).all()
     with pytest.raises(ValueError, match="already registered"):
         register("kl")(TV)
+
+
+def test_readme_catalogue_is_the_registry_catalogue():
+    """The README's preset table (value estimated, gradient delivered) is the one the registry generates."""
+    from pathlib import Path
+
+    from rlkit.regularizers.registry import catalogue_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- catalogue:")
+    table = readme[readme.index("\n", start) + 1:readme.index("<!-- /catalogue -->")]
+    assert table == catalogue_markdown()
+    rows = catalogue_markdown().splitlines()[2:]
+    assert len(rows) == len(PRESETS) + len(set(available()) - set(PRESETS))
+    assert "| `kl` | `kl_k3` | loss | reverse KL, k3 (unbiased) on policy samples | reverse KL (token) |" in rows
+    assert any(r.startswith("| `kl_k3_pathwise` ") and r.endswith("| forward KL (token) |") for r in rows)

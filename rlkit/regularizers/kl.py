@@ -36,8 +36,8 @@ Estimator = Literal["k1", "k2", "k3", "abs", "k1+", "k3+"]
 assert set(Estimator.__args__) == set(KL_ESTIMATORS)
 
 #: what each estimator's value is on policy samples
-ESTIMATOR_VALUE = {"k1": "k1, unbiased", "k2": "k2 = d^2/2, biased", "k3": "k3, unbiased", "abs": "|d|, not a KL",
-                   "k1+": "k1, unbiased", "k3+": "k3, unbiased"}
+ESTIMATOR_VALUE = {"k1": "k1 (unbiased)", "k2": "k2 = d^2/2 (biased)", "k3": "k3 (unbiased)", "abs": "abs(d) (not a KL)",
+                   "k1+": "k1 (unbiased)", "k3+": "k3 (unbiased)"}
 #: what each estimator's pathwise gradient is on policy samples (section 2b of regularizers.md)
 PATHWISE_GRADIENT = {"k1": "none (zero in expectation)", "k2": "reverse KL (token)", "k3": "forward KL (token)",
                      "abs": "sign(d) (no divergence's)", "k1+": "reverse KL (token)", "k3+": "reverse KL (token)"}
@@ -118,15 +118,15 @@ class KL(Regularizer):
 
     def describe(self) -> dict[str, str]:
         c = self.cfg
-        on = {"exact": "exact over the vocabulary", "sampled": ESTIMATOR_VALUE[c.estimator] if c.samples == "policy"
-              else "u log u - u + 1 on reference samples"}[c.mode]
+        on = {"exact": "exact over the vocabulary", "sampled": f"{ESTIMATOR_VALUE[c.estimator]} on policy samples"
+              if c.samples == "policy" else "u log u - u + 1 on reference samples"}[c.mode]
         if c.placement == "reward":
-            return {"value": f"reverse KL ({on}), subtracted from the reward",
+            return {"value": f"reverse KL, {on}, subtracted from the reward",
                     "gradient": "reverse KL (sequence), through the return"}
         level = "sequence" if c.gradient == "sequence" else "token"
         pathwise = PATHWISE_CORRECTED_GRADIENT if c.importance_correction else PATHWISE_GRADIENT
         grad = pathwise[c.estimator] if c.gradient == "pathwise" else f"reverse KL ({level})"
-        return {"value": f"reverse KL ({on})" + (", per sequence" if level == "sequence" else ""), "gradient": grad}
+        return {"value": f"reverse KL, {on}" + (", per sequence" if level == "sequence" else ""), "gradient": grad}
 
     def requires(self) -> set[str]:
         if self.cfg.mode == "exact":

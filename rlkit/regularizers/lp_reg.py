@@ -65,7 +65,7 @@ class LpReg(Regularizer):
     def describe(self) -> dict[str, str]:
         # as the paper's code: k3 differentiated as written, whose expected gradient is the forward KL's
         return {"value": "reverse KL to the min-p proxy (k3), selected tokens",
-                "gradient": "forward KL(proxy || pi) (token), selected tokens, as the paper's code"}
+                "gradient": "forward KL(proxy ‖ pi) (token), selected tokens, as the paper's code"}
 
     def proxy_logprobs(self, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = 1024) -> torch.Tensor:
         """Build ``batch.proxy_logprobs`` from old-policy (or reference) logits of the sampled ``tokens``."""

@@ -140,6 +140,15 @@ def catalogue() -> list[dict[str, str]]:
     return rows
 
 
+def catalogue_markdown() -> str:
+    """:func:`catalogue` as the README's markdown table (a test keeps the README's copy equal to it)."""
+    lines = ["| preset | metric label | placement | value (what `<label>/value` estimates) | gradient delivered |",
+             "|---|---|---|---|---|"]
+    lines += [f"| `{r['preset']}` | `{r['label']}` | {r['placement']} | {r['value']} | {r['gradient']} |"
+              for r in catalogue()]
+    return "\n".join(lines) + "\n"
+
+
 def _spec_text(spec: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
 
