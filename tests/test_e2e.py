@@ -59,8 +59,8 @@ def test_catalogue_recipes_run(quickstart, recipe, tmp_path):
                  f"model.name_or_path={q / 'sft' / 'run0'}", "eval.before=false", home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    label = {"grpo_kl_k3": "kl_k3", "grpo_forward_kl": "forward_kl", "grpo_js": "js_exact",
-             "grpo_lp_reg": "lp_reg", "grpo_dads": "kl_k3_dads"}[recipe]
+    label = {"grpo_kl_k3": "kl_k3_pathwise", "grpo_forward_kl": "forward_kl", "grpo_js": "js_exact",
+             "grpo_lp_reg": "lp_reg", "grpo_dads": "kl_k3_pathwise_dads"}[recipe]
     assert f"{label}/value" in rows[-1]
 
 

@@ -53,6 +53,8 @@ def test_dads_recipe_has_the_papers_settings():
     (reg,) = build_regularizers(r.regularizers)
     assert reg.cfg.weighting.type == "dads" and reg.cfg.weighting.eta == math.e
     assert reg.cfg.coef == 1e-3 and reg.cfg.estimator == "k3" and reg.cfg.reference.type == "initial"
+    # as View-R1: k3 differentiated as written, the weighted KL averaged per sequence, then over samples
+    assert reg.cfg.gradient == "pathwise" and reg.cfg.aggregation == "seq-mean-token-mean"
     assert r.grpo.stcr is True and r.grpo.stcr_base == 1.00001
 
 
