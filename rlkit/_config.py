@@ -16,9 +16,10 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, values are validated on assignment too."""
+    """Base for every config model: unknown keys are errors, values are validated on assignment too, and a float
+    must be finite (``.inf``/``nan`` would pass every bound check and crash at step 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def _join(prefix: str, loc: tuple) -> str:

@@ -68,13 +68,45 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _duplicate_key(node, path: str = "", _done: set | None = None) -> tuple[str, int, int] | None:
+    """``(dotted key, its line, the line of the first one)`` for the first key repeated in a mapping of the
+    composed YAML tree (``<<`` merge keys aside, whose keys the mapping may override), else ``None``."""
+    _done = set() if _done is None else _done
+    if node is None or id(node) in _done:  # an anchor's node is checked once (and a recursive one ends)
+        return None
+    _done.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            sub = path
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                sub = f"{path}.{key.value}" if path else key.value
+                if key.value in first:
+                    return sub, key.start_mark.line + 1, first[key.value]
+                first[key.value] = key.start_mark.line + 1
+            found = _duplicate_key(value, sub, _done)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{path}[{i}]", _done)
+            if found:
+                return found
+    return None
+
+
 def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read a recipe; ``extends: other.yaml`` (relative to this file) loads that one first and merges on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        dup = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if dup:
+            raise ConfigError(str(path), f"duplicate key {dup[0]!r} at line {dup[1]} (first at line {dup[2]}): "
+                                         "a key may appear once (the later value would silently win)")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -10,7 +10,10 @@ from rlkit._config import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rlkit import __version__
+
     p = argparse.ArgumentParser(prog="rlkit", description="RLHF/RLVR post-training with pluggable regularizers.")
+    p.add_argument("--version", action="version", version=f"rlkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="run a recipe (SFT warm start + GRPO through Ray)",
                            description="Run a training recipe. Overrides use dotted keys: grpo.steps=10 "
@@ -19,7 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the last complete checkpoint in <output_dir>/checkpoints (same as resume=true)")
-    check = sub.add_parser("check", help="validate a recipe (and its overrides) without running it")
+    check = sub.add_parser("check", help="validate a recipe (and its overrides) without running it",
+                           description="Validate the schema, then what a run would read first, creating and "
+                                       "downloading nothing: local model directories (config.json), the first "
+                                       "rows of each data file, and that output_dir can be created.")
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
     sub.add_parser("regularizers", help="list the regularizer names and presets a recipe can use")
@@ -113,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
         recipe = load_recipe(args.recipe, args.overrides + (["resume=true"] if getattr(args, "resume", False) else []))
         if args.command == "check":
+            from rlkit.trainer.setup import check_recipe_sources
+
+            check_recipe_sources(recipe)
             print(f"{args.recipe}: OK")
             return 0
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -23,6 +23,24 @@ def files(tmp_path_factory):
                                           for _ in range(20)))
     (t / "ok.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n"
                                         for i in range(20)))
+    rows = [json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) for i in range(40)]
+    (t / "null.jsonl").write_text("\n".join(rows[:3] + ['{"prompt": null, "answer": "4"}'] + rows[4:]) + "\n")
+    # blank lines count: the empty prompt is on file line 6 (row 4 of the data)
+    (t / "emptyprompt.jsonl").write_text("\n".join(rows[:2] + ["", ""] + rows[2:3] + ['{"prompt": "", "answer": "4"}']
+                                                   + rows[4:]) + "\n")
+    (t / "badline.jsonl").write_text("\n".join(rows[:20] + [""] + rows[20:36] + ['{"prompt": "x" "answer": "3"}']
+                                               + rows[37:]) + "\n")  # file line 38
+    (t / "null.csv").write_text("prompt,answer\n1+1=,2\n,3\n2+2=,4\n")
+    (t / "null.json").write_text(json.dumps([{"prompt": "1+1=", "answer": "2"}, {"prompt": None, "answer": "3"}]))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["1+1=", "2+2=", "  "], "answer": ["2", "4", "6"]}), t / "blank.parquet")
+    (t / "afile").write_text("not a directory\n")
+    (t / "noconfig").mkdir()
+    (t / "noconfig" / "model.safetensors").write_bytes(b"")
+    (t / "dup.yaml").write_text("extends: " + str(ROOT / Q) + "\ngrpo:\n  steps: 3\n  group_size: 4\n  steps: 5\n")
+    (t / "child.yaml").write_text("extends: dup.yaml\nseed: 1\n")
     return t
 
 
@@ -56,6 +74,52 @@ CASES = [  # (name, args with {t} for the temp dir, expected start of the messag
     ("sweep over an unknown key", ["ablate", Q, "--sweep", "grpo.stpes=1,2", "--out", "{t}/o6"],
      "cell grpo.stpes=1 seed 0: grpo.stpes: unknown key"),
     ("eval of a missing checkpoint", ["eval", "runs/none/final"], "checkpoint: 'runs/none/final' not found"),
+    # issue 17: each of these was a traceback or silence
+    ("null prompt (jsonl)", ["train", Q, NOSFT, "data.source={t}/null.jsonl", "output_dir={t}/o7"],
+     "data: '{t}/null.jsonl' line 4: column 'prompt' is null"),
+    ("empty prompt (jsonl, blank lines counted)", ["train", Q, NOSFT, "data.source={t}/emptyprompt.jsonl",
+                                                   "output_dir={t}/o8"],
+     "data: '{t}/emptyprompt.jsonl' line 6: column 'prompt' is empty"),
+    ("null prompt (csv)", ["train", Q, NOSFT, "data.source={t}/null.csv", "output_dir={t}/o9"],
+     "data: '{t}/null.csv' line 3: column 'prompt' is"),
+    ("null prompt (json)", ["train", Q, NOSFT, "data.source={t}/null.json", "output_dir={t}/o10"],
+     "data: '{t}/null.json' record 2: column 'prompt' is null"),
+    ("blank prompt (parquet)", ["train", Q, NOSFT, "data.source={t}/blank.parquet", "output_dir={t}/o11"],
+     "data: '{t}/blank.parquet' row 3: column 'prompt' is empty"),
+    ("malformed jsonl line", ["train", Q, NOSFT, "data.source={t}/badline.jsonl", "output_dir={t}/o12"],
+     "data: data source '{t}/badline.jsonl' line 38: not valid JSON"),
+    ("output_dir is a file", ["train", Q, "output_dir={t}/afile"], "output_dir: '{t}/afile' is a file"),
+    ("output_dir under a file", ["train", Q, "output_dir={t}/afile/run"],
+     "output_dir: '{t}/afile/run' cannot be created: '{t}/afile' is a file"),
+    ("model directory without config.json", ["train", Q, NOSFT, "model.name_or_path={t}/noconfig",
+                                             "output_dir={t}/o13"],
+     "model.name_or_path: model directory '{t}/noconfig' has no config.json"),
+    ("eval of a directory without config.json", ["eval", "{t}/noconfig"],
+     "checkpoint: model directory '{t}/noconfig' has no config.json"),
+    ("infinite learning rate", ["check", Q, "grpo.learning_rate=.inf"], "grpo.learning_rate: Input should be a finite"),
+    ("nan temperature", ["check", Q, "rollout.temperature=nan"], "rollout.temperature: Input should be a finite"),
+    ("infinite regularizer coef", ["check", Q, "regularizers=[{name: kl, coef: .inf}]"],
+     "regularizers[0].coef: Input should be a finite"),
+    ("infinite reward weight", ["check", Q, "rewards=[{name: numeric_match, weight: -.inf}]"],
+     "rewards[0].weight: Input should be a finite"),
+    ("duplicate YAML key", ["check", "{t}/dup.yaml"],
+     "{t}/dup.yaml: duplicate key 'grpo.steps' at line 5 (first at line 3)"),
+    ("duplicate YAML key in an extended recipe", ["check", "{t}/child.yaml"],
+     "{t}/dup.yaml: duplicate key 'grpo.steps' at line 5"),
+    ("check: model directory without config.json", ["check", Q, "model.name_or_path={t}/noconfig"],
+     "model.name_or_path: model directory '{t}/noconfig' has no config.json"),
+    ("check: model directory missing", ["check", Q, "model.name_or_path=/models/missing"],
+     "model.name_or_path: model directory '/models/missing' not found"),
+    ("check: data file missing", ["check", Q, NOSFT, "data.source=/data/missing.jsonl"],
+     "data.source: data file '/data/missing.jsonl' not found"),
+    ("check: column missing", ["check", Q, NOSFT, "data.source={t}/nocol.jsonl"],
+     "data.source: '{t}/nocol.jsonl': missing prompt column 'prompt'"),
+    ("check: null prompt", ["check", Q, NOSFT, "data.source={t}/ok.jsonl", "data.eval_source={t}/null.jsonl"],
+     "data.eval_source: '{t}/null.jsonl' line 4: column 'prompt' is null"),
+    ("check: custom data, SFT on, no sft.data", ["check", Q, "data.source={t}/ok.jsonl"],
+     "sft.data: data.source is '{t}/ok.jsonl': give SFT data"),
+    ("check: output_dir under a file", ["check", Q, "output_dir={t}/afile/run"],
+     "output_dir: '{t}/afile/run' cannot be created: '{t}/afile' is a file"),
 ]
 
 

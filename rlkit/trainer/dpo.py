@@ -163,13 +163,12 @@ def run_dpo(recipe: Recipe, console=None) -> dict:
     from rlkit.utils.evaluation import print_summary_table
     from rlkit.utils.metrics import MetricsLogger
 
-    from .setup import check_model_source, load_task_data, make_encoder, prepare_initial_models
+    from .setup import check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models
 
     console = console or Console(soft_wrap=True)
     cfg, t0 = recipe.dpo, time.time()
     _check(recipe)
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(recipe.output_dir)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     train_rows, held_rows = load_pairs(recipe)
     do_task = cfg.task_eval if cfg.task_eval is not None else (cfg.data is None or recipe.data.source != "arithmetic")

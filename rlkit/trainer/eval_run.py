@@ -45,6 +45,9 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
     quiet_libraries()
     if not (Path(checkpoint).exists() or checkpoint == "tiny"):
         raise ConfigError("checkpoint", f"{checkpoint!r} not found (a model directory, e.g. runs/quickstart/final)")
+    from .setup import check_model_path
+
+    check_model_path(checkpoint, "checkpoint")  # a directory without config.json: one line, not a traceback
     recipe, run_dir, source = eval_recipe(checkpoint, recipe_path, list(overrides or []))
     if reference is None and run_dir is not None and (run_dir / "summary.json").is_file():
         reference = json.loads((run_dir / "summary.json").read_text()).get("initial_model")

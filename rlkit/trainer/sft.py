@@ -32,6 +32,17 @@ def run_sft(recipe: Recipe, path: Path, seed: int) -> str:
     return str(save_hf_checkpoint(trainer.model, tokenizer, path))
 
 
+def require_sft_data(recipe: Recipe) -> None:
+    """Your own ``data.source`` needs your own ``sft.data`` (the warm start trains on completions)."""
+    d = recipe.data
+    if d.source != "arithmetic" and not recipe.sft.data:
+        from rlkit._config import ConfigError
+
+        raise ConfigError("sft.data", f"data.source is {d.source!r}: give SFT data (a file with "
+                                      f"'{d.prompt_column}' and '{recipe.sft.completion_column}' columns), or set "
+                                      "sft.enabled=false and point model.name_or_path at an SFT checkpoint")
+
+
 def _sft_dataset(recipe: Recipe, seed: int):
     d = recipe.data
     if d.source == "arithmetic":
@@ -39,12 +50,7 @@ def _sft_dataset(recipe: Recipe, seed: int):
 
         return make_sft_dataset(n=recipe.sft.num_examples, seed=seed, label_noise=recipe.sft.label_noise,
                                 noise=recipe.sft.noise, split_seed=recipe.seed, **d.params)
-    if not recipe.sft.data:
-        from rlkit._config import ConfigError
-
-        raise ConfigError("sft.data", f"data.source is {d.source!r}: give SFT data (a file with "
-                                      f"'{d.prompt_column}' and '{recipe.sft.completion_column}' columns), or set "
-                                      "sft.enabled=false and point model.name_or_path at an SFT checkpoint")
+    require_sft_data(recipe)
     from rlkit.data.loading import load_prompt_dataset
 
     try:
