@@ -129,8 +129,9 @@ def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_steps_are_skipped_and_stop_the_job(tmp_path):
-    # an infinite KL coefficient makes every loss non-finite (inf * KL, or inf * 0 = nan); the weights never move
-    args = [*_args(tmp_path / "run", tmp_path / "sft", steps=8), "regularizers=[{name: kl, coef: .inf}]",
+    # a KL coefficient beyond float32's range (the recipe refuses inf itself) makes every loss non-finite: it is
+    # inf in float32, and inf * KL or inf * 0 = nan; the weights never move
+    args = [*_args(tmp_path / "run", tmp_path / "sft", steps=8), "regularizers=[{name: kl, coef: 1.0e+300}]",
             "grpo.max_bad_steps=3"]
     proc = _run(args, tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]

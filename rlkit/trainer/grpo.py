@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +14,28 @@ from rlkit.config import Recipe
 from rlkit.utils.train_state import python_random_from_json, python_random_to_json, read_state
 
 from .evaluate import correctness, evaluate, generate
-from .faults import call_when_alive, find_resume_point, learner_call, prune_checkpoints, truncate_metrics
+from .faults import (Stop, StopSignals, TrainingError, call_when_alive, find_resume_point, learner_call,
+                     prune_checkpoints, resume_recipe, truncate_metrics)
 from .references import prepare_teachers, refresh_references
-from .setup import check_model_source, load_task_data, make_encoder, prepare_initial_models, resolve_reference, start_ray
+from .setup import (check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models,
+                    resolve_reference, start_ray)
 
 
 def run_grpo(recipe: Recipe, console=None) -> dict:
+    """Run the online loop; SIGTERM/SIGINT finish the step, write a training checkpoint and exit with 128 + the
+    signal (:class:`rlkit.trainer.faults.StopSignals`)."""
+    stops = StopSignals().install()
+    try:
+        return _run_grpo(recipe, console, stops)
+    except (Stop, TrainingError) as err:
+        if isinstance(err, TrainingError) and stops.received is None:
+            raise
+        stops.exit(err, Path(recipe.output_dir))
+    finally:
+        stops.restore()
+
+
+def _run_grpo(recipe: Recipe, console, stops: StopSignals) -> dict:
     from rich.console import Console
 
     from rlkit.utils.checkpoint import atomic_write_json
@@ -31,8 +46,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
 
     quiet_libraries()
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
-    out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(recipe.output_dir)
+    resume_from = find_resume_point(recipe, out, console)  # first: a refused --resume leaves out/ as it was
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     # the data order has its own generator: libraries seed the global one (TRL's SFT calls set_seed), which made
     # the order depend on whether the warm start was trained in this process or loaded from the cache
@@ -40,8 +55,8 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
     t0 = time.time()
 
     train, evalset = load_task_data(recipe)
-    console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | "
-                  f"eval prompts {len(evalset)} | out {out}")
+    console.print(f"[bold]rlkit[/] {recipe.algorithm.upper()} | train prompts {len(train)} | eval prompts "
+                  f"{min(len(evalset), recipe.eval.num_prompts)} (of {len(evalset)} held out) | out {out}")
     check_model_source(recipe)
     if recipe.learner.num_workers > 1:  # data-parallel learners (rlkit/workers/learner_group.py)
         from rlkit.workers.learner_group import LearnerGroup, check_recipe as check_learner_group
@@ -49,7 +64,6 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         check_learner_group(recipe)
     init_paths = prepare_initial_models(recipe, out, console)
     teachers = prepare_teachers(recipe, out, init_paths, console)  # sft:tiny teachers trained; tokenizers checked
-    resume_from = find_resume_point(recipe, out, console)
     policy_path = str(resume_from) if resume_from else init_paths[0]
     start = read_state(resume_from)["driver"]["step"] if resume_from else 0
 
@@ -68,6 +82,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
                       f"{recipe.ray.torch_threads} torch threads")
     else:
         start_ray(recipe.ray, console)
+        stops.install()  # ray.init replaced the SIGTERM handler
     from rlkit.workers import Learner, PPOLearner, ReferenceWorker, RewardWorker
     from rlkit.workers.local import get, ray_error, spawn
     from rlkit.workers.rollout import spawn_rollout_workers
@@ -210,6 +225,7 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
         resume_point = (list(order), cursor, rng.getstate())  # data position of the first step not yet drawn
         if reh is not None and start == 0:
             logger.log(0, reh.metrics())
+        stops.in_loop, stops.step = True, start
         for step in range(start, g.steps):
             ts = time.time()
             if pending is not None:
@@ -255,13 +271,21 @@ def run_grpo(recipe: Recipe, console=None) -> dict:
             if pool is not None:  # how long this step waited for its prefetched batch
                 metrics["time/wait_rollout"] = t_wait
             logger.log(step + 1, metrics)
-            if recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
+            stops.step = step + 1
+            # a signal during the step (SIGTERM/SIGINT): checkpoint now, then stop (StopSignals)
+            if stops.received or recipe.checkpoint.save_every and (step + 1) % recipe.checkpoint.save_every == 0:
                 # the data position before any prefetched batch: a resumed run draws that batch again
                 ck_order, ck_cursor, ck_rng = resume_point if pending is not None else (order, cursor, rng.getstate())
                 state = {"step": step + 1, "order": ck_order, "cursor": ck_cursor, "eval_before": eval_before,
-                         "py_random": python_random_to_json(ck_rng)}
-                learner_call(learner.save.remote(str(out / "checkpoints" / f"step_{step + 1:06d}"), state), step, out)
+                         "py_random": python_random_to_json(ck_rng), "recipe": resume_recipe(recipe)}
+                ck_path = out / "checkpoints" / f"step_{step + 1:06d}"
+                learner_call(learner.save.remote(str(ck_path), state), step, out)
                 prune_checkpoints(out / "checkpoints", recipe.checkpoint.keep)
+                if stops.received:
+                    if pool is not None:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                    raise Stop(stops.received, ck_path)
+        stops.in_loop = False
 
     if pool is not None:
         pool.shutdown()

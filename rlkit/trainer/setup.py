@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rlkit._config import ConfigError
@@ -46,12 +47,83 @@ def load_task_data(recipe: Recipe) -> tuple[list[dict], list[dict]]:
 
 
 def check_model_source(recipe: Recipe) -> None:
-    """A local model path (absolute, relative with ./ or ../, ~, or nested) must exist; a hub id is left to
-    ``from_pretrained``. Checked before any SFT so the error comes first, naming the key."""
-    name = recipe.model.name_or_path
+    """A local model path (absolute, relative with ./ or ../, ~, or nested) must be a directory with a
+    ``config.json``; a hub id is left to ``from_pretrained``. Checked before any SFT so the error comes first,
+    naming the key."""
+    check_model_path(recipe.model.name_or_path, "model.name_or_path")
+
+
+def check_model_path(name: str, key: str) -> None:
+    from rlkit.models.loading import TINY_NAMES
+
     local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or Path(name).exists()
-    if name != "tiny" and local and not Path(name).expanduser().exists():
-        raise ConfigError("model.name_or_path", f"model directory {name!r} not found")
+    if name in TINY_NAMES or not local:
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ConfigError(key, f"model directory {name!r} not found")
+    if not path.is_dir():
+        raise ConfigError(key, f"{name!r} is a file: expected a model directory (config.json and weights)")
+    if not (path / "config.json").is_file():
+        raise ConfigError(key, f"model directory {name!r} has no config.json (not a save_pretrained directory)")
+
+
+def check_output_dir(path: str, key: str = "output_dir") -> None:
+    """``path`` is a writable directory or can be created as one: checked without creating anything, so a run
+    fails before any work and ``rlkit check`` can say so."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(key, f"{path!r} is a file, not a directory")
+    above = p
+    while not above.exists() and above != above.parent:  # the nearest part of the path that exists
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(key, f"{path!r} cannot be created: {str(above)!r} is a file")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{path!r} is not writable" if above == p else
+                          f"{path!r} cannot be created: {str(above)!r} is not writable")
+
+
+def make_output_dir(path: str, key: str = "output_dir") -> Path:
+    """``mkdir -p path`` after :func:`check_output_dir`; an OS error (a race, a full disk) names ``key`` too."""
+    check_output_dir(path, key)
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(key, f"{path!r} cannot be created: {err.strerror or err}") from None
+    return out
+
+
+def check_recipe_sources(recipe: Recipe, rows: int = 100) -> None:
+    """What ``rlkit check`` looks at beyond the schema, without creating or downloading anything: ``output_dir``
+    can be created, local model directories exist with a ``config.json`` (hub ids are not looked up), and each
+    data file exists and its first ``rows`` rows parse with the configured columns. Raises :class:`ConfigError`
+    naming the key."""
+    from rlkit.data.loading import BUILTIN, peek_prompt_dataset
+
+    check_output_dir(recipe.output_dir)
+    check_model_source(recipe)
+    if recipe.algorithm == "dpo" and recipe.dpo.reference_model:
+        check_model_path(recipe.dpo.reference_model, "dpo.reference_model")
+    d = recipe.data
+    sources = [("data.source", d.source, d.answer_column), ("data.eval_source", d.eval_source, d.answer_column)]
+    if recipe.sft.enabled:
+        from .sft import require_sft_data
+
+        require_sft_data(recipe)
+        if d.source != "arithmetic":  # the arithmetic warm start makes its own completions
+            sources.append(("sft.data", recipe.sft.data, recipe.sft.completion_column))
+    for key, src, answer in sources:
+        if src is None or src in BUILTIN:
+            continue
+        from rlkit.workers.common import quiet_libraries
+
+        quiet_libraries()  # no progress bars
+        try:
+            peek_prompt_dataset(src, prompt_column=d.prompt_column, answer_column=answer, rows=rows)
+        except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+            raise ConfigError(key, str(err.args[0] if err.args else err)) from None
 
 
 def sft_runs_needed(recipe: Recipe) -> int:
@@ -165,6 +237,10 @@ def start_ray(cfg: RayConfig, console) -> None:
 
     if ray.is_initialized():
         return
+    # Ray colours the "(Worker pid=...)" prefix of every forwarded worker line, terminal or not (RAY_COLOR_PREFIX)
+    tty = sys.stdout.isatty() and sys.stderr.isatty()
+    if os.environ.get("NO_COLOR") or not (tty or os.environ.get("FORCE_COLOR")):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
         console.print(f"Ray: joined cluster at {cfg.address}")
@@ -174,4 +250,34 @@ def start_ray(cfg: RayConfig, console) -> None:
                  log_to_driver=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                            os.environ.get("HF_HUB_OFFLINE", "0")}})
+        _start_reaper()
         console.print(f"Ray: started a local cluster with {num_cpus} CPUs")
+
+
+_REAPERS: list = []  # the reapers' Popen objects: their stdin pipes stay open while this process lives
+
+
+def _start_reaper() -> None:
+    """Start :mod:`rlkit.trainer._ray_reaper` for the local cluster just started: when this process exits in any
+    way (SIGKILL included) it ends the raylet's children that Ray leaves running for a minute (the dashboard and
+    runtime-env agents). Best effort: Linux only, and nothing happens when Ray's process table is not as expected."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ray
+
+        procs = ray._private.worker._global_node.all_processes
+        raylet = procs["raylet"][0].process.pid
+        others = [str(info.process.pid) for kind, infos in procs.items() if kind != "raylet" for info in infos
+                  if getattr(info, "process", None) is not None]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return
+    script = Path(__file__).with_name("_ray_reaper.py")
+    try:
+        _REAPERS.append(subprocess.Popen([sys.executable, "-S", str(script), str(raylet), *others],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         close_fds=True))
+    except OSError:
+        pass

@@ -28,6 +28,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "atomic_write_bytes",
     "atomic_write_json",
+    "checkpoint_problem",
     "list_complete_checkpoints",
     "load_state_dict",
     "save_hf_checkpoint",
@@ -203,8 +204,9 @@ def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
             raise RuntimeError(f"save_pretrained wrote pickle weights {pickled}; expected safetensors only")
         _fsync_tree(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        sizes = {f: (tmp / f).stat().st_size for f in files}  # checked on resume: a truncated file is refused
         marker = tmp / COMPLETE_MARKER
-        marker.write_text(json.dumps({"files": files}) + "\n", encoding="utf-8")
+        marker.write_text(json.dumps({"files": files, "sizes": sizes}) + "\n", encoding="utf-8")
         _fsync_path(marker)
         _fsync_path(tmp)
     except BaseException:
@@ -258,3 +260,59 @@ def list_complete_checkpoints(root: str | os.PathLike, prefix: str = "step_") ->
         and p.is_dir() and (p / COMPLETE_MARKER).is_file()
     ]
     return sorted(found, key=lambda p: _checkpoint_sort_key(p.name, prefix))
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a ``safetensors`` file, or ``None``: its header must parse and the tensors it lists must
+    end exactly at the end of the file (a file cut short by a full disk or a crash fails here; nothing is loaded)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if 8 + n > size:
+            return f"{size} bytes, but its header alone needs {8 + n}"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "its header is not valid JSON"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "its header lists a tensor without valid data_offsets"
+    if 8 + n + end != size:
+        return f"{size} bytes, but its tensors need {8 + n + end}"
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a checkpoint directory with a ``COMPLETE`` marker cannot be trusted, or ``None``: every file the marker
+    lists must exist with the size it records (markers written before sizes were recorded: existence only), every
+    ``*.safetensors`` file must be consistent (:func:`safetensors_problem`; an empty ``optimizer.safetensors``
+    stands for no optimizer tensors) and every ``*.json`` file must parse. Reads the headers only, never the
+    tensors."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{COMPLETE_MARKER}: unreadable"
+    sizes = marker.get("sizes") or {}
+    for rel in marker.get("files", []):
+        f = path / rel
+        if not f.is_file():
+            return f"{rel}: missing"
+        if rel in sizes and f.stat().st_size != sizes[rel]:
+            return f"{rel}: {f.stat().st_size} bytes, {sizes[rel]} when it was saved"
+    for f in sorted(path.rglob("*.safetensors")):
+        if f.name == "optimizer.safetensors" and f.stat().st_size == 0:  # b"": an optimizer without tensor state
+            continue
+        problem = safetensors_problem(f)
+        if problem:
+            return f"{f.relative_to(path)}: {problem}"
+    for f in sorted(path.rglob("*.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{f.relative_to(path)}: not valid JSON"
+    return None
