@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from test_faults import _env, _run, _steps  # noqa: E402 (the CLI runner these tests share)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,22 +26,6 @@ def _args(out: Path, steps: int, *extra: str, mode: str = "inprocess") -> list[s
             "grpo.prompts_per_step=2", "grpo.group_size=2", "eval.before=false", "eval.num_prompts=2",
             "eval.n_samples=2", "eval.ks=[1,2]", "logging.print_every=1", "logging.plot=false",
             "logging.tensorboard=false", f"ray.mode={mode}", "ray.torch_threads=1", *extra]
-
-
-def _env(home: Path) -> dict:
-    return {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-
-
-def _run(args, home, timeout=600):
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=_env(home))
-
-
-def _steps(out: Path) -> list[int]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x)["step"] for x in path.read_text().splitlines() if x.strip().endswith("}")]
 
 
 def _wait_for(cond, proc, timeout=600):
