@@ -119,11 +119,24 @@ def test_report_numbers_are_mean_and_sample_std_over_seeds(tmp_path):
     for png in ("curves.png", "pass_at_k.png", "kl_frontier.png"):
         assert (rep / png).stat().st_size > 5000
     assert len(list(csv.DictReader((rep / "cells.csv").open()))) == 4
-    # paired by seed, b - a: pass@1 diffs -0.2, -0.3 -> mean -0.25, SE stdev/sqrt(2) = 0.05, |mean| > 2 SE
+    # paired by seed, b - a: pass@1 diffs -0.2, -0.3 -> mean -0.25, SE stdev/sqrt(2) = 0.05; 5 SE is inside the 95%
+    # t-interval with 1 degree of freedom (12.7 SE): not resolved, no star
     paired = (rep / "paired.md").read_text()
     assert "from `regularizers=a`" in paired
-    assert "| regularizers=b | 2 | -0.250 ± 0.050* | -0.250 ± 0.050* |" in paired
+    assert "| regularizers=b | 2 | -0.250 ± 0.050 | -0.250 ± 0.050 |" in paired
     assert "paired differences" in html.lower()
+
+
+def test_paired_differences_star_only_what_the_t_interval_resolves():
+    from rlkit.ablate.report import paired_table, t975
+
+    assert t975(2) == pytest.approx(4.303) and t975(100) == 1.96
+    base = [{"seed": s, "pass@1": 0.5} for s in range(3)]
+    # diffs +0.10, +0.11, +0.12: mean 0.11, SE 0.0058 -> 19 SE, resolved; diffs +0.1, -0.05, +0.1: 1.0 SE, not
+    groups = {"a": base, "b": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.10, 0.11, 0.12])],
+              "c": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.1, -0.05, 0.1])]}
+    table = paired_table(groups, ["pass@1"])
+    assert "| b | 3 | +0.110 ± 0.006* |" in table and "| c | 3 | +0.050 ± 0.050 |" in table
 
 
 def test_report_lists_missing_cells(tmp_path):

@@ -4,7 +4,8 @@ kl_frontier.png, index.html}`` from the cells' ``summary.json`` and ``metrics.js
 Every number is a mean +- sample standard deviation (n-1) over the seeds of a group; the first row is the initial
 (SFT) policy before GRPO, averaged over the distinct seeds. ``paired.md`` compares every group with the first one
 seed by seed (same warm start, same held-out prompts within a seed): the mean paired difference, its standard error
-``sd/sqrt(n)``, and whether ``|mean| > 2 SE`` (a difference the seeds resolve).
+``sd/sqrt(n)``, and ``*`` where the 95% t-interval of the mean (``n - 1`` degrees of freedom) excludes 0, i.e.
+``|mean| > t_{0.975, n-1} SE`` (4.30 SE with 3 seeds, 2.26 with 10): a difference the seeds resolve.
 """
 
 from __future__ import annotations
@@ -107,10 +108,19 @@ def markdown_table(keys: list[str], table: dict[str, dict]) -> str:
 
 #: metrics of the paired comparison (the largest pass@k is added)
 PAIRED_KEYS = ("pass@1", "greedy_accuracy", "kl_to_initial", "entropy")
+#: Student's t, 97.5% quantile, by degrees of freedom (two-sided 95%); beyond 30: the normal 1.96
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+        21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    return T975.get(df, 1.96)
 
 
 def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
-    """Per-seed differences of every group from the first group: ``mean ± SE (n)``, ``*`` where ``|mean| > 2 SE``."""
+    """Per-seed differences of every group from the first group: ``mean ± SE (n)``, ``*`` where the 95% t-interval
+    excludes 0."""
     names = list(groups)
     if len(names) < 2:
         return ""
@@ -118,7 +128,7 @@ def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
     cols = list(dict.fromkeys(k for k in (PAIRED_KEYS[0], *largest, *PAIRED_KEYS[1:]) if k in keys))
     base = {r["seed"]: r for r in groups[names[0]]}
     lines = [f"Paired differences from `{names[0]}` (same seed: same warm start and held-out prompts); mean ± SE over "
-             "seeds, * where |mean| > 2 SE.", "", "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols)
+             "seeds, * where the 95% t-interval excludes 0 (|mean| > t_0.975,n-1 SE).", "", "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols)
              + " |", "|" + "---|" * (len(cols) + 2)]
     for name in names[1:]:
         cells = []
@@ -133,7 +143,7 @@ def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
                 continue
             mean = statistics.fmean(diffs)
             se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
-            star = "*" if se is not None and abs(mean) > 2 * se else ""
+            star = "*" if se is not None and abs(mean) > t975(len(diffs) - 1) * se else ""
             cells.append(f"{mean:+.3f}" + (f" ± {se:.3f}" if se is not None else "") + star)
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
