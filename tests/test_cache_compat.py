@@ -45,3 +45,17 @@ def test_native_sampler_and_shared_prefix_run_without_cache_deprecations(capsys)
     assert len(out) == 4 and shared.shape[:2] == batch["completion_ids"].shape
     assert "falls back" not in capsys.readouterr().out  # the native sampler ran
     assert not _cache_warnings(record), _cache_warnings(record)
+
+
+def test_sft_config_turns_checkpointing_off_without_deprecation_warnings(tmp_path):
+    from trl import SFTConfig
+
+    from rlkit.trainer.sft import no_checkpointing
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                         **no_checkpointing(SFTConfig))
+    assert not [str(w.message) for w in record if "checkpointing" in str(w.message)]
+    assert getattr(args, "gradient_checkpointing", False) is False
+    assert getattr(args, "activation_checkpointing", False) is False

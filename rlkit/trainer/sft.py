@@ -25,11 +25,22 @@ def run_sft(recipe: Recipe, path: Path, seed: int) -> str:
             learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, s.max_steps // 20),
             logging_steps=max(1, s.max_steps // 5), save_strategy="no", report_to=[], seed=seed,
             use_cpu=True, bf16=False, fp16=False, completion_only_loss=True, dataloader_num_workers=0,
-            disable_tqdm=True, max_length=128,
+            disable_tqdm=True, max_length=128, **no_checkpointing(SFTConfig),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
     return str(save_hf_checkpoint(trainer.model, tokenizer, path))
+
+
+def no_checkpointing(config_cls) -> dict:
+    """Turn off TRL's default activation (gradient) checkpointing, which only recomputes the forward of a model
+    this small: ``activation_checkpointing=False`` where the installed transformers has it (5.2x; its old name,
+    ``gradient_checkpointing``, prints a deprecation warning there), else ``gradient_checkpointing=False``."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {
+        "gradient_checkpointing": False}
 
 
 def require_sft_data(recipe: Recipe) -> None:
