@@ -28,7 +28,8 @@ def test_finetune_local_model_example(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["eval_after"]["num_prompts"] == 6
     assert summary["initial_model"].endswith("sft/run0")  # SFT ran on sft.jsonl before GRPO
-    assert "prompts 1500 | eval prompts 100" in proc.stdout  # train.jsonl and heldout.jsonl, the user's columns
+    # train.jsonl and heldout.jsonl, the user's columns; the header counts the prompts evaluated (eval.num_prompts)
+    assert "prompts 1500 | eval prompts 6 (of 100 held out)" in proc.stdout
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
 
