@@ -41,7 +41,8 @@ Sequence level (``gradient="sequence"``): the gradient of the divergence between
   need prefix importance weights ``W_t = prod_{t'<t} pi_ref(a_t')/pi(a_t')``: ``c_t = W_t (1 - 1/u_t)``, value
   ``W_t (rho log rho - rho + 1)``. The weights' variance grows exponentially with the divergence and the length:
   they are logged (``weight_max``) and may be capped (``weight_cap``, biased, off by default: no silent
-  truncation). On reference samples token and sequence levels coincide (``-grad log P`` on ``P_ref``'s samples).
+  truncation; only the exponent is bounded at ``log_ratio_clamp``, 20, i.e. weights above e^20 = 4.9e8, to keep
+  ``exp`` finite). On reference samples token and sequence levels coincide (``-grad log P`` on ``P_ref``'s samples).
 
 All functions are pure tensor code. Shapes ``[B, T]``, right-padded, ``mask`` selects completion tokens; rows
 are independent.
