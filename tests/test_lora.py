@@ -318,5 +318,6 @@ def test_teacher_recipe_end_to_end(tmp_path):
     cfg = AutoConfig.from_pretrained(teacher[0])
     assert (cfg.hidden_size, cfg.num_hidden_layers) == (256, 6)  # larger than the 128 x 4 student
     rows = _rows(tmp_path)
-    assert [r["step"] for r in rows] == [1, 2] and "kl_k3/value" in rows[-1]
+    # the KDRL recipe: k2 (the reverse-KL gradient) toward the teacher, its coefficient annealed
+    assert [r["step"] for r in rows] == [1, 2] and "kl_k2_linear/value" in rows[-1]
     AutoModelForCausalLM.from_pretrained(tmp_path / "final")
