@@ -289,9 +289,13 @@ class RayConfig(StrictModel):
     ``mode``: ``actors`` runs each role (rollout, learner, reference, reward) as a Ray actor; ``inprocess`` runs them
     all in the driver process without Ray, the rollout engine generating with the learner's own module (one policy
     copy, no weight sync; with ``async_rollout``, its own copy in a thread; see ``rlkit.workers.local``):
-    single-machine jobs with one learner and one rollout worker on the transformers engine."""
+    single-machine jobs with one learner and one rollout worker on the transformers engine. ``auto`` (the default)
+    is resolved when the recipe is built (:func:`resolve_placement`): ``inprocess`` when the job fits one process
+    (no ``address``, one learner, one rollout worker, the transformers engine), else ``actors``. Both placements
+    train bit-identically; the actor placement adds process isolation and restarts at the cost of Ray's services
+    and a copy of torch per actor."""
 
-    mode: Literal["actors", "inprocess"] = "actors"
+    mode: Literal["auto", "actors", "inprocess"] = "auto"
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     cpus_per_rollout_worker: float = Field(0.5, ge=0)
@@ -379,9 +383,17 @@ def build_recipe(data: dict) -> Recipe:
     if recipe.model.lora is not None and recipe.learner.num_workers > 1:
         raise ConfigError("model.lora", "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
                                         "yet: use learner.num_workers=1")
+    if recipe.ray.mode == "auto":
+        recipe.ray.mode = resolve_placement(recipe)
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
         _check_inprocess(recipe)
     return recipe
+
+
+def resolve_placement(recipe: Recipe) -> str:
+    """What ``ray.mode: auto`` becomes: ``inprocess`` when every role fits this process (the conditions
+    :func:`_check_inprocess` enforces), else ``actors``."""
+    return "actors" if any(bad for _, bad, _ in _inprocess_conflicts(recipe)) else "inprocess"
 
 
 def _check_rehearsal(recipe: Recipe) -> None:
@@ -421,15 +433,19 @@ def _check_rehearsal(recipe: Recipe) -> None:
 
 def _check_inprocess(recipe: Recipe) -> None:
     """``ray.mode: inprocess`` has one process, one learner and one rollout engine sharing the policy module."""
-    for key, bad, why in (
+    for key, bad, why in _inprocess_conflicts(recipe):
+        if bad:
+            raise ConfigError(key, f"{why} with ray.mode=inprocess (or set ray.mode=actors)")
+
+
+def _inprocess_conflicts(recipe: Recipe) -> tuple[tuple[str, bool, str], ...]:
+    return (
         ("ray.address", recipe.ray.address is not None, "joins a Ray cluster; in-process mode uses no Ray"),
         ("rollout.engine", recipe.rollout.engine != "transformers", "must be 'transformers' (it generates with the "
                                                                     "learner's module)"),
         ("rollout.num_workers", recipe.rollout.num_workers != 1, "must be 1"),
         ("learner.num_workers", recipe.learner.num_workers != 1, "must be 1"),
-    ):
-        if bad:
-            raise ConfigError(key, f"{why} with ray.mode=inprocess (or set ray.mode=actors)")
+    )
 
 
 def _check_rewards(rewards: list[RewardSpec]) -> None:

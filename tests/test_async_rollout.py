@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["sft.enabled=false", "grpo.steps=4", "grpo.prompts_per_step=4", "grpo.group_size=4", "eval.before=false",
         "eval.num_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]", "logging.print_every=1", "logging.plot=false",
-        "logging.tensorboard=false", "data.params={n_train: 64, n_eval: 8}"]
+        "logging.tensorboard=false", "data.params={n_train: 64, n_eval: 8}",
+        "ray.mode=actors"]  # the rollout actor generates while the learner actor trains (in-process: test_inprocess)
 
 
 def rlkit(*args, home):

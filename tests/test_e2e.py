@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["sft.max_steps=60", "sft.num_examples=600", "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.group_size=4",
-         "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1"]
+         "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1",
+         "ray.mode=actors"]  # this file tests the Ray actor placement (ray.mode auto picks in-process here)
 
 
 def rlkit(*args, home, timeout=600):

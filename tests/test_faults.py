@@ -48,7 +48,8 @@ def _args(out: Path, cache: Path, steps: int = 6) -> list[str]:
     return ["train", "recipes/quickstart.yaml", f"output_dir={out}", f"sft.cache_dir={cache}", "sft.max_steps=40",
             "sft.num_examples=400", f"grpo.steps={steps}", "grpo.prompts_per_step=4", "grpo.group_size=4",
             "checkpoint.save_every=2", "eval.before=false", "eval.num_prompts=4", "eval.n_samples=4",
-            "eval.ks=[1,4]", "logging.print_every=1", "logging.plot=false", "logging.tensorboard=false"]
+            "eval.ks=[1,4]", "logging.print_every=1", "logging.plot=false", "logging.tensorboard=false",
+            "ray.mode=actors"]  # worker kills and restarts: the Ray actor placement
 
 
 def _env(home: Path) -> dict:

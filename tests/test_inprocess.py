@@ -115,6 +115,24 @@ def test_inprocess_refuses_what_it_cannot_run(override, key):
     load_recipe(ROOT / "recipes" / "quickstart.yaml", ["ray.mode=actors", override.replace("vllm", "transformers")])
 
 
+@pytest.mark.parametrize("overrides,placement", [
+    ([], "inprocess"),
+    (["algorithm=ppo"], "inprocess"),
+    (["rollout.engine=vllm"], "actors"),
+    (["rollout.num_workers=2"], "actors"),
+    (["learner.num_workers=2"], "actors"),
+    (["ray.address=auto"], "actors"),
+    (["ray.mode=actors"], "actors"),
+])
+def test_auto_placement_is_inprocess_exactly_when_the_job_fits_one_process(overrides, placement):
+    """``ray.mode: auto`` (the default, and the quickstart's) is resolved once, when the recipe is built."""
+    from rlkit.config import RayConfig
+
+    assert RayConfig().mode == "auto"
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides)
+    assert recipe.ray.mode == placement
+
+
 def rlkit(*args, home):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
     return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,

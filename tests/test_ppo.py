@@ -203,7 +203,8 @@ def test_ppo_config_errors_name_the_key():
 # ------------------------------------------------------------------------------------ end to end (CLI, Ray)
 
 SMALL = ["sft.max_steps=20", "sft.num_examples=600", "ppo.steps=2", "ppo.prompts_per_step=8", "eval.num_prompts=8",
-         "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1", "eval.before=false"]
+         "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1", "eval.before=false",
+         "ray.mode=actors"]  # end to end through Ray actors (tests/test_inprocess.py runs PPO in-process)
 
 
 @pytest.fixture(scope="module")
