@@ -133,14 +133,76 @@ class PeakMemory(threading.Thread):
 def recipe_for(a, work: Path):
     from rlkit.config import load_recipe
 
+    data = [f"data.source={a.data}"] if a.data else []
     return load_recipe(ROOT / "recipes" / "quickstart.yaml", [
-        f"output_dir={work / 'rlkit_run'}", "sft.enabled=false", f"model.name_or_path={work / 'tiny-init'}",
-        f"grpo.steps={a.steps}", f"grpo.prompts_per_step={a.prompts}", f"grpo.group_size={a.group}",
+        f"output_dir={work / ('rlkit_run_' + a.label)}", "sft.enabled=false", f"model.name_or_path={a.model_dir}",
+        *data, f"grpo.steps={a.steps}", f"grpo.prompts_per_step={a.prompts}", f"grpo.group_size={a.group}",
         f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.engine=transformers", "rollout.num_workers=1",
         "regularizers.0.name=kl", "regularizers.0.estimator=k3", "eval.before=false", "eval.kl_to_initial=false",
         "eval.num_prompts=1", "eval.n_samples=1", "eval.ks=[1]", "logging.tensorboard=false", "logging.plot=false",
         "checkpoint.save_final=false", "regularizers.0.placement=loss", f"ray.torch_threads={a.threads}",
         *a.rlkit_set])
+
+
+# ----------------------------------------------------------------------------------------------- the two sizes
+#: ``medium``: compute, not overhead, dominates: 35M parameters, a 32k vocabulary, 64-token prompts, 64 new tokens.
+MEDIUM = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+              num_key_value_heads=6, vocab_size=32000, max_position_embeddings=512, tie_word_embeddings=False)
+MEDIUM_PROMPT_TOKENS = 64
+
+
+def medium_tokenizer():
+    """A word-level tokenizer over the tiny model's characters plus filler words ``w0 .. wN`` up to 32000 ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rlkit.models.tiny import VOCAB
+
+    vocab = VOCAB + [f"w{i}" for i in range(MEDIUM["vocab_size"] - len(VOCAB))]
+    backend = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"</?answer>|w\d+|."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>", padding_side="right", model_max_length=512,
+                                   clean_up_tokenization_spaces=False)
+
+
+def build_size(size: str, work: Path) -> tuple[Path, Path | None, dict]:
+    """The model directory both sides start from, the data file (``None``: the quickstart's task) and a summary."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from rlkit.config import load_recipe
+    from rlkit.models import load_model_and_tokenizer
+    from rlkit.models.tiny import BOS_ID, EOS_ID, PAD_ID
+    from rlkit.trainer.setup import load_task_data
+
+    model_dir = work / f"{size}-init"
+    work.mkdir(parents=True, exist_ok=True)
+    if size == "tiny":
+        model, tokenizer = load_model_and_tokenizer("tiny")
+        data = None
+    else:
+        tokenizer = medium_tokenizer()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**MEDIUM, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                                                                 bos_token_id=BOS_ID, initializer_range=0.02))
+        # the quickstart's arithmetic prompts behind a context of filler words: MEDIUM_PROMPT_TOKENS tokens each
+        train, _ = load_task_data(load_recipe(ROOT / "recipes" / "quickstart.yaml", ["sft.enabled=false"]))
+        rng, data = random.Random(0), work / "medium_prompts.jsonl"
+        with open(data, "w") as fh:
+            for row in train:
+                n = MEDIUM_PROMPT_TOKENS - len(tokenizer(row["prompt"])["input_ids"])
+                words = "".join(f"w{rng.randrange(MEDIUM['vocab_size'] - 100)}" for _ in range(n))
+                fh.write(json.dumps({"prompt": words + row["prompt"], "answer": row["answer"]}) + "\n")
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    info = {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
+            "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers}
+    return model_dir, data, info
 
 
 def worker_rlkit(a, work: Path) -> dict:
@@ -160,7 +222,8 @@ def worker_rlkit(a, work: Path) -> dict:
     run_grpo(recipe, console=Console(soft_wrap=True))
     if actors:
         ray.shutdown()
-    rows = [json.loads(line) for line in (work / "rlkit_run" / "metrics.jsonl").read_text().splitlines() if line]
+    metrics = work / ("rlkit_run_" + a.label) / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     return {"step_times_s": [r["time/step"] for r in rows]}
 
 
@@ -195,10 +258,10 @@ def worker_trl(a, work: Path) -> dict:
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(recipe.seed)
-    model, tokenizer = load_model_and_tokenizer(work / "tiny-init")
+    model, tokenizer = load_model_and_tokenizer(a.model_dir)
     g = recipe.grpo
     args = GRPOConfig(
-        output_dir=str(work / "trl_run"), max_steps=a.steps, learning_rate=g.learning_rate,
+        output_dir=str(work / ("trl_run_" + a.label)), max_steps=a.steps, learning_rate=g.learning_rate,
         lr_scheduler_type="constant", weight_decay=g.weight_decay, max_grad_norm=g.max_grad_norm or 0.0,
         beta=float(reg.get("coef", 0.001)), use_bias_correction_kl=False, loss_type="bnpo",
         epsilon=g.clip_low, epsilon_high=g.clip_high, scale_rewards="group", num_iterations=1,
@@ -217,14 +280,29 @@ def worker_trl(a, work: Path) -> dict:
     return {"step_times_s": timer.times}
 
 
-def run_side(a, side: str, work: Path) -> dict:
-    """Run one side in a fresh interpreter while sampling its memory; returns its result with the peaks."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--work-dir", str(work), "--steps",
-           str(a.steps), "--prompts", str(a.prompts), "--group", str(a.group), "--max-new-tokens",
-           str(a.max_new_tokens), "--threads", str(a.threads)]
+#: What runs, per size: rlkit as the quickstart comes (``ray.mode: auto``, 2 torch threads, synchronous), rlkit's
+#: best settings (one-step-off async rollouts, at 1 and 2 threads) and TRL at 1 and 2 threads; "best" = the fastest.
+VARIANTS = {
+    "rlkit-default": ("rlkit", 2, []),
+    "rlkit-actors": ("rlkit", 2, ["ray.mode=actors"]),
+    "rlkit-1t": ("rlkit", 1, []),
+    "rlkit-async-1t": ("rlkit", 1, ["grpo.async_rollout=true"]),
+    "rlkit-async-2t": ("rlkit", 2, ["grpo.async_rollout=true"]),
+    "trl-1t": ("trl", 1, []),
+    "trl-2t": ("trl", 2, []),
+}
+
+
+def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None) -> dict:
+    """Run one variant in a fresh interpreter while sampling its memory; returns its result with the peaks."""
+    side, threads, extra = VARIANTS[label]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--label", label, "--work-dir", str(work),
+           "--model-dir", str(model_dir), "--steps", str(a.steps), "--prompts", str(a.prompts), "--group",
+           str(a.group), "--max-new-tokens", str(a.max_new_tokens), "--threads", str(threads)]
+    cmd += ["--data", str(data)] if data else []
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
-    cmd += [f"--rlkit-set={kv}" for kv in a.rlkit_set]
-    log = work / f"{side}.log"
+    cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
+    log = work / f"{label}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -235,69 +313,113 @@ def run_side(a, side: str, work: Path) -> dict:
         mem.stop()
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"{side} worker failed (rc {rc}); log {log}:\n{tail}")
-    res = json.loads((work / f"{side}.json").read_text())
+        raise RuntimeError(f"{label} worker failed (rc {rc}); log {log}:\n{tail}")
+    res = json.loads((work / f"{label}.json").read_text())
     times = res["step_times_s"][WARMUP_STEPS:] or res["step_times_s"]
-    res.update(median_step_s=statistics.median(times), steps_timed=len(times), process_wall_s=time.perf_counter() - t0,
-               peak_rss_mb=mem.peak_rss / 2**20, peak_pss_mb=(mem.peak_pss / 2**20) or None,
-               max_processes=mem.max_procs, max_ray_outside_tree=mem.max_outside, log=str(log))
+    res.update(side=side, threads=threads, overrides=extra, median_step_s=statistics.median(times),
+               steps_timed=len(times), process_wall_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_rss / 2**20,
+               peak_pss_mb=(mem.peak_pss / 2**20) or None, max_processes=mem.max_procs,
+               max_ray_outside_tree=mem.max_outside, log=str(log))
     return res
+
+
+def summarize(runs: dict[str, dict]) -> dict:
+    """Ratios against TRL's fastest thread setting: rlkit's default placement and rlkit's fastest variant."""
+    trl = min((r for r in runs.values() if r["side"] == "trl"), key=lambda r: r["median_step_s"])
+    mine = [(k, r) for k, r in runs.items() if r["side"] == "rlkit"]
+    best_label, best = min(mine, key=lambda kr: kr[1]["median_step_s"])
+    out = {"trl_best": f"trl-{trl['threads']}t", "rlkit_best": best_label}
+    for name, r in (("default", runs.get("rlkit-default")), ("best", best)):
+        if r is not None:
+            out[name] = {"step_time": r["median_step_s"] / trl["median_step_s"],
+                         "peak_rss": r["peak_rss_mb"] / trl["peak_rss_mb"],
+                         "peak_pss": (r["peak_pss_mb"] / trl["peak_pss_mb"]) if r["peak_pss_mb"] and trl["peak_pss_mb"]
+                         else None}
+    return out
+
+
+def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict) -> None:
+    print(f"\n{size}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab_size']}, {a.prompts} prompts x "
+          f"{a.group}, {a.max_new_tokens} new tokens, {a.steps} steps (first {WARMUP_STEPS} excluded), "
+          f"{os.cpu_count()} cores")
+    print(head := f"{'variant':<16} {'threads':>7} {'s/step':>8} {'RSS MB':>8} {'PSS MB':>8} {'procs':>5}")
+    print("-" * len(head))
+    for label, r in runs.items():
+        pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
+        print(f"{label:<16} {r['threads']:>7} {r['median_step_s']:>8.3f} {r['peak_rss_mb']:>8.0f} {pss:>8} "
+              f"{r['max_processes']:>5}")
+    for name in ("default", "best"):
+        if name in ratios and not (name == "best" and ratios["rlkit_best"] == "rlkit-default"):
+            q = ratios[name]
+            label = "rlkit-default" if name == "default" else ratios["rlkit_best"]
+            pss = f"{q['peak_pss']:.2f}" if q["peak_pss"] else "-"
+            print(f"{label} / {ratios['trl_best']}: step time {q['step_time']:.2f}x, peak RSS {q['peak_rss']:.2f}x, "
+                  f"peak PSS {pss}x")
 
 
 def main(argv=None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="tiny,medium", help="comma list of: tiny (the default job's 0.86M model, "
+                   "12 new tokens), medium (35M parameters, vocab 32000, 64-token prompts, --medium-new-tokens)")
+    p.add_argument("--variants", default=",".join(k for k in VARIANTS if k != "rlkit-actors"),
+                   help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
     p.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO group size)")
     p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--threads", type=int, default=2, help="torch threads per process (rlkit: ray.torch_threads)")
+    p.add_argument("--medium-steps", type=int, default=6)
+    p.add_argument("--medium-prompts", type=int, default=4)
+    p.add_argument("--medium-group", type=int, default=4)
+    p.add_argument("--medium-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)  # a worker's torch threads
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for a like-for-like run")
     p.add_argument("--count-foreign-ray", action="store_true", help="also sum this user's 'ray::' processes "
                    "outside the worker's tree (started after it): counts other Ray jobs running meanwhile")
     p.add_argument("--work-dir", default=None, help="where models, runs and logs go (default: a new temp dir)")
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_grpo_vs_trl.json)")
     p.add_argument("--rlkit-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra rlkit recipe override, e.g. grpo.async_rollout=true (repeatable; TRL has no equivalent)")
+                   help="extra rlkit recipe override for every rlkit variant (repeatable)")
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--label", default="", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.steps <= WARMUP_STEPS:
-        p.error(f"--steps must be > {WARMUP_STEPS} (the first {WARMUP_STEPS} steps are warm-up)")
+    if min(a.steps, a.medium_steps) <= WARMUP_STEPS:
+        p.error(f"--steps and --medium-steps must be > {WARMUP_STEPS} (the first {WARMUP_STEPS} steps are warm-up)")
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench_grpo_vs_trl_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if a.worker:
         fn = {"rlkit": worker_rlkit, "trl": worker_trl}[a.worker]
-        (work / f"{a.worker}.json").write_text(json.dumps(fn(a, work)))
+        (work / f"{a.label}.json").write_text(json.dumps(fn(a, work)))
         return None
     from transformers.utils.logging import disable_progress_bar
 
-    from rlkit.models import load_model_and_tokenizer  # the one model both sides start from
+    import torch
+    import transformers
 
     disable_progress_bar()
-    for part in load_model_and_tokenizer("tiny"):  # model, tokenizer
-        part.save_pretrained(work / "tiny-init")
-    sides = {}
-    for side in ("rlkit", "trl"):
-        print(f"running {side} ({a.steps} steps, {a.prompts} prompts x {a.group}, {a.max_new_tokens} new tokens)...",
-              flush=True)
-        sides[side] = run_side(a, side, work)
-    r, t = sides["rlkit"], sides["trl"]
-    ratios = {"step_time": r["median_step_s"] / t["median_step_s"], "peak_rss": r["peak_rss_mb"] / t["peak_rss_mb"],
-              "peak_pss": (r["peak_pss_mb"] / t["peak_pss_mb"]) if r["peak_pss_mb"] and t["peak_pss_mb"] else None}
-    print(f"\nGRPO, {a.prompts} prompts x {a.group} completions, {a.max_new_tokens} new tokens, {a.steps} steps "
-          f"(first {WARMUP_STEPS} excluded); ratio = rlkit / TRL")
-    print(head := f"{'metric':<24} {'rlkit':>10} {'TRL':>10} {'ratio':>7}")
-    print("-" * len(head))
-    for name, key, ratio, fmt in (("median step time (s)", "median_step_s", "step_time", ".3f"),
-                                  ("peak RSS, summed (MB)", "peak_rss_mb", "peak_rss", ".0f"),
-                                  ("peak PSS, summed (MB)", "peak_pss_mb", "peak_pss", ".0f")):
-        if ratios[ratio] is not None:
-            print(f"{name:<24} {r[key]:>10{fmt}} {t[key]:>10{fmt}} {ratios[ratio]:>7.3f}")
-    print(f"{'processes (max)':<24} {r['max_processes']:>10} {t['max_processes']:>10}   ('ray::' processes outside the"
-          f" tree: {r['max_ray_outside_tree']}, {'counted' if a.count_foreign_ray else 'not counted'})")
-    print(f"{'process wall time (s)':<24} {r['process_wall_s']:>10.1f} {t['process_wall_s']:>10.1f}")
-    result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k != "worker"},
-              "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(), "results": sides, "ratios_rlkit_over_trl": ratios,
-              "work_dir": str(work)}
+    variants = [v for v in a.variants.split(",") if v]
+    if bad := [v for v in variants if v not in VARIANTS]:
+        p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k not in (
+        "worker", "label", "model_dir", "data", "threads")}, "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(),
+        "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "python": sys.version.split()[0]}, "sizes": {}, "work_dir": str(work)}
+    for size in a.sizes.split(","):
+        sa = argparse.Namespace(**vars(a))
+        if size == "medium":
+            sa.steps, sa.prompts, sa.group, sa.max_new_tokens = (a.medium_steps, a.medium_prompts, a.medium_group,
+                                                                 a.medium_new_tokens)
+        model_dir, data, info = build_size(size, work / size)
+        runs = {}
+        for label in variants:
+            print(f"{size}: running {label} ({sa.steps} steps, {sa.prompts} prompts x {sa.group}, "
+                  f"{sa.max_new_tokens} new tokens)...", flush=True)
+            runs[label] = run_side(sa, label, work / size, model_dir, data)
+        ratios = summarize(runs) if any(r["side"] == "trl" for r in runs.values()) else {}
+        print_size(size, info, sa, runs, ratios)
+        result["sizes"][size] = {"model": info, "steps": sa.steps, "prompts": sa.prompts, "group": sa.group,
+                                 "max_new_tokens": sa.max_new_tokens, "runs": runs, "ratios_rlkit_over_trl_best": ratios}
     write_result("bench_grpo_vs_trl", result, a.out, f" (logs and runs in {work})")
     return result
 
