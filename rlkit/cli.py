@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--report-only", action="store_true", help="only rebuild the report from finished cells")
     ev = sub.add_parser("eval", help="evaluate a checkpoint: pass@k, greedy/sampled accuracy, entropy, length, KL",
                         description="Held-out evaluation of a checkpoint. The task and rewards come from --recipe, "
-                                    "else from the recipe.yaml of the run the checkpoint belongs to.")
+                                    "else from the recipe.yaml of the run the checkpoint belongs to. The "
+                                    "workers run in this process (no Ray cluster) unless --ray or the recipe "
+                                    "needs Ray.")
     ev.add_argument("checkpoint", help="a model directory (e.g. runs/quickstart/final) or 'tiny'")
     ev.add_argument("overrides", nargs="*", help="key.path=value recipe overrides (e.g. eval.num_prompts=200)")
     ev.add_argument("--recipe", default=None)
@@ -57,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-prompts", type=int, default=None)
     ev.add_argument("--reference", default=None, help="model for KL to the initial policy ('none' to skip)")
     ev.add_argument("--out", default=None, help="write the results as JSON here")
+    ev.add_argument("--ray", action="store_true",
+                    help="run the rollout/reward/reference workers as Ray actors (default: in this process, unless "
+                         "ray.mode=actors, ray.address, rollout.engine=vllm or rollout.num_workers>1 asks for Ray)")
     return p
 
 
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from rlkit.trainer.eval_run import run_eval_checkpoint
 
-            run_eval_checkpoint(args.checkpoint, args.recipe, _eval_overrides(args), args.reference, args.out)
+            run_eval_checkpoint(args.checkpoint, args.recipe, _eval_overrides(args), args.reference, args.out,
+                                use_ray=args.ray)
             return 0
         from rlkit.config import load_recipe
 

@@ -4,12 +4,20 @@ SFT warm start (:func:`.setup.prepare_initial_models`) -> policy + frozen refere
 once before training, or live per batch) -> AdamW on :func:`rlkit.objectives.dpo_loss` -> held-out preference
 metrics and the task's pass@k / greedy accuracy before and after -> ``final/`` checkpoint and ``summary.json``.
 Dropout stays off (both models in eval mode), as is usual for DPO, so the two reference modes agree.
+
+SIGTERM/SIGINT (:class:`rlkit.trainer.faults.StopSignals`, as in the online loop): during training the step in
+progress is finished and logged, the policy weights are saved to ``<output_dir>/stopped_at_step_<N>/`` and the process
+exits with 128 + the signal (143, 130). DPO has no mid-run checkpoints or ``--resume`` (no optimizer state is saved):
+the stopped weights are a model directory (``rlkit eval`` reads it), not a resume point.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -153,7 +161,35 @@ def _check(recipe: Recipe) -> None:
                                          "your SFT model, or give data.source and sft.data")
 
 
+def stopped_dir(out: Path, step: int) -> Path:
+    """Where a DPO run stopped by a signal after ``step`` training steps saves its policy weights."""
+    return out / f"stopped_at_step_{step:06d}"
+
+
 def run_dpo(recipe: Recipe, console=None) -> dict:
+    """Run offline DPO; SIGTERM/SIGINT finish the step, save the weights to :func:`stopped_dir` and exit with 128 +
+    the signal (a signal outside the training loop, or a second one, stops at once without a save)."""
+    from .faults import Stop, StopSignals
+
+    stops = StopSignals().install()
+    try:
+        return _run_dpo(recipe, console, stops)
+    except Stop as stop:
+        if stop.checkpoint is None:
+            stops.exit(stop, Path(recipe.output_dir))  # its line names no checkpoint: DPO writes none
+        stops.restore()
+        for sig in StopSignals.SIGNALS:  # the weights are saved: further signals change nothing
+            signal.signal(sig, signal.SIG_IGN)
+        signum = stops.received or stop.signum
+        print(f"rlkit: received {signal.Signals(signum).name} at step {stops.step}: weights -> {stop.checkpoint}; "
+              "DPO has no --resume (no optimizer state is saved): rerun to train from the start, or evaluate them "
+              f"with rlkit eval {stop.checkpoint}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        stops.restore()
+
+
+def _run_dpo(recipe: Recipe, console, stops) -> dict:
     import yaml
     from rich.console import Console
 
@@ -225,7 +261,10 @@ def run_dpo(recipe: Recipe, console=None) -> dict:
                            progress_keys=("loss", "accuracy", "margin"), print_every=recipe.logging.print_every,
                            console=console)
     t_loop, skipped = time.time(), 0
+    from .faults import Stop
+
     try:
+        stops.in_loop = True  # a signal from here on: finish the step, save the weights, stop
         for step in range(1, total + 1):
             ts = time.time()
             if len(order) < cfg.batch_size:  # next epoch: a fresh permutation after what is left of this one
@@ -259,6 +298,15 @@ def run_dpo(recipe: Recipe, console=None) -> dict:
             elif cfg.eval_every and step % cfg.eval_every == 0:
                 metrics.update({f"eval/{k}": v for k, v in evaluate(False).items() if isinstance(v, float)})
             logger.log(step, metrics)
+            stops.step = step
+            if stops.received:
+                # a second signal abandons the save (atomic: no partial directory) and exits at once
+                note = {"algorithm": "dpo", "step": step, "steps": total, "resumable": False,
+                        "signal": signal.Signals(stops.received).name}
+                ck = save_hf_checkpoint(policy, tokenizer, stopped_dir(out, step),
+                                        extra_files={"stopped.json": json.dumps(note, indent=2) + "\n"})
+                raise Stop(stops.received, ck)
+        stops.in_loop = False
     finally:
         logger.close()
     final = str(save_hf_checkpoint(policy, tokenizer, out / "final")) if recipe.checkpoint.save_final else None
