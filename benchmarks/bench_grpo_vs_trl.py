@@ -267,7 +267,7 @@ def worker_trl(a, work: Path) -> dict:
         epsilon=g.clip_low, epsilon_high=g.clip_high, scale_rewards="group", num_iterations=1,
         per_device_train_batch_size=a.prompts * a.group, gradient_accumulation_steps=1, num_generations=a.group,
         max_completion_length=a.max_new_tokens, temperature=recipe.rollout.temperature, top_p=1.0, top_k=0,
-        use_vllm=False, use_cpu=True, bf16=False, seed=recipe.seed, logging_steps=1, save_strategy="no",
+        use_vllm=False, use_cpu=True, bf16=a.trl_bf16, seed=recipe.seed, logging_steps=1, save_strategy="no",
         report_to=[], dataloader_num_workers=0, disable_tqdm=True,
         gradient_checkpointing=a.trl_gradient_checkpointing,
     )
@@ -288,8 +288,14 @@ VARIANTS = {
     "rlkit-1t": ("rlkit", 1, []),
     "rlkit-async-1t": ("rlkit", 1, ["grpo.async_rollout=true"]),
     "rlkit-async-2t": ("rlkit", 2, ["grpo.async_rollout=true"]),
+    "rlkit-bf16-1t": ("rlkit", 1, ["model.dtype=bf16-mixed"]),
+    "rlkit-bf16-2t": ("rlkit", 2, ["model.dtype=bf16-mixed"]),
+    "rlkit-bf16-async-1t": ("rlkit", 1, ["grpo.async_rollout=true", "model.dtype=bf16-mixed"]),
+    "rlkit-bf16-async-2t": ("rlkit", 2, ["grpo.async_rollout=true", "model.dtype=bf16-mixed"]),
     "trl-1t": ("trl", 1, []),
     "trl-2t": ("trl", 2, []),
+    "trl-bf16-1t": ("trl", 1, ["bf16"]),  # GRPOConfig(bf16=True): accelerate's bf16 autocast
+    "trl-bf16-2t": ("trl", 2, ["bf16"]),
 }
 
 
@@ -302,6 +308,7 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None) -> d
     cmd += ["--data", str(data)] if data else []
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
     cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
+    cmd += ["--trl-bf16"] if side == "trl" and "bf16" in extra else []
     log = work / f"{label}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -381,6 +388,7 @@ def main(argv=None) -> dict | None:
                    help="extra rlkit recipe override for every rlkit variant (repeatable)")
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
+    p.add_argument("--trl-bf16", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -402,7 +410,7 @@ def main(argv=None) -> dict | None:
     if bad := [v for v in variants if v not in VARIANTS]:
         p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
     result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k not in (
-        "worker", "label", "model_dir", "data", "threads")}, "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(),
+        "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(),
         "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "python": sys.version.split()[0]}, "sizes": {}, "work_dir": str(work)}
     for size in a.sizes.split(","):

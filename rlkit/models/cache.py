@@ -15,9 +15,10 @@ CACHE_NAMES = ("cache", "past_key_values")
 
 
 def forward_params(model) -> set[str]:
-    """The keyword parameters of ``model.forward`` (peft's wrapper takes ``**kwargs``: its base model is read)."""
+    """The keyword parameters of ``model.forward`` (peft's wrapper takes ``**kwargs``: its base model is read; so does
+    an instance-level wrapper such as ``bf16-mixed``'s autocast: the class's forward is read)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
+    return set(inspect.signature(type(base).forward).parameters) - {"self"}
 
 
 def cache_kwarg(model) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "bf16-mixed")
 #: Names that build the local tiny model instead of calling ``from_pretrained``.
 TINY_NAMES = ("tiny", "rlkit/tiny")
 
@@ -39,7 +39,8 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str = "floa
     * anything else: ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` with
       ``revision``, ``trust_remote_code`` and ``model_kwargs``; a local directory and a hub id take the same path.
 
-    ``dtype``: ``float32`` | ``bfloat16`` | ``float16``. Raises ``FileNotFoundError`` naming the path when it
+    ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` | ``bf16-mixed`` (float32 weights, every forward under
+    bfloat16 autocast: :mod:`rlkit.models.precision`). Raises ``FileNotFoundError`` naming the path when it
     is not a local directory and either it is written as a local path (``./x``, ``/x``, ``a/b/c``) or the hub
     is offline (``HF_HUB_OFFLINE=1``) and the name is not in the local cache.
     """
@@ -47,7 +48,10 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str = "floa
 
     if dtype not in DTYPES:
         raise ValueError(f"model dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    torch_dtype = getattr(torch, dtype)
+    from .precision import PRECISIONS, enable_autocast
+
+    weights, compute = PRECISIONS[dtype]
+    torch_dtype = getattr(torch, weights)
     name = str(name_or_path)
     if name in TINY_NAMES:
         from .tiny import build_tiny_model, build_tiny_tokenizer
@@ -57,6 +61,8 @@ def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str = "floa
     else:
         model, tokenizer = _from_pretrained(name, torch_dtype, revision, trust_remote_code, model_kwargs)
     _ensure_pad_token(model, tokenizer)
+    if compute is not None:
+        enable_autocast(model, compute)
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     return model, tokenizer

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from rlkit.models.cache import cache_kwarg, forward_params, returned_cache
+from rlkit.models.precision import autocast_region
 
 
 def supports_native_sampling(model) -> str | None:
@@ -74,7 +75,19 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, eos_
 
     Returns ``(tokens, logprobs, lengths)``: ``tokens`` ``[len(prompts)*n, max_new_tokens]`` long (``pad_id`` after
     a row's end), ``logprobs`` the same shape in float32 (0 after the end), ``lengths`` ``[rows]`` long, counting an
-    emitted EOS. ``model`` must be in eval mode (the caller's job: the engine switches it for the call)."""
+    emitted EOS. ``model`` must be in eval mode (the caller's job: the engine switches it for the call).
+
+    A ``bf16-mixed`` model (:mod:`rlkit.models.precision`) decodes inside one autocast region, so each weight is cast
+    to bfloat16 once per call instead of once per token (autocast's cast cache lives until its outermost region
+    ends)."""
+    with autocast_region(model):
+        return _sample(model, prompts, n, max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+                       top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
+                       compact_fraction=compact_fraction)
+
+
+def _sample(model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, top_k, top_p, greedy, generator,
+            compact_fraction):
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("sample: every prompt needs at least one token")
     device = next(model.parameters()).device

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 
+from rlkit.models.precision import engine_dtype
+
 from .base import Completion, SamplingParams
 
 #: environment set before vLLM is imported: in-process engine (the actor can reach its model runner), a small KV
@@ -63,7 +65,7 @@ class VLLMEngine:
         self.on_gpu = torch.cuda.is_available()
         enforce_eager = options.get("enforce_eager")
         self.sleep_enabled = bool(options.get("sleep")) and self.on_gpu
-        kwargs = dict(model=str(model_path), dtype=dtype, seed=seed, trust_remote_code=False,
+        kwargs = dict(model=str(model_path), dtype=engine_dtype(dtype), seed=seed, trust_remote_code=False,
                       enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
                       tensor_parallel_size=options.get("tensor_parallel_size", 1),
                       logprobs_mode="processed_logprobs", enable_sleep_mode=self.sleep_enabled)
