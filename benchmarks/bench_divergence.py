@@ -49,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
 

@@ -379,7 +379,8 @@ def main(argv=None) -> dict | None:
     p.add_argument("--medium-group", type=int, default=4)
     p.add_argument("--medium-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)  # a worker's torch threads
-    p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for a like-for-like run")
+    p.add_argument("--trl-gradient-checkpointing", action="store_true",
+                   help="TRL's default; off for a like-for-like run")
     p.add_argument("--count-foreign-ray", action="store_true", help="also sum this user's 'ray::' processes "
                    "outside the worker's tree (started after it): counts other Ray jobs running meanwhile")
     p.add_argument("--work-dir", default=None, help="where models, runs and logs go (default: a new temp dir)")
@@ -410,7 +411,8 @@ def main(argv=None) -> dict | None:
     if bad := [v for v in variants if v not in VARIANTS]:
         p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
     result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k not in (
-        "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS, "cpus": os.cpu_count(),
+        "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS,
+        "cpus": os.cpu_count(),
         "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "python": sys.version.split()[0]}, "sizes": {}, "work_dir": str(work)}
     for size in a.sizes.split(","):
@@ -427,7 +429,8 @@ def main(argv=None) -> dict | None:
         ratios = summarize(runs) if any(r["side"] == "trl" for r in runs.values()) else {}
         print_size(size, info, sa, runs, ratios)
         result["sizes"][size] = {"model": info, "steps": sa.steps, "prompts": sa.prompts, "group": sa.group,
-                                 "max_new_tokens": sa.max_new_tokens, "runs": runs, "ratios_rlkit_over_trl_best": ratios}
+                                 "max_new_tokens": sa.max_new_tokens, "runs": runs,
+                                 "ratios_rlkit_over_trl_best": ratios}
     write_result("bench_grpo_vs_trl", result, a.out, f" (logs and runs in {work})")
     return result
 

@@ -247,7 +247,7 @@ class CompositeReward(Reward):
                     limit = min(c.timeout_s, deadline - time.monotonic())
                     if limit <= 0:
                         raise TimeoutError(f"per-sample fallback budget ({FALLBACK_BUDGET_FACTOR:g} x timeout_s) spent")
-                one = (lambda i=i: c.reward([prompts[i]], [completions[i]], [refs[i]], **kwargs))
+                one = (lambda i=i: c.reward([prompts[i]], [completions[i]], [refs[i]], **kwargs))  # noqa: E731
                 value = _call(one, limit, c.key)[0]
                 if not math.isfinite(value):
                     raise ValueError(f"non-finite score {value!r}")

@@ -85,7 +85,8 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     ``mask``: ``[B, T]``.
     """
     if not (rewards.shape == values.shape == mask.shape):
-        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, mask {tuple(mask.shape)} differ")
+        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, "
+                         f"mask {tuple(mask.shape)} differ")
     m = mask.float()
     r, v = rewards.detach().float() * m, values.detach().float() * m
     adv = torch.zeros_like(r)

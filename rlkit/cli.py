@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
     train.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
     train.add_argument("--resume", action="store_true",
-                       help="continue from the last complete checkpoint in <output_dir>/checkpoints (same as resume=true)")
+                       help="continue from the last complete checkpoint in <output_dir>/checkpoints "
+                            "(same as resume=true)")
     check = sub.add_parser("check", help="validate a recipe (and its overrides) without running it",
                            description="Validate the schema, then what a run would read first, creating and "
                                        "downloading nothing: local model directories (config.json), the first "

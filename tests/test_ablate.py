@@ -188,8 +188,8 @@ def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
 
     again = _rlkit(*args, home=tmp_path)  # resumable: finished cells are skipped
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 2, again.stdout[-2000:]
-    changed = _rlkit("ablate", "recipes/ablate_divergences.yaml", *SMALL, "grpo.steps=2", "--sweep", "regularizer=kl_k3",
-                     "--seeds", "1", "--out", str(out), home=tmp_path)
+    changed = _rlkit("ablate", "recipes/ablate_divergences.yaml", *SMALL, "grpo.steps=2",
+                     "--sweep", "regularizer=kl_k3", "--seeds", "1", "--out", str(out), home=tmp_path)
     assert changed.returncode == 0 and "finished earlier" not in changed.stdout, changed.stdout[-2000:]
 
     ck = out / "cells" / "regularizers=kl_k3__seed0" / "final"

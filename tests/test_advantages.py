@@ -37,7 +37,7 @@ def test_rloo_leave_one_out():
 
 def _gae_loop(r, v, length, gamma, lam):
     deltas = [r[t] + gamma * (v[t + 1] if t + 1 < length else 0.0) - v[t] for t in range(length)]
-    return [sum((gamma * lam) ** l * deltas[t + l] for l in range(length - t)) for t in range(length)]
+    return [sum((gamma * lam) ** k * deltas[t + k] for k in range(length - t)) for t in range(length)]
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.95), (1.0, 0.0), (0.5, 0.3)])

@@ -1,7 +1,5 @@
 """f-DPO: reverse KL == standard DPO, TRL's parameterisation after alpha' = 1 - alpha, cDPO, IPO, hinge."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,7 +47,8 @@ def test_agrees_with_trl_parameterisation(divergence, ours, alpha):
 def test_alpha_parameterisation_is_not_trls_except_at_half():
     pc, pr, rc, rr = [x / 10 for x in _logps(seed=2)]
     alpha = 0.2
-    h_trl_same_number = _trl_scores("alpha_divergence", pc - rc, alpha) - _trl_scores("alpha_divergence", pr - rr, alpha)
+    h_trl_same_number = (_trl_scores("alpha_divergence", pc - rc, alpha)
+                         - _trl_scores("alpha_divergence", pr - rr, alpha))
     assert not torch.allclose(fdpo_loss(pc, pr, rc, rr, divergence="alpha", alpha=alpha).double(),
                               -F.logsigmoid(0.1 * h_trl_same_number), rtol=1e-3)
 
@@ -108,7 +107,8 @@ def test_dpo_loss_metrics():
     assert m["rewards/chosen"] == pytest.approx(0.5 * (1 + -1) / 2)
     assert m["rewards/rejected"] == pytest.approx(0.5 * (-1 + 0) / 2)
     assert m["rewards/accuracy"] == pytest.approx(0.5)
-    assert loss.item() == pytest.approx(float(-(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(-0.5))) / 2))
+    assert loss.item() == pytest.approx(
+        float(-(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(-0.5))) / 2))
 
 
 def test_errors():

@@ -67,7 +67,7 @@ def _stcr_loop(adv, lengths, correct, G, base=1.00001):
         ok = [correct[i] for i in range(s, s + G)]
         lens = [lengths[i] for i in range(s, s + G)]
         n_ok = sum(ok)
-        l_plus = sum(l for l, c in zip(lens, ok) if c) / n_ok if n_ok else None
+        l_plus = sum(length for length, c in zip(lens, ok) if c) / n_ok if n_ok else None
         for i in range(s, s + G):
             w = 0.0
             if l_plus is not None and not correct[i] and lengths[i] > l_plus:

@@ -54,7 +54,8 @@ def test_proxy_raises_kept_tokens_and_has_no_grad():
 def test_proxy_chunking_identical():
     logits = torch.randn(3, 9, 30)
     tokens = torch.randint(0, 30, (3, 9))
-    torch.testing.assert_close(lp_reg_proxy_logprobs(logits, tokens, chunk_size=4), lp_reg_proxy_logprobs(logits, tokens))
+    torch.testing.assert_close(lp_reg_proxy_logprobs(logits, tokens, chunk_size=4),
+                               lp_reg_proxy_logprobs(logits, tokens))
 
 
 def test_soup_weighted_average_float32():

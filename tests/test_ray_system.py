@@ -1,9 +1,5 @@
 """The actor/learner system through a real local Ray cluster with the real tiny transformers model."""
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -29,7 +29,8 @@ def narrow_dir(tmp_path_factory):
 
 def batch_ids(rows=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    prompts = [p for p in (torch.randint(5, 40, (3,), generator=g).tolist() for _ in range(rows // 4)) for _ in range(4)]
+    prompts = [p for p in (torch.randint(5, 40, (3,), generator=g).tolist() for _ in range(rows // 4))
+               for _ in range(4)]
     comps = [torch.randint(5, 40, (int(torch.randint(2, 9, (), generator=g)),), generator=g).tolist()
              for _ in range(rows)]
     return prompts, comps

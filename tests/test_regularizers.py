@@ -59,8 +59,8 @@ def test_sampled_mode_is_unbiased_for_exact_mode(name):
     (sampled,) = build_regularizers([{"name": name, "coef": 1.0}])
     est = sampled.divergence(PolicyBatch(logprobs=lp, ref_logprobs=lr, mask=torch.ones_like(lp)))
     (exact,) = build_regularizers([{"name": name, "coef": 1.0, "mode": "exact"}])
-    want = exact.divergence(PolicyBatch(logprobs=lp[:, :1], logits=logits[None, None], ref_logits=ref_logits[None, None],
-                                        mask=torch.ones(1, 1))).item()
+    want = exact.divergence(PolicyBatch(logprobs=lp[:, :1], logits=logits[None, None],
+                                        ref_logits=ref_logits[None, None], mask=torch.ones(1, 1))).item()
     se = est.std().item() / math.sqrt(n)
     assert abs(est.mean().item() - want) < 5 * se + 1e-7
 
@@ -81,7 +81,8 @@ BAD = [
     ([{"name": "dads", "placement": "reward"}], "regularizers[0].weighting: 'dads' weights depend on advantages"),
     ([{"name": "kl", "weighting": {"type": "adaptive"}}], "regularizers[0].weighting.target: required key is missing"),
     ([{"name": "kl", "weighting": "bogus"}], "regularizers[0].weighting:"),
-    ([{"name": "kl", "mode": "exact", "estimator": "k1"}], "regularizers[0].estimator: estimators apply to mode 'sampled'"),
+    ([{"name": "kl", "mode": "exact", "estimator": "k1"}],
+     "regularizers[0].estimator: estimators apply to mode 'sampled'"),
     ([{"name": "js", "mode": "exact", "samples": "reference"}], "regularizers[0].samples:"),
     ([{"name": "forward_kl", "samples": "reference", "placement": "reward"}], "regularizers[0].samples:"),
     ([{"name": "kl", "importance_correction": True, "samples": "reference"}], "regularizers[0].importance_correction"),
@@ -143,7 +144,8 @@ def test_adaptive_coefficient_observes_and_checkpoints():
 
 
 def test_scheduled_coefficient():
-    (reg,) = build_regularizers([{"name": "kl", "coef": 0.1, "weighting": {"type": "linear", "end": 0.0, "total_steps": 10}}])
+    (reg,) = build_regularizers([{"name": "kl", "coef": 0.1,
+                                  "weighting": {"type": "linear", "end": 0.0, "total_steps": 10}}])
     b = _batch_from_logits()
     b.step = 5
     assert reg(b).metrics["kl_k3_linear/coef"] == pytest.approx(0.05)

@@ -256,7 +256,8 @@ def test_numeric_match_tolerance():
 def test_synthetic_arithmetic_batch():
     """rlkit's default synthetic task: small-integer arithmetic answered as <answer>N</answer> plus maybe EOS."""
     prompts = ["3+4=?", "10-12=?", "6*7=?", "9-9=?"]
-    completions = ["<answer>7</answer><|endoftext|>", "<answer>-2</answer></s>", "<answer>41</answer>", "<answer>0</answer>"]
+    completions = ["<answer>7</answer><|endoftext|>", "<answer>-2</answer></s>", "<answer>41</answer>",
+                   "<answer>0</answer>"]
     answers = ["7", "-2", "42", "0"]
     assert NumericMatch()(prompts, completions, answers) == [1.0, 1.0, 0.0, 1.0]
     assert ExactAnswer()(prompts, completions, answers) == [1.0, 1.0, 0.0, 1.0]
@@ -455,7 +456,8 @@ def direct_logits(model, tokenizer, texts, add_special_tokens=True):
     return torch.stack(rows)
 
 
-PROMPTS = ["what is six times seven ?", "the capital of france", "what is six times seven ?", "what", "the answer", "six"]
+PROMPTS = ["what is six times seven ?", "the capital of france", "what is six times seven ?", "what", "the answer",
+           "six"]
 COMPLETIONS = [" <answer>42</answer>", " is paris", " <answer>41</answer>", " is", " is 42 42 42 answer", ""]
 
 

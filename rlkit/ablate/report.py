@@ -128,8 +128,8 @@ def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
     cols = list(dict.fromkeys(k for k in (PAIRED_KEYS[0], *largest, *PAIRED_KEYS[1:]) if k in keys))
     base = {r["seed"]: r for r in groups[names[0]]}
     lines = [f"Paired differences from `{names[0]}` (same seed: same warm start and held-out prompts); mean ± SE over "
-             "seeds, * where the 95% t-interval excludes 0 (|mean| > t_0.975,n-1 SE).", "", "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols)
-             + " |", "|" + "---|" * (len(cols) + 2)]
+             "seeds, * where the 95% t-interval excludes 0 (|mean| > t_0.975,n-1 SE).", "",
+             "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for name in names[1:]:
         cells = []
         n = 0

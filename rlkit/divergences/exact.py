@@ -219,8 +219,8 @@ def f_divergence(
     pass instead of ``O(positions x V)`` (upcasts of bf16/fp16 to float32 happen per chunk). Gradients flow to
     whichever of ``logits``/``ref_logits`` requires grad. With ``chunk_size``, when only ``logits`` needs a gradient
     and the divergence is reverse/forward KL, JS or alpha, ``fused`` (default) computes the gradient in closed form
-    in the same pass as the value (no recomputation; the graph can then be backpropagated once). Returns float32 (float64 for float64 inputs) of shape
-    ``logits.shape[:-1]``.
+    in the same pass as the value (no recomputation; the graph can then be backpropagated once). Returns float32
+    (float64 for float64 inputs) of shape ``logits.shape[:-1]``.
     """
     if logits.shape != ref_logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape")

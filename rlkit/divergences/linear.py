@@ -214,9 +214,9 @@ def linear_f_divergence(
     ``reduction="sum"`` returns the scalar ``sum_positions weights * D`` (``weights`` broadcastable to
     ``hidden.shape[:-1]``, default 1; e.g. ``mask / mask.sum()`` for a token mean): the gradient is then known in
     the forward pass, so each chunk's logits are computed once and the backward pass only scales the accumulated
-    gradients: three matmuls per chunk, as many as plain autograd, for the same memory. Low-precision (bf16/fp16) inputs: the matmuls run in that
-    dtype (so the logits carry its rounding), the softmax math per chunk in float32, and ``grad_W`` is accumulated
-    over chunks in the weight's dtype.
+    gradients: three matmuls per chunk, as many as plain autograd, for the same memory. Low-precision (bf16/fp16)
+    inputs: the matmuls run in that dtype (so the logits carry its rounding), the softmax math per chunk in float32, and
+    ``grad_W`` is accumulated over chunks in the weight's dtype.
     """
     if divergence not in _ANALYTIC:
         raise ValueError(f"linear_f_divergence supports {', '.join(_ANALYTIC)} (closed-form gradients), "

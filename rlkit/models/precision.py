@@ -8,9 +8,9 @@ cast to float32, so log-probabilities, ratios and divergences are computed in fl
 This is what TRL/accelerate's ``bf16=True`` and verl's ``mixed_precision: bf16`` do.
 
 The switch lives on the model object (:func:`enable_autocast` rebinds its ``forward`` and its decoder trunk's), so
-every code path that calls the model (the native sampler, ``generate``, shared-prompt forwards, PPO's critic, LoRA through peft) gets it
-without any plumbing; ``copy.deepcopy`` rebinds it to the copy. Computations outside the model's forward (the fused
-head's ``hidden @ lm_head.T``, exact divergences) stay float32.
+every code path that calls the model (the native sampler, ``generate``, shared-prompt forwards, PPO's critic, LoRA
+through peft) gets it without any plumbing; ``copy.deepcopy`` rebinds it to the copy. Computations outside the model's
+forward (the fused head's ``hidden @ lm_head.T``, exact divergences) stay float32.
 
 Numerics: the rollout's KV-cache decode and the learner's full forward round differently in bfloat16, so the
 behaviour log-probs recorded at sampling and the learner's log-probs differ more than in float32 (the metric

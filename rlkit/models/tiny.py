@@ -12,8 +12,8 @@ Padding: the tokenizer pads on the right (training); for batched ``generate`` pa
 set ``tokenizer.padding_side = "left"`` (:func:`rlkit.models.loading.load_model_and_tokenizer` does).
 
 Model: a Llama decoder (``LlamaConfig``; Qwen2 is avoided because ``AutoTokenizer`` forces its BPE tokenizer class
-on any ``qwen2`` checkpoint, which would break this tokenizer on reload), 4 layers, hidden 128, 4 attention heads (head_dim 32: vLLM's CPU attention needs
-head_dim >= 32), SwiGLU width 384, tied embeddings: about 0.86M parameters.
+on any ``qwen2`` checkpoint, which would break this tokenizer on reload), 4 layers, hidden 128, 4 attention heads
+(head_dim 32: vLLM's CPU attention needs head_dim >= 32), SwiGLU width 384, tied embeddings: about 0.86M parameters.
 """
 
 from __future__ import annotations

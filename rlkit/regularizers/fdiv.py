@@ -70,7 +70,8 @@ class _FDiv(Regularizer):
         if cfg.mode == "exact" and "samples" in cfg.model_fields_set:
             raise ConfigError(f"{path}.samples", "'samples' applies to mode 'sampled' only")
         if cfg.placement == "reward" and cfg.samples == "reference":
-            raise ConfigError(f"{path}.samples", "reward placement shapes the policy's own samples; use samples 'policy'")
+            raise ConfigError(f"{path}.samples",
+                              "reward placement shapes the policy's own samples; use samples 'policy'")
         if cfg.placement == "reward":
             raise ConfigError(f"{path}.placement", f"in the reward, {cls.name}'s per-token estimate does not deliver "
                               f"the {cls.name} gradient through the return (only k1 of the reverse KL does): "

@@ -36,8 +36,8 @@ Estimator = Literal["k1", "k2", "k3", "abs", "k1+", "k3+"]
 assert set(Estimator.__args__) == set(KL_ESTIMATORS)
 
 #: what each estimator's value is on policy samples
-ESTIMATOR_VALUE = {"k1": "k1 (unbiased)", "k2": "k2 = d^2/2 (biased)", "k3": "k3 (unbiased)", "abs": "abs(d) (not a KL)",
-                   "k1+": "k1 (unbiased)", "k3+": "k3 (unbiased)"}
+ESTIMATOR_VALUE = {"k1": "k1 (unbiased)", "k2": "k2 = d^2/2 (biased)", "k3": "k3 (unbiased)",
+                   "abs": "abs(d) (not a KL)", "k1+": "k1 (unbiased)", "k3+": "k3 (unbiased)"}
 #: what each estimator's pathwise gradient is on policy samples (section 2b of regularizers.md)
 PATHWISE_GRADIENT = {"k1": "none (zero in expectation)", "k2": "reverse KL (token)", "k3": "forward KL (token)",
                      "abs": "sign(d) (no divergence's)", "k1+": "reverse KL (token)", "k3+": "reverse KL (token)"}
@@ -78,7 +78,8 @@ class KL(Regularizer):
         super().check(cfg, path)
         explicit = cfg.model_fields_set
         if cfg.mode == "exact" and "estimator" in explicit:
-            raise ConfigError(f"{path}.estimator", "estimators apply to mode 'sampled'; mode 'exact' sums over the vocabulary")
+            raise ConfigError(f"{path}.estimator",
+                              "estimators apply to mode 'sampled'; mode 'exact' sums over the vocabulary")
         if cfg.mode == "exact" and cfg.gradient == "pathwise":
             raise ConfigError(f"{path}.gradient", "'pathwise' differentiates a sampled estimator; mode 'exact' "
                               "delivers the exact gradient (token or sequence)")

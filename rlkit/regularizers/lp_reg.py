@@ -55,7 +55,8 @@ class LpReg(Regularizer):
             raise ConfigError(f"{path}.reference", "lp_reg always regularizes toward its proxy; to build the proxy "
                               "from the reference model set proxy_from: reference")
         if cfg.placement != "loss":
-            raise ConfigError(f"{path}.placement", "lp_reg replaces the surrogate on selected tokens: it lives in the loss")
+            raise ConfigError(f"{path}.placement",
+                              "lp_reg replaces the surrogate on selected tokens: it lives in the loss")
         if cfg.weighting.type != "constant":
             raise ConfigError(f"{path}.weighting", "lp_reg supports constant weighting only")
 
@@ -69,7 +70,8 @@ class LpReg(Regularizer):
 
     def proxy_logprobs(self, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = 1024) -> torch.Tensor:
         """Build ``batch.proxy_logprobs`` from old-policy (or reference) logits of the sampled ``tokens``."""
-        return lp_reg_proxy_logprobs(logits, tokens, self.cfg.min_p, self.cfg.temperature, self.cfg.threshold, chunk_size)
+        return lp_reg_proxy_logprobs(logits, tokens, self.cfg.min_p, self.cfg.temperature, self.cfg.threshold,
+                                     chunk_size)
 
     def selected(self, batch: PolicyBatch) -> torch.Tensor:
         """Bool ``[B, T]`` of the regularized tokens; computed once per batch (the objective asks three times:

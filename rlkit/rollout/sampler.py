@@ -24,7 +24,8 @@ unprocessed softmax. Only these parameters apply: a model's ``generation_config`
 
 Requirements on the model: a decoder-only ``transformers`` model whose forward takes ``attention_mask``,
 ``position_ids``, ``use_cache`` and its KV cache (``cache`` from transformers 5.2x, ``past_key_values`` before:
-:mod:`rlkit.models.cache`) and returns a ``Cache`` (every standard decoder since transformers 4.36). :func:`supports_native_sampling` checks this; the engine falls back to ``generate`` otherwise.
+:mod:`rlkit.models.cache`) and returns a ``Cache`` (every standard decoder since transformers 4.36).
+:func:`supports_native_sampling` checks this; the engine falls back to ``generate`` otherwise.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ forward KL is ``KL(pi_ref || pi_theta)`` (mass-covering), and the reference is t
    ``--resume`` loads it instead of sampling again (the policy is no longer ``pi_0`` by then).
 2. **Training**: GRPO draws its prompts from ``D_exp`` only. Every step also sends ``rehearsal.responses_per_step``
    stored responses (:meth:`RehearsalSet.batch`); the learner adds, in the same optimizer step,
-   ``sum_r coef_r * mean_tokens g_r(u)`` over them (:func:`rlkit.objectives.rehearsal.rehearsal_loss`), ``u = pi_theta(o_t) / pi_0(o_t)``, for
-   each regularizer configured with ``samples: reference``; ``g_r`` is the reference-sample estimator of
-   :func:`rlkit.functional.f_divergence_sampled` (forward KL: ``u - log u - 1``, whose value is unbiased for
-   ``KL(pi_0 || pi_theta)`` per token and whose gradient ``(u - 1) grad log pi_theta`` is, in expectation over
-   ``pi_0``'s samples, exactly the forward-KL gradient; ``js``: the standard JS, <= log 2). Regularizers on policy
-   samples keep applying to the GRPO batch.
+   ``sum_r coef_r * mean_tokens g_r(u)`` over them (:func:`rlkit.objectives.rehearsal.rehearsal_loss`),
+   ``u = pi_theta(o_t) / pi_0(o_t)``, for each regularizer configured with ``samples: reference``; ``g_r`` is the
+   reference-sample estimator of :func:`rlkit.functional.f_divergence_sampled` (forward KL: ``u - log u - 1``, whose
+   value is unbiased for ``KL(pi_0 || pi_theta)`` per token and whose gradient ``(u - 1) grad log pi_theta`` is, in
+   expectation over ``pi_0``'s samples, exactly the forward-KL gradient; ``js``: the standard JS, <= log 2).
+   Regularizers on policy samples keep applying to the GRPO batch.
 
 Where rlkit differs from the reference code, on purpose:
 

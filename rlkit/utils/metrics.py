@@ -37,9 +37,10 @@ def match_progress_key(key: str, names: Iterable[str]) -> str | None:
     """The metric name shown for progress key ``key``, or None.
 
     Rule: a metric named exactly ``key`` matches; otherwise drop one trailing ``/mean`` from a metric name, then
-    it matches when its last ``/``-component equals ``key``. So for ``reward``: ``reward``, ``reward/mean``, ``train/reward`` and ``train/reward/mean`` match;
-    ``reward/std``, ``rewards`` and ``reward_model/loss`` do not. Among several matches the shortest name wins
-    (an exact ``reward`` beats ``reward/mean``), ties by order of ``names``.
+    it matches when its last ``/``-component equals ``key``. So for ``reward``: ``reward``, ``reward/mean``,
+    ``train/reward`` and ``train/reward/mean`` match; ``reward/std``, ``rewards`` and ``reward_model/loss`` do not.
+    Among several matches the shortest name wins (an exact ``reward`` beats ``reward/mean``), ties by order of
+    ``names``.
     """
     best = None
     for name in names:

@@ -9,9 +9,9 @@ driver (``rlkit.trainer.grpo``) runs both placements:
 * ``inprocess``: the same classes, instantiated here. The rollout engine generates with the learner's own
   ``nn.Module`` (one copy of the policy, nothing to synchronise), the way verl's hybrid engine colocates actor and
   rollout. With ``async_rollout`` the engine keeps its own copy instead and generates the next batch in a thread
-  while the learner trains (torch ops release the GIL), its weights updated in place after each step. One process, so no Ray services and no per-actor copy of torch: the memory of a single-process trainer
-  such as TRL's, for single-machine jobs. A call runs when ``.remote`` is made; the future holds its value or its
-  exception, which ``get`` raises.
+  while the learner trains (torch ops release the GIL), its weights updated in place after each step. One process, so no
+  Ray services and no per-actor copy of torch: the memory of a single-process trainer such as TRL's, for single-machine
+  jobs. A call runs when ``.remote`` is made; the future holds its value or its exception, which ``get`` raises.
 """
 
 from __future__ import annotations
