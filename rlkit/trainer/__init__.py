@@ -1,4 +1,11 @@
-"""Driver loops per algorithm: ``grpo`` and ``ppo`` (online, through Ray actors) and ``dpo`` (offline)."""
+"""Driver loops per algorithm: ``grpo`` and ``ppo`` (online) and ``dpo`` (offline).
+
+The online loop is :class:`rlkit.trainer.online.OnlineTrainer` (entry point :func:`rlkit.trainer.grpo.run_grpo`):
+rollout -> score -> reference -> train -> sync -> log/checkpoint per step, with the prompt order and async prefetch
+in :mod:`~rlkit.trainer.data_stream`, the references decided once in :mod:`~rlkit.trainer.reference_plan`, the weight
+transfer in :mod:`~rlkit.trainer.weight_sync`, and the typed batches between roles in :mod:`rlkit.types`. Set-up
+(data, warm starts, Ray) is :mod:`~rlkit.trainer.setup`; failures, resume and stop signals :mod:`~rlkit.trainer.faults`.
+"""
 
 from __future__ import annotations
 

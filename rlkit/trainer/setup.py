@@ -1,4 +1,5 @@
-"""Run set-up: task data, initial models (SFT warm starts), reference sources, the Ray cluster."""
+"""Run set-up: task data, initial models (SFT warm starts), the prompt encoder, the Ray cluster (reference sources:
+:mod:`rlkit.trainer.reference_plan`)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,20 @@ def sft_runs_needed(recipe: Recipe) -> int:
     return n
 
 
-def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]):
+class PromptEncoder:
+    """``encode(prompts) -> token ids``: raw text, or with ``chat_template`` the tokenizer's chat template."""
+
+    def __init__(self, tokenizer, chat_template: bool):
+        self.tokenizer, self.chat_template = tokenizer, chat_template
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.chat_template:
+            return [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                       tokenize=True, return_dict=True)["input_ids"] for t in texts]
+        return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+
+
+def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]) -> PromptEncoder:
     """``encode(prompts) -> token ids`` (raw text, or the chat template when ``data.chat_template``), after checking
     that every prompt of every split fits the model's context together with ``rollout.max_new_tokens``: a prompt
     that does not is an error naming it, never silently truncated or dropped."""
@@ -146,12 +160,7 @@ def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]
         raise ConfigError("data.chat_template", f"the tokenizer of {recipe.model.name_or_path!r} has no chat "
                                                 "template: set data.chat_template=false to use raw prompts")
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        if recipe.data.chat_template:
-            return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=True)["input_ids"] for t in texts]
-        return [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-
+    encode = PromptEncoder(tokenizer, recipe.data.chat_template)
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
         budget = context - recipe.rollout.max_new_tokens
@@ -203,33 +212,6 @@ def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
                 run_sft(recipe, path, seed=recipe.sft.seed + i)
         paths.append(str(path))
     return paths
-
-
-def resolve_reference(ref: dict, init_paths: list[str], out: Path, teachers: dict[str, str] | None = None
-                      ) -> tuple[str, list[str], list[float] | None]:
-    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start;
-    ``teachers`` maps :func:`rlkit.trainer.references.teacher_id` to the teacher's path (``sft:tiny`` teachers)."""
-    kind = ref["type"]
-    if kind == "initial":
-        return "initial", [init_paths[0]], None
-    if kind == "teacher":
-        from .references import teacher_id
-
-        return "teacher", [(teachers or {}).get(teacher_id(ref), ref["model"])], None
-    if kind == "soup":
-        paths = []
-        for ck in ref["checkpoints"]:
-            if ck.startswith("sft:"):
-                i = int(ck.split(":", 1)[1])
-                if i >= len(init_paths):
-                    raise ConfigError("regularizers.reference.checkpoints", f"{ck!r}: SFT is disabled or has no run {i}")
-                paths.append(init_paths[i])
-            else:
-                if not Path(ck).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-                    raise ConfigError("regularizers.reference.checkpoints", f"checkpoint {ck!r} not found")
-                paths.append(ck)
-        return "soup", paths, ref.get("weights")
-    raise ConfigError("regularizers.reference", f"reference type {kind!r} has no model to serve")
 
 
 def start_ray(cfg: RayConfig, console) -> None:

@@ -1,0 +1,99 @@
+"""Which reference models a run serves, and how: decided once, from the learner's needs, before the first step.
+
+The learner says what its regularizers read (:meth:`rlkit.workers.learner.LearnerCore.needs`): log-probs or full
+logits of each reference, the spec of each reference, and which references it computes itself (LoRA: ``initial``,
+its adapters disabled). :class:`ReferencePlan` turns that into fixed answers the loop only looks up: which reference
+workers to spawn, what each sends (log-probs, full logits, or hidden states for the learner's fused head), and
+whether it refreshes toward the policy (TR-DPO) or never changes (then an async prefetch may score a batch with it
+early). :func:`resolve_reference` maps a spec to the checkpoints its worker loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from rlkit._config import ConfigError
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """The references of a run. ``specs``: every reference spec by key (``regularizers[*].reference``, plus
+    ``initial`` for ``eval.kl_to_initial``); ``spawned``: the keys served by reference workers, sorted (the order
+    they are spawned and asked in); ``served``: keys the learner computes itself; ``logits``/``hidden``: keys whose
+    full logits the learner needs, and those of them sent as hidden states instead (``V > H``); ``refresh``: key ->
+    ``(every, rate)`` of TR-DPO references."""
+
+    specs: Mapping[str, dict]
+    spawned: tuple[str, ...]
+    served: frozenset[str]
+    logits: frozenset[str]
+    hidden: frozenset[str]
+    refresh: Mapping[str, tuple[int, float]]
+
+    @classmethod
+    def from_needs(cls, needs: dict, kl_to_initial: bool) -> ReferencePlan:
+        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``."""
+        specs = dict(needs["references"])
+        keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
+        if kl_to_initial:
+            keys.add("initial")
+            specs.setdefault("initial", {"type": "initial"})
+        served = frozenset(needs.get("served", ()))
+        refresh = {k: (s["refresh_every"], s.get("refresh_rate") or 1.0) for k, s in specs.items()
+                   if (s or {}).get("refresh_every")}
+        return cls(specs=MappingProxyType(specs), spawned=tuple(sorted(keys - served)), served=served,
+                   logits=frozenset(needs["ref_logits"]), hidden=frozenset(needs.get("ref_hidden", ())),
+                   refresh=MappingProxyType(refresh))
+
+    @property
+    def fixed(self) -> tuple[str, ...]:
+        """Spawned references that never change: they may score a batch as soon as it is generated."""
+        return tuple(k for k in self.spawned if k not in self.refresh)
+
+    def sends(self, key: str) -> str:
+        """What reference ``key`` sends the learner: ``"hidden"``, ``"logits"`` or ``"logprobs"``."""
+        if key in self.hidden:
+            return "hidden"
+        return "logits" if key in self.logits else "logprobs"
+
+    def due(self, step: int) -> dict[str, float]:
+        """``{key: rate}`` of the references refreshed after optimizer step ``step``, in spawn order."""
+        return {k: self.refresh[k][1] for k in self.spawned if k in self.refresh and step % self.refresh[k][0] == 0}
+
+    def initial_source(self) -> str | None:
+        """Who serves the initial policy's log-probs (evaluation's KL, rehearsal): ``"worker"``, ``"learner"``
+        or None."""
+        if "initial" in self.spawned:
+            return "worker"
+        return "learner" if "initial" in self.served else None
+
+
+def resolve_reference(ref: dict, init_paths: list[str], out: Path, teachers: dict[str, str] | None = None
+                      ) -> tuple[str, list[str], list[float] | None]:
+    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start;
+    ``teachers`` maps :func:`rlkit.trainer.references.teacher_id` to the teacher's path (``sft:tiny`` teachers)."""
+    kind = ref["type"]
+    if kind == "initial":
+        return "initial", [init_paths[0]], None
+    if kind == "teacher":
+        from .references import teacher_id
+
+        return "teacher", [(teachers or {}).get(teacher_id(ref), ref["model"])], None
+    if kind == "soup":
+        return "soup", [_soup_path(ck, init_paths) for ck in ref["checkpoints"]], ref.get("weights")
+    raise ConfigError("regularizers.reference", f"reference type {kind!r} has no model to serve")
+
+
+def _soup_path(ck: str, init_paths: list[str]) -> str:
+    if ck.startswith("sft:"):
+        i = int(ck.split(":", 1)[1])
+        if i >= len(init_paths):
+            raise ConfigError("regularizers.reference.checkpoints", f"{ck!r}: SFT is disabled or has no run {i}")
+        return init_paths[i]
+    if not Path(ck).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError("regularizers.reference.checkpoints", f"checkpoint {ck!r} not found")
+    return ck

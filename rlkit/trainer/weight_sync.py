@@ -1,0 +1,87 @@
+"""After each optimizer step: the new policy weights to the rollout engines, TR-DPO references refreshed.
+
+One strategy per run, chosen once by :func:`make_weight_sync`:
+
+* :class:`SharedModuleSync` (``ray.mode: inprocess`` without async rollouts): the rollout engine generates with the
+  learner's own module, so there is nothing to send; only the version moves on.
+* :class:`ObjectStoreSync` (Ray actors, or in-process with ``grpo.async_rollout``, where the engine keeps its own
+  copy): the learner's state dict goes to every rollout worker (through the object store; in-process, a state dict in
+  memory); a worker that died in between is restarted by Ray and sent the weights again.
+* :class:`LearnerGroupSync` (``learner.num_workers > 1``): the same transfer, of rank 0's weights (every rank holds
+  bitwise the same).
+
+Each keeps the latest weights and their version, so a restarted rollout worker can be given them again
+(:meth:`WeightSync.resend`, the ``on_restart`` of :func:`rlkit.trainer.evaluate.generate`).
+"""
+
+from __future__ import annotations
+
+from rlkit.workers.local import get, ray_error
+
+from .faults import call_when_alive
+from .reference_plan import ReferencePlan
+
+
+class WeightSync:
+    """The weights the rollout engines hold (an object ref, or None before the first sync) and their version."""
+
+    def __init__(self, learner, rollout: list, references: dict, plan: ReferencePlan, version: int):
+        self.learner, self.rollout, self.references, self.plan = learner, rollout, references, plan
+        self.weights = None
+        self.version = version
+
+    def resend(self, worker) -> None:
+        """Give a restarted rollout worker the current weights (nothing before the first sync)."""
+        if self.weights is not None:
+            call_when_alive(lambda: worker.update_weights.remote(self.weights, self.version))
+
+    def after_step(self, version: int) -> None:
+        """Optimizer step ``version`` is done: rollout engines and due references get the new weights."""
+        raise NotImplementedError
+
+    def _refresh_references(self, step: int, weights) -> list[str]:
+        """TR-DPO: the references due after ``step`` move toward the policy. ``weights``: an object ref, or a
+        function making one, called only when a reference is due. Not saved in checkpoints (see
+        :func:`rlkit.trainer.references.refresh_references`)."""
+        due = self.plan.due(step)
+        if due and callable(weights):
+            weights = get(weights())
+        for key, rate in due.items():
+            get(self.references[key].refresh.remote(weights, rate))
+        return list(due)
+
+
+class SharedModuleSync(WeightSync):
+    """In-process: the rollout engine is the learner's module; the weights are never copied to it."""
+
+    def after_step(self, version: int) -> None:
+        self.version = version
+        self._refresh_references(version, self.learner.get_weights.remote)
+        self.rollout[0].update_weights.remote(None, version)
+
+
+class ObjectStoreSync(WeightSync):
+    """The learner's weights to every rollout worker, re-sent to one that died during the sync."""
+
+    def after_step(self, version: int) -> None:
+        self.weights, self.version = self.learner.get_weights.remote(), version
+        self._refresh_references(version, self.weights)
+        for i, worker in enumerate(self.rollout):
+            try:
+                get(worker.update_weights.remote(self.weights, version))
+            except ray_error():  # died in between: Ray restarts it; send again
+                print(f"rollout worker {i} died during the weight sync: re-sending weights", flush=True)
+                self.resend(worker)
+
+
+class LearnerGroupSync(ObjectStoreSync):
+    """Data-parallel learners: rank 0's weights (:class:`rlkit.workers.learner_group.LearnerGroup` answers
+    ``get_weights`` from rank 0), sent as :class:`ObjectStoreSync` sends one learner's."""
+
+
+def make_weight_sync(shared: bool, group: bool, learner, rollout: list, references: dict, plan: ReferencePlan,
+                     version: int) -> WeightSync:
+    """The strategy for a run: ``shared`` (the rollout engine is the learner's module), ``group`` (data-parallel
+    learners), else the object store."""
+    cls = SharedModuleSync if shared else LearnerGroupSync if group else ObjectStoreSync
+    return cls(learner, rollout, references, plan, version)
