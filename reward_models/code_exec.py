@@ -29,7 +29,7 @@ from typing import Any
 from .base import SampleReward, check_batch
 from .extract import DEFAULT_EOS_MARKERS, strip_eos
 from .registry import register_reward
-from .sandbox import SandboxResult, run_sandboxed
+from .sandbox import ISOLATION_LEVELS, SandboxResult, require_isolation, run_sandboxed
 
 FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = {"python", "py", "python3", "py3"}
@@ -111,8 +111,11 @@ class CodeExecReward(SampleReward):
 
     Params: ``timeout_s`` (wall clock per test case), ``cpu_time_s``, ``memory_mb`` (sandbox limits),
     ``mode`` (``fraction`` | ``all``), ``max_workers`` (test cases run concurrently per sample; each is its own
-    process, so > 1 only helps with spare cores) and ``eos_markers``. :meth:`run_tests` returns the per-test outcomes
-    of one sample and :meth:`details` the per-test pass/fail lists of a batch.
+    process, so > 1 only helps with spare cores), ``eos_markers`` and ``isolation``: ``best_effort`` (default: the
+    strongest sandbox the host allows, see :mod:`.sandbox`) or ``strict`` (refuse to score -- a
+    :class:`~reward_models.sandbox.SandboxUnavailableError` when the reward is built -- unless the host provides
+    the namespaces and the seccomp filter). :meth:`run_tests` returns the per-test outcomes of one sample and
+    :meth:`details` the per-test pass/fail lists of a batch.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class CodeExecReward(SampleReward):
         mode: str = "fraction",
         max_workers: int = 1,
         eos_markers: Sequence[str] = DEFAULT_EOS_MARKERS,
+        isolation: str = "best_effort",
     ):
         if mode not in ("fraction", "all"):
             raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
@@ -132,11 +136,17 @@ class CodeExecReward(SampleReward):
             raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
         self.timeout_s, self.memory_mb, self.cpu_time_s = float(timeout_s), int(memory_mb), cpu_time_s
         self.mode, self.max_workers, self.eos_markers = mode, max_workers, tuple(eos_markers)
+        if isolation not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation must be one of {ISOLATION_LEVELS}, got {isolation!r}")
+        if isolation == "strict":
+            require_isolation(isolation, owner="code_tests")  # fail when the reward is built, not mid-training
+        self.isolation = isolation
 
     def _run_one(self, code: str, test: CodeTest) -> CodeTestOutcome:
         program = code if test.expected is not None else f"{code}\n\n{test.suffix}\n"
         result: SandboxResult = run_sandboxed(
-            program, stdin=test.stdin, timeout_s=self.timeout_s, cpu_time_s=self.cpu_time_s, memory_mb=self.memory_mb
+            program, stdin=test.stdin, timeout_s=self.timeout_s, cpu_time_s=self.cpu_time_s, memory_mb=self.memory_mb,
+            isolation=self.isolation,
         )
         if not result.ok:
             return CodeTestOutcome(False, result.status)
