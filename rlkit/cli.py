@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlkit", description="RLHF/RLVR post-training with pluggable regularizers.")
     p.add_argument("--version", action="version", version=f"rlkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run a recipe (SFT warm start + GRPO through Ray)",
+    train = sub.add_parser("train", help="run a recipe (SFT warm start + GRPO, PPO or DPO)",
                            description="Run a training recipe. Overrides use dotted keys: grpo.steps=10 "
                                        "regularizers=js output_dir=runs/js")
     train.add_argument("recipe", help="path to a recipe YAML file (see recipes/)")
@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from the last complete checkpoint in <output_dir>/checkpoints "
                             "(same as resume=true)")
+    train.add_argument("--allow-recipe-change", action="store_true",
+                       help="with --resume: continue even if training-defining keys (batch shape, algorithm, "
+                            "regularizers, ...) changed since the checkpoint; the changes are printed")
     check = sub.add_parser("check", help="validate a recipe (and its overrides) without running it",
                            description="Validate the schema, then what a run would read first, creating and "
                                        "downloading nothing: local model directories (config.json), the first "
@@ -124,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from rlkit.config import load_recipe
 
-        recipe = load_recipe(args.recipe, args.overrides + (["resume=true"] if getattr(args, "resume", False) else []))
+        flags = (["resume=true"] if getattr(args, "resume", False) else []) + \
+            (["allow_recipe_change=true"] if getattr(args, "allow_recipe_change", False) else [])
+        recipe = load_recipe(args.recipe, args.overrides + flags)
         if args.command == "check":
             from rlkit.trainer.setup import check_recipe_sources
 

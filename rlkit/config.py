@@ -367,6 +367,8 @@ class Recipe(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     #: continue from the last complete checkpoint in ``<output_dir>/checkpoints`` (``rlkit train ... --resume``)
     resume: bool = False
+    #: with ``resume``: continue even when training-defining keys changed since the checkpoint (they are printed)
+    allow_recipe_change: bool = False
     #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
     sweep: SweepConfig | None = None
 

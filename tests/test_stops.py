@@ -246,7 +246,7 @@ def test_checkpoint_problem_reads_safetensors_headers_without_a_size_manifest(tm
     assert checkpoint_problem(ck) is None
     marker = json.loads((ck / "COMPLETE").read_text())
     assert marker["sizes"]["model.safetensors"] == (ck / "model.safetensors").stat().st_size
-    del marker["sizes"]
+    del marker["sizes"], marker["sha256"]  # a marker written before sizes and hashes were recorded
     (ck / "COMPLETE").write_text(json.dumps(marker))
     assert checkpoint_problem(ck) is None
     size = (ck / "model.safetensors").stat().st_size
@@ -266,8 +266,8 @@ def test_resume_refuses_a_recipe_change_that_invalidates_the_saved_state(trained
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert err == (f"rlkit: error: grpo.group_size: is 4 but {out / 'checkpoints' / 'step_000004'} was trained "
-                   "with 2; --resume continues a run only with the same value (restore it, or start a new "
-                   "output_dir)"), err
+                   "with 2; --resume continues a run only with the same values (restore them, start a new "
+                   "output_dir, or pass --allow-recipe-change)"), err
     assert (out / "recipe.yaml").read_text() == recipe_yaml  # nothing in out/ was touched
     assert _steps(out) == [1, 2, 3, 4]
 
@@ -318,3 +318,46 @@ def test_harmless_changes_and_equivalent_specs_resume(tmp_path):
                   ["regularizers=kl_k3"]):
         check_resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", [*base, *extra]), saved, tmp_path)
     check_resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", base), None, tmp_path)  # older checkpoint
+
+
+def test_a_changed_file_of_the_same_size_is_caught_by_its_hash(tmp_path, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.utils.checkpoint import checkpoint_problem, file_sha256, save_hf_checkpoint
+
+    ck = save_hf_checkpoint(AutoModelForCausalLM.from_pretrained(tiny_dir), None, tmp_path / "step_000002",
+                            extra_files={"trainer_state.json": '{"step": 2}'})
+    marker = json.loads((ck / "COMPLETE").read_text())
+    assert marker["sha256"]["model.safetensors"] == file_sha256(ck / "model.safetensors")
+    assert checkpoint_problem(ck) is None
+    f = ck / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte inside the last tensor: same size, headers still consistent
+    f.write_bytes(bytes(data))
+    assert checkpoint_problem(ck) == "model.safetensors: its content changed since it was saved (SHA-256 differs)"
+
+
+def test_every_changed_key_is_listed_and_allow_recipe_change_lets_the_resume_through(tmp_path, capsys):
+    from rich.console import Console
+
+    from rlkit._config import ConfigError
+    from rlkit.config import load_recipe
+    from rlkit.trainer.faults import check_resume_recipe, resume_recipe
+
+    base = ["sft.enabled=false", "grpo.prompts_per_step=2", "grpo.group_size=2"]
+    saved = json.loads(json.dumps(resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", base))))
+    changes = ["grpo.group_size=4", "grpo.learning_rate=0.01", "seed=3"]
+    with pytest.raises(ConfigError) as err:
+        check_resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", [*base, *changes]), saved, tmp_path)
+    assert "also changed: " in str(err.value) and "seed" in str(err.value) and "grpo.learning_rate" in str(err.value)
+    allowed = load_recipe(ROOT / "recipes/quickstart.yaml", [*base, *changes, "allow_recipe_change=true"])
+    got = check_resume_recipe(allowed, saved, tmp_path, Console(force_terminal=False))
+    assert sorted(got) == ["grpo.group_size", "grpo.learning_rate", "seed"]
+    assert "grpo.group_size 2 -> 4" in capsys.readouterr().out
+
+
+def test_allow_recipe_change_flag_reaches_the_recipe():
+    from rlkit.cli import _parser
+
+    args = _parser().parse_args(["train", "recipes/quickstart.yaml", "--resume", "--allow-recipe-change"])
+    assert args.resume and args.allow_recipe_change

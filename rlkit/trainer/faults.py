@@ -119,7 +119,7 @@ def find_resume_point(recipe, out: Path, console) -> Path | None:
     for ck in reversed(found):
         problem = checkpoint_problem(ck)
         if problem is None:
-            check_resume_recipe(recipe, read_state(ck)["driver"].get("recipe"), ck)
+            check_resume_recipe(recipe, read_state(ck)["driver"].get("recipe"), ck, console)
             return ck
         console.print(f"resume: skipping {ck}: {problem}")
         bad.append(f"{ck.name} ({problem})")
@@ -164,12 +164,13 @@ def _leaves(value, path: str) -> dict:
     return {path: value}
 
 
-def check_resume_recipe(recipe, saved: dict | None, ck: Path) -> None:
-    """Refuse to resume ``ck`` when a :data:`RESUME_KEYS` value differs from the one it was saved with: a
-    :class:`ConfigError` naming the first changed key (its leaf, e.g. ``regularizers[0].coef``) and both values.
-    Checkpoints written before the recipe was stored (``saved`` None) are not checked."""
+def check_resume_recipe(recipe, saved: dict | None, ck: Path, console=None) -> list[str]:
+    """Refuse to resume ``ck`` when :data:`RESUME_KEYS` values differ from the ones it was saved with: a
+    :class:`ConfigError` listing every changed key (its leaf, e.g. ``regularizers[0].coef``), the first with both
+    values. With ``allow_recipe_change`` (``--allow-recipe-change``) the changes are printed and allowed. Returns the
+    changed keys. Checkpoints written before the recipe was stored (``saved`` None) are not checked."""
     if saved is None:
-        return
+        return []
     from rlkit._config import ConfigError
 
     now = resume_recipe(recipe)
@@ -178,13 +179,20 @@ def check_resume_recipe(recipe, saved: dict | None, ck: Path) -> None:
     old = {k: v for key in saved for k, v in _leaves(saved[key], key).items()}
     new = {k: v for key in now for k, v in _leaves(now[key], key).items()}
     changed = [k for k in {**old, **new} if old.get(k, "<unset>") != new.get(k, "<unset>")]
-    if changed:
-        key = changed[0]
-        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" \
-            if len(changed) > 1 else ""
-        raise ConfigError(key, f"is {new.get(key, '<unset>')!r} but {ck} was trained with "
-                               f"{old.get(key, '<unset>')!r}{more}; --resume continues a run only with the same "
-                               f"value (restore it, or start a new output_dir)")
+    if not changed:
+        return []
+    key = changed[0]
+    listed = ", ".join(changed[1:10]) + (f", ... ({len(changed) - 10} more)" if len(changed) > 10 else "")
+    more = f" (also changed: {listed})" if len(changed) > 1 else ""
+    if getattr(recipe, "allow_recipe_change", False):
+        if console is not None:
+            console.print(f"resume: recipe changed since {ck.name} (allowed by --allow-recipe-change): "
+                          + ", ".join(f"{k} {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+                                      for k in changed))
+        return changed
+    raise ConfigError(key, f"is {new.get(key, '<unset>')!r} but {ck} was trained with "
+                           f"{old.get(key, '<unset>')!r}{more}; --resume continues a run only with the same "
+                           f"values (restore them, start a new output_dir, or pass --allow-recipe-change)")
 
 
 def last_checkpoint(out: Path) -> str:

@@ -205,8 +205,9 @@ def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
         _fsync_tree(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         sizes = {f: (tmp / f).stat().st_size for f in files}  # checked on resume: a truncated file is refused
+        hashes = {f: file_sha256(tmp / f) for f in files}  # and a changed one
         marker = tmp / COMPLETE_MARKER
-        marker.write_text(json.dumps({"files": files, "sizes": sizes}) + "\n", encoding="utf-8")
+        marker.write_text(json.dumps({"files": files, "sizes": sizes, "sha256": hashes}) + "\n", encoding="utf-8")
         _fsync_path(marker)
         _fsync_path(tmp)
     except BaseException:
@@ -286,9 +287,20 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, hex, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why a checkpoint directory with a ``COMPLETE`` marker cannot be trusted, or ``None``: every file the marker
-    lists must exist with the size it records (markers written before sizes were recorded: existence only), every
+    lists must exist with the size and SHA-256 it records (older markers: the size only, or existence only), every
     ``*.safetensors`` file must be consistent (:func:`safetensors_problem`; an empty ``optimizer.safetensors``
     stands for no optimizer tensors) and every ``*.json`` file must parse. Reads the headers only, never the
     tensors."""
@@ -304,6 +316,10 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
             return f"{rel}: missing"
         if rel in sizes and f.stat().st_size != sizes[rel]:
             return f"{rel}: {f.stat().st_size} bytes, {sizes[rel]} when it was saved"
+    hashes = marker.get("sha256") or {}
+    for rel in marker.get("files", []):
+        if rel in hashes and file_sha256(path / rel) != hashes[rel]:
+            return f"{rel}: its content changed since it was saved (SHA-256 differs)"
     for f in sorted(path.rglob("*.safetensors")):
         if f.name == "optimizer.safetensors" and f.stat().st_size == 0:  # b"": an optimizer without tensor state
             continue
