@@ -361,3 +361,19 @@ def test_allow_recipe_change_flag_reaches_the_recipe():
 
     args = _parser().parse_args(["train", "recipes/quickstart.yaml", "--resume", "--allow-recipe-change"])
     assert args.resume and args.allow_recipe_change
+
+
+def test_checkpoint_directories_get_the_mode_a_plain_mkdir_would(tmp_path, tiny_dir):
+    """final/ and checkpoints/step_N are made by renaming a temporary directory: it must not stay 0700 while
+    every other output is readable by the group."""
+    import stat
+
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.utils.checkpoint import save_hf_checkpoint
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ck = save_hf_checkpoint(AutoModelForCausalLM.from_pretrained(tiny_dir), None, tmp_path / "final")
+    (tmp_path / "plain").mkdir()
+    assert stat.S_IMODE(ck.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)

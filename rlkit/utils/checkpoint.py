@@ -190,6 +190,7 @@ def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the directory the mode a plain mkdir would
     try:
         save_kwargs = {}
         if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
