@@ -35,7 +35,7 @@ import time
 from _common import max_rss_mb, rss_mb, run_worker, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 
-def make_data(a, step: int, ref_logits) -> dict:
+def make_data(a, step: int, ref_logits):
     import torch
 
     g = torch.Generator().manual_seed(a.seed * 1000 + step)
@@ -44,12 +44,12 @@ def make_data(a, step: int, ref_logits) -> dict:
                for _ in range(a.group)]
     comps = torch.randint(6, a.vocab, (a.batch, a.completion_len), generator=g).tolist()
     scores = [float(s) for s in (torch.rand(a.batch, generator=g) < 0.5).tolist()]
-    ref = {"logprobs": -torch.rand(a.batch, a.completion_len, generator=g) * 3 - 8}
-    if ref_logits is not None:
-        ref["logits"] = ref_logits
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores,
-            "correct": [s > 0 for s in scores], "rollout_logprobs": [[-10.0] * a.completion_len for _ in comps],
-            "refs": {"initial": ref}}
+    from rlkit.types import ReferenceOutput, TrainBatch
+
+    ref = ReferenceOutput(logprobs=-torch.rand(a.batch, a.completion_len, generator=g) * 3 - 8, logits=ref_logits)
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores,
+                      correct=[s > 0 for s in scores], rollout_logprobs=[[-10.0] * a.completion_len for _ in comps],
+                      refs={"initial": ref})
 
 
 def regularizers(name: str) -> list:

@@ -35,7 +35,7 @@ import time
 from _common import max_rss_mb, rss_mb, run_worker, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 
-def make_data(tok, step: int, prompts: int, group: int, length: int, seed: int) -> dict:
+def make_data(tok, step: int, prompts: int, group: int, length: int, seed: int):
     import random
 
     rng = random.Random(seed * 1000 + step)
@@ -48,8 +48,10 @@ def make_data(tok, step: int, prompts: int, group: int, length: int, seed: int) 
             ps.append(p)
             cs.append([rng.choice(digits) for _ in range(length)])
     scores = [float(rng.random() < 0.5) for _ in cs]
-    return {"step": step, "prompt_ids": ps, "completion_ids": cs, "scores": scores,
-            "correct": [s > 0 for s in scores], "rollout_logprobs": [[-2.3] * length for _ in cs]}
+    from rlkit.types import TrainBatch
+
+    return TrainBatch(step=step, prompt_ids=ps, completion_ids=cs, scores=scores, correct=[s > 0 for s in scores],
+                      rollout_logprobs=[[-2.3] * length for _ in cs])
 
 
 def worker(a) -> dict:
@@ -72,8 +74,10 @@ def worker(a) -> dict:
     for step in range(a.steps):
         data = make_data(learner.tokenizer, step, a.prompts, a.group, a.completion_len, a.seed)
         if lora is None:  # in a real run a ReferenceWorker sends these; their values do not change the memory
-            data["refs"] = {"initial": {"logprobs": torch.full((len(data["completion_ids"]), a.completion_len),
-                                                               -2.3)}}
+            from rlkit.types import ReferenceOutput
+
+            data.refs = {"initial": ReferenceOutput(logprobs=torch.full((len(data.completion_ids), a.completion_len),
+                                                                        -2.3))}
         t0 = time.perf_counter()
         learner.train_step(data)
         times.append(time.perf_counter() - t0)

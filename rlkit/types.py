@@ -7,7 +7,8 @@ tensor fields (reference outputs) are typed ``Any``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -30,8 +31,8 @@ class RolloutBatch:
         if len(comps) != n * len(rows):
             raise ValueError(f"{len(comps)} completions for {len(rows)} prompts x {n} samples")
         return cls(rows=rows, prompt_ids=[c["prompt_ids"] for c in comps],
-                   completion_ids=[c["token_ids"] for c in comps], texts=[c["text"] for c in comps], logprobs=[c["logprobs"] for c in comps],
-                   group=[i for i in range(len(rows)) for _ in range(n)])
+                   completion_ids=[c["token_ids"] for c in comps], texts=[c["text"] for c in comps],
+                   logprobs=[c["logprobs"] for c in comps], group=[i for i in range(len(rows)) for _ in range(n)])
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -63,3 +64,57 @@ class ScoredBatch:
         out = {f"reward/{k}": sum(v) / len(v) for k, v in self.components.items()}
         out.update({f"reward/failures/{k}": float(v) for k, v in self.failures.items()})
         return out
+
+
+@dataclass
+class ReferenceOutput:
+    """A reference model's outputs on a batch's completions (:meth:`rlkit.workers.reference.ReferenceWorker.compute`):
+    ``logprobs`` ``[B, T]`` of the completion tokens at the sampling temperature, always; for exact divergences
+    either ``logits`` ``[B, T, V]`` (divided by the temperature) or ``hidden`` ``[B, T, H]``, the final hidden states
+    whose lm_head output those logits are, with ``head_version``. ``head`` (``{"weight", "bias", "version",
+    "temperature"}``) travels with the first batch of each head version only; the learner keeps it."""
+
+    logprobs: Any
+    logits: Any = None
+    hidden: Any = None
+    head_version: int | None = None
+    head: dict | None = None
+
+    @classmethod
+    def from_dict(cls, out: dict) -> ReferenceOutput:
+        """From a reference worker's ``compute`` (a dict with those keys)."""
+        return cls(logprobs=out["logprobs"], logits=out.get("logits"), hidden=out.get("hidden"),
+                   head_version=out.get("head_version"), head=out.get("head"))
+
+
+@dataclass
+class RehearsalBatch:
+    """DPH-RL rehearsal rows of a step (:meth:`rlkit.trainer.rehearsal.RehearsalSet.batch`): stored responses of the
+    initial policy with their ``log pi_0`` per completion token (``ref_logprobs``) and the index of their prompt
+    among the training prompts (``prompts``, for inspection; the learner does not read it)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    ref_logprobs: list[list[float]]
+    prompts: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainBatch:
+    """One learner step's input (``train_step``). Per completion: prompt and completion token ids, the reward total
+    (``scores``), whether it is correct, the rollout engine's log-probs, and ``group``, the prompt it answers (GRPO
+    groups are ``group_size`` consecutive rows; the learner checks that ``group`` says so). ``refs``: the reference
+    outputs by reference key; ``rehearsal``: DPH-RL's stored rows, trained on by their divergence only."""
+
+    step: int
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    scores: list[float]
+    correct: list
+    rollout_logprobs: list[list[float]]
+    refs: dict[str, ReferenceOutput] = field(default_factory=dict)
+    rehearsal: RehearsalBatch | None = None
+    group: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)

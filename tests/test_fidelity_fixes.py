@@ -4,6 +4,7 @@ version, the Lp-Reg recipe's clip range. Each check is against an independent co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from rlkit.functional import aggregate, clipped_surrogate, dads_weights, paced_w
 from rlkit.objectives import grpo_loss
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.regularizers.weighting import DadsWeighting
+from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.learner import LearnerCore
 from rlkit.workers.learner_group import loss_share
 
@@ -159,10 +161,10 @@ def _data(B=4, step=0):
     g = torch.Generator().manual_seed(0)
     comps = [torch.randint(6, 20, (1 + i % 3,), generator=g).tolist() for i in range(B)]
     T = max(len(c) for c in comps)
-    return {"step": step, "prompt_ids": [[7, 8, 9]] * B, "completion_ids": comps,
-            "scores": [float(i % 2) for i in range(B)], "correct": [float(i % 2) for i in range(B)],
-            "rollout_logprobs": [[-2.0] * len(c) for c in comps],
-            "refs": {"initial": {"logprobs": torch.full((B, T), -2.1)}}}
+    return TrainBatch(step=step, prompt_ids=[[7, 8, 9]] * B, completion_ids=comps,
+                      scores=[float(i % 2) for i in range(B)], correct=[float(i % 2) for i in range(B)],
+                      rollout_logprobs=[[-2.0] * len(c) for c in comps],
+                      refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.1))})
 
 
 # --------------------------------------------------------------------------------------------------- KDRL
@@ -207,7 +209,7 @@ def test_learner_puts_correct_into_the_batch(tiny_dir):
     regs = [{"name": "kl", "estimator": "k3", "coef": 0.1, "weighting": {"type": "constant", "only_incorrect": True}}]
     core = LearnerCore(tiny_dir, {"learning_rate": 1e-4, "group_size": 2, "clip_low": 0.2, "clip_high": 0.28,
                                   "aggregation": "token-mean"}, regs)
-    data = {**_data(), "correct": [0.0, 0.0, 0.0, 1.0]}
+    data = dataclasses.replace(_data(), correct=[0.0, 0.0, 0.0, 1.0])
     m = core.train_step(data)
     assert m["kl_k3/weight_mean"] == pytest.approx(0.75)  # one correct sample of four is masked
 

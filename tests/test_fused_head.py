@@ -13,6 +13,7 @@ from conftest import LargestOutput as _LargestOutput
 
 from rlkit.fused_head import completion_hidden, fused_head_agrees, linear_token_logprobs
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
+from rlkit.types import ReferenceOutput, TrainBatch
 
 B, T, H, V = 3, 5, 8, 23
 
@@ -202,11 +203,11 @@ def _data(step, vocab, with_ref_logits, rows=8, lengths=(3, 12)):
                for _ in range(4)]
     comps = [torch.randint(5, 40, (n,), generator=g).tolist() for n in lens]
     scores = [float(i % 2) for i in range(rows)]
-    ref = {"logprobs": -torch.rand(rows, max(lens), generator=g) * 3}
+    ref = ReferenceOutput(logprobs=-torch.rand(rows, max(lens), generator=g) * 3)
     if with_ref_logits:  # already divided by the temperature, as the reference worker sends them
-        ref["logits"] = torch.randn(rows, max(lens), vocab, generator=g) * 2
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores, "correct": scores,
-            "rollout_logprobs": [(-torch.rand(n, generator=g)).tolist() for n in lens], "refs": {"initial": ref}}
+        ref.logits = torch.randn(rows, max(lens), vocab, generator=g) * 2
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
+                      rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens], refs={"initial": ref})
 
 
 @pytest.fixture(scope="module")
@@ -307,8 +308,8 @@ def test_fused_learner_never_materialises_batch_logits(tmp_path):
     for fused in (True, False):
         core = LearnerCore(path, {**GRPO, "fused_head": fused}, REGS["forward_kl"])
         data = _data(0, 6000, True, rows=16, lengths=(20, 41))  # B x T > the chunk (256 positions)
-        n_bt = len(data["completion_ids"]) * max(len(c) for c in data["completion_ids"])
-        mode = _LargestOutput([data["refs"]["initial"]["logits"]])
+        n_bt = len(data.completion_ids) * max(len(c) for c in data.completion_ids)
+        mode = _LargestOutput([data.refs["initial"].logits])
         with mode:
             core.train_step(data)
         largest[fused] = mode.largest

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rlkit.config import GRPOConfig
+from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.learner_group import loss_share, merge_metrics, shard_batch, shard_rows
 
 ray = pytest.importorskip("ray")
@@ -30,7 +31,7 @@ def _grpo(**kw) -> dict:
     return GRPOConfig(group_size=GROUP, prompts_per_step=PROMPTS, learning_rate=1e-3, **kw).model_dump()
 
 
-def _batch(step: int, vocab: int) -> dict:
+def _batch(step: int, vocab: int) -> TrainBatch:
     """A synthetic train-step batch. Groups 0-1 (worker 0's shard) have long completions, groups 2-3 (worker 1's)
     short ones: the shards hold very different token counts."""
     g = torch.Generator().manual_seed(100 + step)
@@ -46,9 +47,9 @@ def _batch(step: int, vocab: int) -> dict:
     ref = torch.zeros(B, T)
     for i, n in enumerate(lens):
         ref[i, :n] = -torch.rand(n, generator=g) * 3
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores.tolist(),
-            "correct": scores.tolist(), "rollout_logprobs": [(-torch.rand(n, generator=g)).tolist() for n in lens],
-            "refs": {"initial": {"logprobs": ref}}}
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores.tolist(),
+                      correct=scores.tolist(), rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
+                      refs={"initial": ReferenceOutput(logprobs=ref)})
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
@@ -70,10 +71,10 @@ def test_shard_rows_keeps_groups_whole_and_matches_minibatches():
 def test_shard_batch_cuts_reference_tensors_to_the_shard_length():
     data = _batch(0, 40)
     short = shard_batch(data, list(range(8, 16)))
-    T = max(len(c) for c in short["completion_ids"])
-    assert short["refs"]["initial"]["logprobs"].shape == (8, T)
-    assert torch.equal(short["refs"]["initial"]["logprobs"], data["refs"]["initial"]["logprobs"][8:, :T])
-    assert short["scores"] == data["scores"][8:] and short["step"] == 0
+    T = max(len(c) for c in short.completion_ids)
+    assert short.refs["initial"].logprobs.shape == (8, T)
+    assert torch.equal(short.refs["initial"].logprobs, data.refs["initial"].logprobs[8:, :T])
+    assert short.scores == data.scores[8:] and short.step == 0
 
 
 def test_loss_shares_make_the_global_normalizer():
@@ -186,7 +187,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(runs):
     group = runs["group"]
     before = ray.get([w.parameters_digest.remote() for w in group.workers])
     data = _batch(STEPS, runs["vocab"])
-    data["refs"]["initial"]["logprobs"][8:] = float("nan")  # only worker 1's shard
+    data.refs["initial"].logprobs[8:] = float("nan")  # only worker 1's shard
     m = ray.get(group.train_step.remote(data))
     assert m["skipped_updates"] == 1.0 and m["nonfinite/loss"] == 1.0
     after = ray.get([w.parameters_digest.remote() for w in group.workers])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlkit.modeling import collate, completion_logits, token_logprobs
+from rlkit.types import TrainBatch
 
 LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"}
 GRPO = {"learning_rate": 1e-2, "group_size": 4, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean"}
@@ -19,12 +20,12 @@ def _batch_data(tok, step=0):
              "<answer>7</answer>", "<answer>7</answer>", "<answer>8</answer>", "<answer>77</answer>"]
     comps = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
     scores = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores,
-            "correct": [s > 0 for s in scores], "rollout_logprobs": [[-1.0] * len(c) for c in comps]}
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores,
+                      correct=[s > 0 for s in scores], rollout_logprobs=[[-1.0] * len(c) for c in comps])
 
 
 def _logprobs(model, data, temperature=1.0):
-    batch = collate(data["prompt_ids"], data["completion_ids"], 0)
+    batch = collate(data.prompt_ids, data.completion_ids, 0)
     with torch.no_grad():
         return token_logprobs(completion_logits(model.eval(), batch, temperature), batch["completion_ids"])
 
@@ -70,7 +71,7 @@ def test_disabled_adapter_logprobs_equal_base_model(lora_learner):
     learner = lora_learner
     _perturb_adapters(learner.model)
     data = _batch_data(learner.tokenizer)
-    ref = learner.compute(data["prompt_ids"], data["completion_ids"], want_logits=True)
+    ref = learner.compute(data.prompt_ids, data.completion_ids, want_logits=True)
     base_lp = _logprobs(build_tiny_model(0), data)  # an independent copy of the base weights
     policy_lp = _logprobs(copy.deepcopy(learner.model), data)
     assert torch.allclose(ref["logprobs"], base_lp, atol=1e-6)

@@ -1,6 +1,7 @@
 """PPO: GAE, the critics, the PPO learner (one step, adaptive KL in the reward, checkpoints) and both PPO recipes
 end to end through the CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from rlkit.advantages import gae_advantages, group_advantages
 from rlkit.config import PPOConfig, load_recipe
 from rlkit.modeling import collate
+from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.learner import LearnerCore
 from rlkit.workers.ppo_learner import CRITIC_FILE, PPOLearnerCore, SeparateCritic, ValueHead
 
@@ -62,10 +64,10 @@ def _data(B=6, step=0, ref_shift=0.1, seed=0):
     prompts = [[7, 8, 9][: 1 + i % 3] for i in range(B)]
     comps = [torch.randint(6, 20, (1 + i % 4,), generator=g).tolist() for i in range(B)]
     T = max(len(c) for c in comps)
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps,
-            "scores": [float(i % 2) for i in range(B)], "correct": [float(i % 2) for i in range(B)],
-            "rollout_logprobs": [[-2.0] * len(c) for c in comps],
-            "refs": {"initial": {"logprobs": torch.full((B, T), -2.0 - ref_shift)}}}
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps,
+                      scores=[float(i % 2) for i in range(B)], correct=[float(i % 2) for i in range(B)],
+                      rollout_logprobs=[[-2.0] * len(c) for c in comps],
+                      refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.0 - ref_shift))})
 
 
 def _core(tiny_dir, regs="kl_reward", **cfg):
@@ -90,7 +92,7 @@ def test_critic_values_shape_and_positions(tiny_dir, critic):
     torch.nn.init.normal_(core.critic.head.weight, std=0.5)
     torch.nn.init.constant_(core.critic.head.bias, 0.3)
     d = _data()
-    batch = collate(d["prompt_ids"], d["completion_ids"], core.pad_id)
+    batch = collate(d.prompt_ids, d.completion_ids, core.pad_id)
     with torch.no_grad():
         values = core.critic(batch)
         # the separate critic starts as a copy of the initial model, i.e. of the policy at step 0
@@ -114,9 +116,9 @@ def test_ppo_advantages_are_gae_on_token_rewards(tiny_dir):
     core = _core(tiny_dir, whiten_advantages=False, gamma=0.9, lam=0.8)
     torch.nn.init.normal_(core.critic.head.weight, std=0.5)
     d = _data()
-    batch = collate(d["prompt_ids"], d["completion_ids"], core.pad_id)
+    batch = collate(d.prompt_ids, d.completion_ids, core.pad_id)
     mask = batch["completion_mask"]
-    scores = torch.tensor(d["scores"])
+    scores = torch.tensor(d.scores)
     penalty = 0.05 * torch.rand(mask.shape) * mask
     adv = core._advantages(scores, penalty, batch)
     with torch.no_grad():
@@ -149,7 +151,7 @@ def test_one_step_updates_policy_and_critic(tiny_dir, critic):
 def test_value_loss_falls_on_a_repeated_batch(tiny_dir):
     core = _core(tiny_dir, critic_learning_rate=3e-2, learning_rate=1e-6, lam=1.0)  # fixed returns
     d = _data()
-    losses = [core.train_step({**d, "step": s})["loss/value"] for s in range(6)]
+    losses = [core.train_step(dataclasses.replace(d, step=s))["loss/value"] for s in range(6)]
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -13,6 +13,7 @@ from rlkit.fused_head import completion_hidden
 from rlkit.modeling import collate, completion_logits, token_logprobs
 from rlkit.models.tiny import build_tiny_model, save_tiny
 from rlkit.prefix import SharedPrefix, prompt_groups, shared_prefix_agrees
+from rlkit.types import ReferenceOutput, TrainBatch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,9 +138,9 @@ def learner_data(step, rows=16):
                                          generator=g).tolist() for _ in range(rows // 4)) for _ in range(4)]
     comps = [torch.randint(5, 40, (n,), generator=g).tolist() for n in lens]
     scores = [float(i % 3 == 0) for i in range(rows)]
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores, "correct": scores,
-            "rollout_logprobs": [(-torch.rand(n, generator=g)).tolist() for n in lens],
-            "refs": {"initial": {"logprobs": -torch.rand(rows, max(lens), generator=g) * 3}}}
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
+                      rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
+                      refs={"initial": ReferenceOutput(logprobs=-torch.rand(rows, max(lens), generator=g) * 3)})
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,6 @@ def test_reference_worker_scores_equal_with_and_without_shared_prefix(tiny_dir):
     cls = actor_class(ReferenceWorker)
     data = learner_data(0)
     outs = [cls("initial", [tiny_dir], temperature=0.7, shared_prefix=s).compute(
-        data["prompt_ids"], data["completion_ids"], want_logits=True) for s in (False, True)]
+        data.prompt_ids, data.completion_ids, want_logits=True) for s in (False, True)]
     for key in ("logprobs", "logits"):
         torch.testing.assert_close(outs[1][key], outs[0][key], rtol=0, atol=2e-5)

@@ -12,6 +12,7 @@ import torch
 from rlkit.divergences import f_divergence
 from rlkit.models.tiny import save_tiny
 from rlkit.regularizers import PolicyBatch
+from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.local import actor_class
 from rlkit.workers.reference import ReferenceWorker
 
@@ -99,9 +100,9 @@ def learner_data(step, ref, prompts, comps, form):
     g = torch.Generator().manual_seed(30 + step)
     out = ref.compute(prompts, comps, want_logits=form == "logits", hidden=form == "hidden")
     scores = [float(i % 3 == 0) for i in range(len(comps))]
-    return {"step": step, "prompt_ids": prompts, "completion_ids": comps, "scores": scores, "correct": scores,
-            "rollout_logprobs": [(-torch.rand(len(c), generator=g)).tolist() for c in comps],
-            "refs": {"initial": out}}
+    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
+                      rollout_logprobs=[(-torch.rand(len(c), generator=g)).tolist() for c in comps],
+                      refs={"initial": ReferenceOutput.from_dict(out)})
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -116,14 +117,14 @@ def test_learner_steps_agree_with_reference_hidden_or_logits_and_cache_the_head(
         prompts, comps = batch_ids(seed=step)
         data = {f: learner_data(step, ref, prompts, comps, f) for f in ("hidden", "logits")}
         if step == 0:  # the driver sends the head with the first batch of its version only
-            data["hidden"]["refs"]["initial"]["head"] = ref.head()
-        assert "logits" not in data["hidden"]["refs"]["initial"]
+            data["hidden"].refs["initial"].head = ref.head()
+        assert data["hidden"].refs["initial"].logits is None
         out = {f: cores[f].train_step(copy.deepcopy(data[f])) for f in data}
         for k in out["logits"]:
             assert out["hidden"][k] == pytest.approx(out["logits"][k], rel=1e-5, abs=1e-6), k
         assert out["hidden"]["forward_kl_exact/value"] > 0
     stale = learner_data(2, ref, prompts, comps, "hidden")
-    stale["refs"]["initial"]["head_version"] = 1
+    stale.refs["initial"].head_version = 1
     with pytest.raises(RuntimeError, match="reference 'initial' sent hidden states of lm_head version 1"):
         cores["hidden"].train_step(stale)
 

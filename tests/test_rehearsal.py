@@ -2,6 +2,7 @@
 learner step, the config checks, and `rlkit train recipes/grpo_dph.yaml` end to end in-process (GRPO rows from D_exp
 only, rehearsal rows from D_pef only, the pre-sampled set reused on --resume)."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from rlkit.config import load_recipe
 from rlkit.regularizers import build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 from rlkit.trainer.rehearsal import RehearsalSet, default_responses_per_step, rehearsal_indices, split_by_correctness
+from rlkit.types import RehearsalBatch, TrainBatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +55,8 @@ def test_rehearsal_set_batches_and_round_trips_json():
     again = RehearsalSet.from_json(json.loads(json.dumps(rs.to_json())))
     assert again == rs and rs.histogram(2) == "0/2: 1, 1/2: 1, 2/2: 2"
     b = rs.batch(step=1, per_step=3, seed=0)
-    assert len(b["completion_ids"]) == 3 and set(b["prompts"]) <= {0, 2}
-    assert all(len(c) == len(lp) for c, lp in zip(b["completion_ids"], b["ref_logprobs"]))
+    assert len(b.completion_ids) == 3 and set(b.prompts) <= {0, 2}
+    assert all(len(c) == len(lp) for c, lp in zip(b.completion_ids, b.ref_logprobs))
     assert RehearsalSet([], [0], [], 1, 0.0).batch(0, 3, 0) is None
     assert rs.metrics()["rehearsal/set_size"] == 2 and rs.metrics()["rehearsal/explore_size"] == 2
 
@@ -104,15 +106,15 @@ def test_learner_adds_the_rehearsal_gradient_of_coef_times_mean_forward_kl(tiny_
     tok = lambda n: torch.randint(6, 40, (n,), generator=g).tolist()  # noqa: E731
     prompts = [tok(4), tok(4), tok(3), tok(3)]
     comps = [tok(3), tok(5), tok(2), tok(4)]
-    data = {"step": 0, "prompt_ids": prompts, "completion_ids": comps, "scores": [1.0, 0.0, 0.0, 1.0],
-            "correct": [True, False, False, True], "rollout_logprobs": [[-1.0] * len(c) for c in comps], "refs": {}}
+    data = TrainBatch(step=0, prompt_ids=prompts, completion_ids=comps, scores=[1.0, 0.0, 0.0, 1.0],
+                      correct=[True, False, False, True], rollout_logprobs=[[-1.0] * len(c) for c in comps], refs={})
     r_prompts, r_comps = [tok(5), tok(3), tok(5)], [tok(4), tok(1), tok(6)]
     r_ref = [(-2.0 - torch.rand(len(c), generator=g)).tolist() for c in r_comps]
     start = {n: p.detach().clone() for n, p in learner.model.state_dict().items()}
 
     plain, _ = _learner_step_delta(learner, data, start)
-    with_reh, metrics = _learner_step_delta(learner, {**data, "rehearsal": {
-        "prompt_ids": r_prompts, "completion_ids": r_comps, "ref_logprobs": r_ref}}, start)
+    with_reh, metrics = _learner_step_delta(learner, dataclasses.replace(data, rehearsal=RehearsalBatch(
+        prompt_ids=r_prompts, completion_ids=r_comps, ref_logprobs=r_ref)), start)
 
     # independent: the model's own forward, log-softmax at the temperature, u - log u - 1 averaged over the tokens
     model = learner.model
@@ -189,7 +191,7 @@ E2E = ["ray.mode=inprocess", "sft.enabled=false", "grpo.steps=3", "grpo.prompts_
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Every learner step's data dict (in-process: the driver calls LearnerCore.train_step directly)."""
+    """Every learner step's TrainBatch (in-process: the driver calls LearnerCore.train_step directly)."""
     from rlkit.workers.learner import LearnerCore
 
     seen, original = [], LearnerCore.train_step
@@ -227,11 +229,11 @@ def test_grpo_dph_trains_on_d_exp_and_rehearses_d_pef(tmp_path, spy, monkeypatch
     pef_prompts = {tuple(r["prompt_ids"]) for r in cache["responses"]}
     assert len(spy) == 3
     for data in spy:  # GRPO rows from D_exp only; rehearsal rows from D_pef only, with their stored log pi_0
-        assert not {tuple(p) for p in data["prompt_ids"]} & pef_prompts
-        reh = data["rehearsal"]
-        assert set(reh["prompts"]) <= perfect and {tuple(p) for p in reh["prompt_ids"]} <= pef_prompts
+        assert not {tuple(p) for p in data.prompt_ids} & pef_prompts
+        reh = data.rehearsal
+        assert set(reh.prompts) <= perfect and {tuple(p) for p in reh.prompt_ids} <= pef_prompts
         stored = {(tuple(r["prompt_ids"]), tuple(r["completion_ids"])): r["ref_logprobs"] for r in cache["responses"]}
-        for p, c, lp in zip(reh["prompt_ids"], reh["completion_ids"], reh["ref_logprobs"]):
+        for p, c, lp in zip(reh.prompt_ids, reh.completion_ids, reh.ref_logprobs):
             assert stored[(tuple(p), tuple(c))] == lp
 
     # --resume: the pre-sampled set is loaded from the cache, never sampled again
@@ -245,6 +247,6 @@ def test_grpo_dph_trains_on_d_exp_and_rehearses_d_pef(tmp_path, spy, monkeypatch
     capsys.readouterr()
     assert main(["train", "recipes/grpo_dph.yaml", f"output_dir={out}", *E2E, "grpo.steps=4", "--resume"]) == 0
     assert "loaded the pre-sampled set" in capsys.readouterr().out
-    assert [d["step"] for d in spy] == [2, 3]
+    assert [d.step for d in spy] == [2, 3]
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3, 4]
-    assert all(not {tuple(p) for p in d["prompt_ids"]} & pef_prompts for d in spy)
+    assert all(not {tuple(p) for p in d.prompt_ids} & pef_prompts for d in spy)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from rlkit.config import Recipe
-from rlkit.types import RolloutBatch, ScoredBatch
+from rlkit.types import ReferenceOutput, RolloutBatch, ScoredBatch, TrainBatch
 from rlkit.utils.train_state import read_state
 from rlkit.workers.local import get
 
@@ -44,7 +44,7 @@ class StepBatch:
 
     rollout: RolloutBatch
     scored: ScoredBatch
-    refs: dict
+    refs: dict[str, ReferenceOutput]
     t_gen: float
     t_score: float
 
@@ -301,31 +301,31 @@ class OnlineTrainer:
         return ScoredBatch(totals=scored["totals"], components=scored["components"],
                            failures=scored.get("failures", {}), correct=correctness(scored["components"]))
 
-    def reference(self, rollout: RolloutBatch, keys) -> dict:
+    def reference(self, rollout: RolloutBatch, keys) -> dict[str, ReferenceOutput]:
         """The outputs of references ``keys`` on the completions, each in the form the plan says; the calls run at
         the same time in their actors."""
         send = self.plan.sends
         futures = {k: self.references[k].compute.remote(rollout.prompt_ids, rollout.completion_ids,
                                                         send(k) == "logits", hidden=send(k) == "hidden") for k in keys}
-        return {k: get(f) for k, f in futures.items()}
+        return {k: ReferenceOutput.from_dict(get(f)) for k, f in futures.items()}
 
     def train(self, step: int, batch: StepBatch) -> dict:
         """One learner step on the batch (plus the step's rehearsal rows); returns its metrics."""
         self._send_heads(batch.refs)
         ro, scored = batch.rollout, batch.scored
-        data = {"step": step, "prompt_ids": ro.prompt_ids, "completion_ids": ro.completion_ids,
-                "scores": scored.totals, "correct": scored.correct, "rollout_logprobs": ro.logprobs,
-                "refs": batch.refs}
-        if self.reh is not None and (rows := self.reh.batch(step, self.reh_per_step, self.recipe.seed)):
-            data["rehearsal"] = rows  # stored pi_0 responses: only their divergence is trained on
+        # rehearsal: stored pi_0 responses, only their divergence is trained on
+        rehearsal = self.reh.batch(step, self.reh_per_step, self.recipe.seed) if self.reh is not None else None
+        data = TrainBatch(step=step, prompt_ids=ro.prompt_ids, completion_ids=ro.completion_ids, scores=scored.totals,
+                          correct=scored.correct, rollout_logprobs=ro.logprobs, refs=batch.refs, rehearsal=rehearsal,
+                          group=ro.group)
         return learner_call(self.learner.train_step.remote(data), step, self.out)
 
-    def _send_heads(self, refs: dict) -> None:
+    def _send_heads(self, refs: dict[str, ReferenceOutput]) -> None:
         """Hidden-state references: their lm_head goes with the first batch of each version."""
         for k, r in refs.items():
-            if "hidden" in r and self.heads_sent.get(k) != r["head_version"]:
-                r["head"] = get(self.references[k].head.remote())
-                self.heads_sent[k] = r["head_version"]
+            if r.hidden is not None and self.heads_sent.get(k) != r.head_version:
+                r.head = get(self.references[k].head.remote())
+                self.heads_sent[k] = r.head_version
 
     def log(self, step: int, batch: StepBatch, metrics: dict, t_step: float, t_wait: float) -> None:
         metrics.update(batch.scored.metrics())

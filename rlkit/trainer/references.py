@@ -1,4 +1,5 @@
-"""Driver-side reference set-up: teacher models (KDRL) and reference refresh (TR-DPO).
+"""Driver-side reference set-up: teacher models (KDRL). Which references a run serves, and in what form:
+:mod:`rlkit.trainer.reference_plan`; their TR-DPO refresh after each step: :mod:`rlkit.trainer.weight_sync`.
 
 Teacher (KDRL-style distillation toward a stronger model, regularizer ``{reference: {type: teacher, model: ...}}``):
 ``model`` is a path / hub id, or ``sft:tiny``: the job trains the teacher itself as an SFT warm start (TRL, the
@@ -133,25 +134,3 @@ def check_same_vocabulary(policy_path: str, teacher_path: str, key: str) -> None
     if tw is not None and pw is not None and tw != pw:
         raise ConfigError(key, f"the teacher {teacher_path!r} has vocab_size {tw}, the policy {pw}: their logits "
                                "cannot be compared token by token")
-
-
-def refresh_references(references: dict, specs: dict, step: int, weights) -> list[str]:
-    """TR-DPO refresh: after optimizer step ``step``, every reference whose spec has ``refresh_every`` dividing
-    ``step`` moves toward the policy, ``theta_ref <- (1 - a) theta_ref + a theta`` with ``a = refresh_rate``
-    (default 1). ``weights``: the learner's weights (an object ref), or a function making them, called only when a
-    reference is due (in-process mode: ``learner.get_weights.remote``). Returns the refreshed keys.
-
-    Not saved in checkpoints: a resumed run, or a reference actor restarted by Ray, starts again from the
-    reference's original weights."""
-    from rlkit.workers.local import get
-
-    done = []
-    for key, worker in references.items():
-        spec = specs.get(key) or {}
-        every = spec.get("refresh_every")
-        if every and step % every == 0:
-            if callable(weights):
-                weights = get(weights())
-            get(worker.refresh.remote(weights, spec.get("refresh_rate") or 1.0))
-            done.append(key)
-    return done

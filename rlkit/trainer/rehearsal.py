@@ -47,6 +47,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlkit.types import RehearsalBatch
+
 CACHE_FILE = Path("rehearsal") / "presample.json"
 
 
@@ -110,14 +112,14 @@ class RehearsalSet:
                 "rehearsal/responses": float(len(self.responses)), "rehearsal/presampled": float(self.presampled),
                 "rehearsal/presample_s": float(self.presample_s)}
 
-    def batch(self, step: int, per_step: int, seed: int) -> dict | None:
-        """``data["rehearsal"]`` for the learner: lists ``prompt_ids``, ``completion_ids``, ``ref_logprobs`` (None when
-        the set is empty)."""
+    def batch(self, step: int, per_step: int, seed: int) -> RehearsalBatch | None:
+        """The step's rows for the learner (:attr:`rlkit.types.TrainBatch.rehearsal`); None when the set is empty."""
         rows = [self.responses[i] for i in rehearsal_indices(len(self.responses), per_step, step, seed)]
         if not rows:
             return None
-        return {k: [r[k] for r in rows] for k in ("prompt_ids", "completion_ids", "ref_logprobs")} | {
-            "prompts": [r["prompt"] for r in rows]}
+        return RehearsalBatch(prompt_ids=[r["prompt_ids"] for r in rows],
+                              completion_ids=[r["completion_ids"] for r in rows],
+                              ref_logprobs=[r["ref_logprobs"] for r in rows], prompts=[r["prompt"] for r in rows])
 
     def to_json(self) -> dict:
         return {"format": 1, "key": self.key, "perfect": self.perfect, "explore": self.explore,

@@ -40,9 +40,13 @@ class WeightSync:
         raise NotImplementedError
 
     def _refresh_references(self, step: int, weights) -> list[str]:
-        """TR-DPO: the references due after ``step`` move toward the policy. ``weights``: an object ref, or a
-        function making one, called only when a reference is due. Not saved in checkpoints (see
-        :func:`rlkit.trainer.references.refresh_references`)."""
+        """TR-DPO refresh: after optimizer step ``step``, every reference whose spec has ``refresh_every`` dividing
+        ``step`` moves toward the policy, ``theta_ref <- (1 - a) theta_ref + a theta`` with ``a = refresh_rate``
+        (default 1). ``weights``: the learner's weights (an object ref), or a function making them, called only when
+        a reference is due (in-process: ``learner.get_weights.remote``). Returns the refreshed keys.
+
+        Not saved in checkpoints: a resumed run, or a reference actor restarted by Ray, starts again from the
+        reference's original weights."""
         due = self.plan.due(step)
         if due and callable(weights):
             weights = get(weights())

@@ -1,4 +1,8 @@
-"""Learner: policy + optimizer + regularizers. Calls the pure objective; owns no math of its own."""
+"""Learner: policy + optimizer + regularizers. Calls the pure objective; owns no math of its own.
+
+One step's input is a :class:`rlkit.types.TrainBatch` (completions, rewards, rollout log-probs, the references'
+:class:`~rlkit.types.ReferenceOutput` by key, DPH-RL rehearsal rows); :meth:`LearnerCore.needs` tells the driver
+which references to send, and in what form (:mod:`rlkit.trainer.reference_plan`)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from rlkit.objectives.aggregation import masked_mean
 from rlkit.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
+from rlkit.types import ReferenceOutput, RehearsalBatch, TrainBatch
 
 from .common import cpu_state_dict, load_model, setup_process
 from .local import remote_actor
@@ -98,24 +103,21 @@ class LearnerCore:
             adv = stcr_scale(adv, batch["completion_mask"].sum(-1), correct, g, self.cfg.get("stcr_base", 1.00001))
         return adv
 
-    def train_step(self, data: dict) -> dict:
-        cfg, step = self.cfg, data["step"]
-        batch = collate(data["prompt_ids"], data["completion_ids"], self.pad_id)
-        if self.lora:  # LoRA: "initial" is this model with its adapters disabled (not sent by the driver)
-            need = self.needs()
-            if self.lora.get("kl_to_initial", True) or "initial" in need["ref_logprobs"] + need["ref_logits"]:
-                data = {**data, "refs": {**data.get("refs", {}), "initial": self.compute(
-                    batch=batch, want_logits="initial" in need["ref_logits"])}}
+    def train_step(self, data: TrainBatch) -> dict:
+        cfg, step = self.cfg, data.step
+        self._check_groups(data)
+        batch = collate(data.prompt_ids, data.completion_ids, self.pad_id)
+        ref_outputs = self._with_own_references(data.refs, batch)
         ids, mask = batch["completion_ids"], batch["completion_mask"]
         B = ids.shape[0]
-        refs = {k: v["logprobs"] for k, v in data.get("refs", {}).items()}
-        ref_logits = {k: v["logits"] for k, v in data.get("refs", {}).items() if "logits" in v}
-        ref_hidden = {k: self._ref_head(k, v) for k, v in data.get("refs", {}).items() if "hidden" in v}
-        scores = torch.tensor(data["scores"], dtype=torch.float32)
-        correct = torch.tensor(data["correct"], dtype=torch.float32)
+        refs = {k: v.logprobs for k, v in ref_outputs.items()}
+        ref_logits = {k: v.logits for k, v in ref_outputs.items() if v.logits is not None}
+        ref_hidden = {k: self._ref_head(k, v) for k, v in ref_outputs.items() if v.hidden is not None}
+        scores = torch.tensor(data.scores, dtype=torch.float32)
+        correct = torch.tensor(data.correct, dtype=torch.float32)
         accuracy = correct.view(-1, cfg["group_size"]).mean(1).repeat_interleave(cfg["group_size"])
         rollout_lp = torch.zeros_like(mask)
-        for i, lps in enumerate(data["rollout_logprobs"]):
+        for i, lps in enumerate(data.rollout_logprobs):
             rollout_lp[i, :len(lps)] = torch.tensor(lps)
         metrics: dict[str, float] = {}
         # Placement "reward": penalise the sampled sequences before advantages (no grad; rollout log-probs).
@@ -145,7 +147,7 @@ class LearnerCore:
         bad_terms: set[str] = set()
         n_updates = 0
         mbs = cfg.get("minibatches", 1)
-        reh = self._rehearsal_inputs(data.get("rehearsal"), mbs)  # DPH-RL rehearsal rows: one chunk per minibatch
+        reh = self._rehearsal_inputs(data.rehearsal, mbs)  # DPH-RL rehearsal rows: one chunk per minibatch
         n_reh = 0
         for _ in range(cfg.get("epochs", 1)):
             for j, idx in enumerate(torch.arange(B).chunk(mbs)):
@@ -201,7 +203,8 @@ class LearnerCore:
                     sums[k] += v
                 n_updates += 1
                 n_reh += j < len(reh)
-        metrics.update({k: (v / max(n_updates, 1) if not k.startswith("rollout/logprob_gap") else v) for k, v in sums.items()})
+        metrics.update({k: (v / max(n_updates, 1) if not k.startswith("rollout/logprob_gap") else v)
+                        for k, v in sums.items()})
         metrics.update({k: v / n_reh for k, v in sums.items() if k.startswith("rehearsal/") and n_reh})
         if reh:
             metrics["rehearsal/batch_size"] = float(sum(len(ref) for _, ref in reh))
@@ -230,15 +233,38 @@ class LearnerCore:
         if "initial" in refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
             kl0 = kl_penalty(rollout_lp, refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
             metrics["kl_initial/k3"] = float(masked_mean(kl0, mask))
-        metrics.update({"reward/mean": float(torch.tensor(data["scores"]).mean()),
+        metrics.update({"reward/mean": float(torch.tensor(data.scores).mean()),
                         "reward/accuracy": float(correct.mean()),
                         "response/length": float(mask.sum(-1).mean()),
                         "advantage/abs_mean": float(advantages.abs().mean())})
         self.version += 1
         return metrics
 
-    def _rehearsal_inputs(self, rehearsal: dict | None, chunks: int) -> list[tuple[dict, torch.Tensor]]:
-        """``data["rehearsal"]`` (stored ``pi_0`` responses, :mod:`rlkit.trainer.rehearsal`) collated and split into
+    def _check_groups(self, data: TrainBatch) -> None:
+        """Advantages are taken over blocks of ``group_size`` consecutive rows: ``data.group`` (when given) must
+        say that each block answers one prompt, and no two blocks the same one."""
+        g, groups = self.cfg["group_size"], data.group
+        if groups is None:
+            return
+        blocks = [groups[i:i + g] for i in range(0, len(groups), g)]
+        if len(groups) != len(data.completion_ids) or len(groups) % g or any(len(set(b)) != 1 for b in blocks) \
+                or len({b[0] for b in blocks}) != len(blocks):
+            raise ValueError(f"train_step: completions must come in groups of group_size={g} consecutive rows, one "
+                             f"group per prompt; got group indices {groups}")
+
+    def _with_own_references(self, refs: dict[str, ReferenceOutput], batch: dict) -> dict[str, ReferenceOutput]:
+        """The driver's reference outputs plus, for LoRA, ``initial``: this model with its adapters disabled (the
+        driver does not send it)."""
+        if not self.lora:
+            return refs
+        need = self.needs()
+        if self.lora.get("kl_to_initial", True) or "initial" in need["ref_logprobs"] + need["ref_logits"]:
+            own = self.compute(batch=batch, want_logits="initial" in need["ref_logits"])
+            return {**refs, "initial": ReferenceOutput.from_dict(own)}
+        return refs
+
+    def _rehearsal_inputs(self, rehearsal: RehearsalBatch | None, chunks: int) -> list[tuple[dict, torch.Tensor]]:
+        """``data.rehearsal`` (stored ``pi_0`` responses, :mod:`rlkit.trainer.rehearsal`) collated and split into
         ``chunks`` parts, one per minibatch: ``[(batch, stored log pi_0 [R_j, T])]``; empty without rows or without
         ``samples: reference`` regularizers."""
         if not rehearsal or not self.rehearsal_regs:
@@ -254,19 +280,19 @@ class LearnerCore:
         lp = self._forward(sub, fused, entropy=False)[0]
         return rehearsal_loss(lp, sub["completion_mask"], ref, self.rehearsal_regs, step)
 
-    def _ref_head(self, key: str, ref: dict) -> tuple:
+    def _ref_head(self, key: str, ref: ReferenceOutput) -> tuple:
         """``(hidden, weight, bias, temperature)`` for a reference sent as hidden states; its lm_head comes with the
-        first batch of each version (``ref["head"]``) and is kept until the next."""
+        first batch of each version (``ref.head``) and is kept until the next."""
         heads = self._ref_heads
-        if "head" in ref:
-            heads[key] = ref["head"]
+        if ref.head is not None:
+            heads[key] = ref.head
         head = heads.get(key)
-        if head is None or head["version"] != ref["head_version"]:
+        if head is None or head["version"] != ref.head_version:
             raise RuntimeError(f"Learner: reference {key!r} sent hidden states of lm_head version "
-                               f"{ref['head_version']}, but this learner holds "
+                               f"{ref.head_version}, but this learner holds "
                                f"{'none' if head is None else 'version ' + str(head['version'])}. The driver sends "
                                "each version's head once; a restarted learner must resume from a checkpoint")
-        return ref["hidden"], head["weight"], head["bias"], head["temperature"]
+        return ref.hidden, head["weight"], head["bias"], head["temperature"]
 
     def _fused(self, batch: dict) -> bool:
         """Whether steps take the fused-head path (``grpo.fused_head``): decided at the first step, by a one-row
@@ -396,14 +422,14 @@ class Learner(LearnerCore):
         print(f"Learner pid={os.getpid()} regularizers={[r.label for r in self.regs]}", flush=True)
 
 
-def rehearsal_tensors(data: dict, pad_id: int) -> tuple[dict, torch.Tensor]:
-    """``data["rehearsal"]`` -> (a :func:`rlkit.modeling.collate` batch, stored ``log pi_0`` ``[R, T]``, 0 on
+def rehearsal_tensors(data: RehearsalBatch, pad_id: int) -> tuple[dict, torch.Tensor]:
+    """A step's rehearsal rows -> (a :func:`rlkit.modeling.collate` batch, stored ``log pi_0`` ``[R, T]``, 0 on
     padding)."""
-    batch = collate(data["prompt_ids"], data["completion_ids"], pad_id)
+    batch = collate(data.prompt_ids, data.completion_ids, pad_id)
     ref = torch.zeros_like(batch["completion_mask"])
-    for i, lps in enumerate(data["ref_logprobs"]):
-        if len(lps) != len(data["completion_ids"][i]):
-            raise ValueError(f"rehearsal row {i}: {len(lps)} stored log-probs for {len(data['completion_ids'][i])} "
+    for i, lps in enumerate(data.ref_logprobs):
+        if len(lps) != len(data.completion_ids[i]):
+            raise ValueError(f"rehearsal row {i}: {len(lps)} stored log-probs for {len(data.completion_ids[i])} "
                              "completion tokens")
         ref[i, :len(lps)] = torch.tensor(lps, dtype=ref.dtype)
     return batch, ref

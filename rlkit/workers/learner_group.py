@@ -1,7 +1,7 @@
 """Data-parallel learners: ``learner.num_workers`` learner actors in one ``torch.distributed`` process group.
 
 :class:`LearnerGroup` stands where the driver would hold one learner actor and answers the same calls
-(``group.train_step.remote(data)`` etc.):
+(``group.train_step.remote(batch)`` with a :class:`rlkit.types.TrainBatch`, etc.):
 
 * ``train_step``: the batch is split into ``num_workers`` equal shards of whole GRPO groups (a group is never split:
   its advantages are computed from its own samples); every worker runs :meth:`LearnerCore.train_step` on its shard.
@@ -36,6 +36,7 @@ PPO is not supported (its advantage whitening is batch-wide). Every node must se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from datetime import timedelta
@@ -44,6 +45,7 @@ import ray
 import torch
 
 from rlkit._config import ConfigError
+from rlkit.types import ReferenceOutput, TrainBatch
 
 from .common import setup_process
 from .learner import LearnerCore
@@ -221,17 +223,23 @@ def shard_rows(batch_size: int, group_size: int, num_shards: int, minibatches: i
     return shards
 
 
-def shard_batch(data: dict, rows: list[int]) -> dict:
-    """The train-step ``data`` of the given rows: per-sample lists are indexed; reference tensors ``[B, T, ...]``
-    are indexed and cut to the shard's padded completion length (what the learner's ``collate`` gives it)."""
-    n = len(data["completion_ids"])
-    out = {k: ([v[i] for i in rows] if isinstance(v, (list, tuple)) and len(v) == n else v)
-           for k, v in data.items() if k != "refs"}
-    t = max(1, max(len(data["completion_ids"][i]) for i in rows))
+def shard_batch(data: TrainBatch, rows: list[int]) -> TrainBatch:
+    """The train batch of the given rows: per-sample lists are indexed; reference tensors ``[B, T, ...]`` are indexed
+    and cut to the shard's padded completion length (what the learner's ``collate`` gives it). The step and the
+    rehearsal rows are every shard's."""
+    t = max(1, max(len(data.completion_ids[i]) for i in rows))
     index = torch.tensor(rows, dtype=torch.long)
-    out["refs"] = {key: {name: (v[index, :t] if torch.is_tensor(v) else v) for name, v in ref.items()}
-                   for key, ref in data.get("refs", {}).items()}
-    return out
+    per_sample = {f: [getattr(data, f)[i] for i in rows] for f in ("prompt_ids", "completion_ids", "scores",
+                                                                   "correct", "rollout_logprobs")}
+    if data.group is not None:
+        per_sample["group"] = [data.group[i] for i in rows]
+    refs = {key: ReferenceOutput(**{f.name: _cut(getattr(ref, f.name), index, t) for f in dataclasses.fields(ref)})
+            for key, ref in data.refs.items()}
+    return dataclasses.replace(data, refs=refs, **per_sample)
+
+
+def _cut(value, index: torch.Tensor, t: int):
+    return value[index, :t] if torch.is_tensor(value) else value
 
 
 class _Remote:
@@ -263,8 +271,8 @@ class LearnerGroup:
         self.load_training_state = _Remote(
             lambda path: self._all([w.load_training_state.remote(path) for w in self.workers]))
 
-    def _train_step(self, data: dict):
-        rows = shard_rows(len(data["completion_ids"]), self.group_size, self.num_workers, self.minibatches)
+    def _train_step(self, data: TrainBatch):
+        rows = shard_rows(len(data.completion_ids), self.group_size, self.num_workers, self.minibatches)
         refs = [w.train_step.remote(shard_batch(data, r)) for w, r in zip(self.workers, rows)]
         failed = _first_failure(refs)
         return failed if failed is not None else ray.put(merge_metrics(ray.get(refs)))

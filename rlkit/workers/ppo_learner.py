@@ -15,6 +15,7 @@ from rlkit.advantages import gae_advantages, whiten
 from rlkit.objectives.aggregation import masked_mean
 from rlkit.objectives.ppo import ppo_loss, token_level_rewards
 from rlkit.regularizers import PolicyBatch
+from rlkit.types import TrainBatch
 
 from .common import load_model, setup_process
 from .learner import LearnerCore
@@ -146,7 +147,7 @@ class PPOLearnerCore(LearnerCore):
         return ppo_loss(pb, values, self._old_values[idx], self._returns[idx], self.regs,
                         vf_coef=self.cfg.get("vf_coef", 0.1), value_clip=self.cfg.get("value_clip", 0.2), **kwargs)
 
-    def train_step(self, data: dict) -> dict:
+    def train_step(self, data: TrainBatch) -> dict:
         self._step_metrics, self._critic_norms = {}, []
         metrics = super().train_step(data)
         metrics.update(self._step_metrics)  # GAE's advantage/abs_mean (masked) replaces the base's
