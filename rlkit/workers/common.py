@@ -38,3 +38,19 @@ def load_model(path: str, dtype: str = "float32"):
 
 def cpu_state_dict(model) -> dict:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def restarted_by_ray() -> bool:
+    """Whether this process is a Ray actor that Ray restarted after its previous process died (never in-process:
+    Ray is then not even imported). Ray 2.60's own property reads its deprecated ``actor_id`` internally and prints
+    a RayDeprecationWarning; that warning is Ray's, not the user's, so it is muted."""
+    import sys
+    import warnings
+
+    ray = sys.modules.get("ray")  # imported by Ray itself in an actor process
+    if ray is None or not ray.is_initialized():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ray.get_runtime_context()
+        return ctx.get_actor_id() is not None and bool(ctx.was_current_actor_reconstructed)

@@ -15,7 +15,7 @@ import torch
 
 from rlkit.modeling import collate, completion_logits, token_logprobs
 
-from .common import setup_process
+from .common import restarted_by_ray, setup_process
 from .local import remote_actor
 
 
@@ -48,6 +48,10 @@ class ReferenceWorker:
         self.prefix = SharedPrefix(shared_prefix, f"ReferenceWorker[{self.name}]")
         self.head_version = 0  # bumped by every refresh: the learner caches the lm_head per version
         self._hidden_ok: bool | None = None  # hidden-state form usable (checked at the first such call)
+        if restarted_by_ray():
+            print(f"ReferenceWorker[{self.name}] was restarted by Ray (pid {os.getpid()}): its previous process "
+                  "died; it serves the weights it was started with (a refreshing reference has lost its refreshes "
+                  "so far)", flush=True)
         print(f"ReferenceWorker[{self.name}] pid={os.getpid()} from {paths}", flush=True)
 
     def refresh(self, state_dict: dict, rate: float) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from rlkit.rollout import SamplingParams
 
-from .common import load_model, setup_process
+from .common import load_model, restarted_by_ray, setup_process
 from .local import remote_actor
 
 
@@ -49,9 +48,7 @@ class RolloutWorker:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
         print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
               f"{'the learner policy (shared, in-process)' if self.shared else model_path}", flush=True)
-        ray = sys.modules.get("ray")  # imported by Ray itself in an actor process; never imported in-process
-        in_actor = ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-        if in_actor and _reconstructed(ray):
+        if restarted_by_ray():
             print(f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
                   "re-sends the current ones", flush=True)
 
@@ -93,14 +90,4 @@ def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restart
         model_path, rank=i, engine=ro.engine, dtype=recipe.model.dtype, batch_size=ro.batch_size,
         torch_threads=rc.torch_threads, seed=recipe.seed, version=version, sampler=ro.sampler,
         vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None) for i in range(ro.num_workers)]
-
-
-def _reconstructed(ray) -> bool:
-    """Whether Ray restarted this actor. Ray 2.60's own property reads its deprecated ``actor_id`` internally and
-    prints a RayDeprecationWarning in every rollout actor; that warning is Ray's, not the user's, so it is muted."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
