@@ -52,17 +52,20 @@ class RolloutBatch:
 class ScoredBatch:
     """The reward worker's verdict on a :class:`RolloutBatch`: per completion the weighted ``totals``, each reward
     function's ``components``, and ``correct`` (the first component, the verifier, gives full marks); ``failures``:
-    how many completions each reward function failed on."""
+    how many completions each reward function failed on; ``worker_restarts``: how often Ray restarted the reward
+    worker since its previous batch (its process died)."""
 
     totals: list[float]
     components: dict[str, list[float]]
     failures: dict[str, float]
     correct: list[bool]
+    worker_restarts: int = 0
 
     def metrics(self) -> dict[str, float]:
-        """``reward/<name>`` (mean component) and ``reward/failures/<name>``."""
+        """``reward/<name>`` (mean component), ``reward/failures/<name>`` and ``workers/reward_restarts``."""
         out = {f"reward/{k}": sum(v) / len(v) for k, v in self.components.items()}
         out.update({f"reward/failures/{k}": float(v) for k, v in self.failures.items()})
+        out["workers/reward_restarts"] = float(self.worker_restarts)
         return out
 
 

@@ -129,6 +129,23 @@ def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_killed_reward_worker_is_restarted_and_reported(tmp_path):
+    out = tmp_path / "run"
+    log = tmp_path / "run.log"
+    proc = _start(_args(out, tmp_path / "sft", steps=6), tmp_path, log)
+    pid = lambda: re.search(r"RewardWorker pid=(\d+)", log.read_text())  # noqa: E731
+    _wait_for(lambda: pid() is not None and len(_steps(out)) >= 2, proc)
+    os.kill(int(pid().group(1)), signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert _steps(out) == list(range(1, 7))
+    assert "RewardWorker was restarted by Ray" in text, text[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    restarts = [r["workers/reward_restarts"] for r in rows]
+    assert sum(restarts) == 1 and restarts[0] == 0, restarts  # one restart, counted at the step it hit
+
+
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_and_stop_the_job(tmp_path):
     # a KL coefficient beyond float32's range (the recipe refuses inf itself) makes every loss non-finite: it is
     # inf in float32, and inf * KL or inf * 0 = nan; the weights never move

@@ -299,7 +299,8 @@ class OnlineTrainer:
         """The reward worker's answer (``pending``: its call on the step's completions)."""
         scored = get(pending)
         return ScoredBatch(totals=scored["totals"], components=scored["components"],
-                           failures=scored.get("failures", {}), correct=correctness(scored["components"]))
+                           failures=scored.get("failures", {}), correct=correctness(scored["components"]),
+                           worker_restarts=scored.get("restarts", 0))
 
     def reference(self, rollout: RolloutBatch, keys) -> dict[str, ReferenceOutput]:
         """The outputs of references ``keys`` on the completions, each in the form the plan says; the calls run at
