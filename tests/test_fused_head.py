@@ -252,14 +252,15 @@ def test_learner_steps_agree_with_and_without_fused_head(tiny_dir, reg, updates,
 
 
 def _assert_same_weights(base, fused, init):
-    """The updated weights agree to 1e-5 (lr 1e-4: AdamW moves an entry by ~lr whatever its gradient's size, so
-    float noise in near-zero gradients shows up at a fraction of lr), and the steps did move them."""
+    """The updated weights agree to 2e-5 (lr 1e-4: AdamW moves an entry by ~lr whatever its gradient's size, so
+    float noise in near-zero gradients shows up at a fraction of lr: up to 0.13 lr measured on a CPU with AMX, where
+    the matmul kernels sum in another order), and the steps did move them by more than 5x that."""
     params = dict(base.named_parameters())
     moved = max(float((params[n].detach() - p).abs().max()) for n, p in init.items())
     assert moved > 1e-4
     for n, p in fused.named_parameters():
         diff = float((p.detach() - params[n].detach()).abs().max())
-        assert diff <= 1e-5, (n, diff)
+        assert diff <= 2e-5, (n, diff)
 
 
 def test_lora_and_ppo_learners_agree_with_and_without_fused_head(tiny_dir):

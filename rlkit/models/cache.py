@@ -15,10 +15,14 @@ CACHE_NAMES = ("cache", "past_key_values")
 
 
 def forward_params(model) -> set[str]:
-    """The keyword parameters of ``model.forward`` (peft's wrapper takes ``**kwargs``: its base model is read; so does
-    an instance-level wrapper such as ``bf16-mixed``'s autocast: the class's forward is read)."""
+    """The keyword parameters of ``model.forward`` (peft's wrapper takes ``**kwargs``: its base model is read). A
+    forward that names no parameters, only ``*args, **kwargs`` (an instance-level wrapper such as ``bf16-mixed``'s
+    autocast or accelerate's hooks), passes everything on: the class's forward is read instead."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(type(base).forward).parameters) - {"self"}
+    params = inspect.signature(base.forward).parameters
+    if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
+        params = inspect.signature(type(base).forward).parameters
+    return set(params) - {"self"}
 
 
 def cache_kwarg(model) -> str | None:
