@@ -24,7 +24,8 @@ turned off, as rlkit does not recompute activations; ``--trl-gradient-checkpoint
 Each side runs in its own subprocess (this script with ``--worker``; rlkit's starts its own local Ray cluster, so
 the Ray processes and actors are its descendants). The first 2 steps are warm-up; the median of the rest is
 reported. Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
-RSS of the worker's process tree and keeps the maximum. This user's ``ray::`` processes outside that tree started
+RSS of the worker's process tree and keeps the maximum (PSS every 5 s only: reading it stalls the process).
+This user's ``ray::`` processes outside that tree started
 after the worker are counted and reported, and summed too with ``--count-foreign-ray`` (they belong to other Ray
 jobs on the machine). An RSS sum counts shared pages (e.g. torch's libraries, mapped by every Ray actor) once per
 process, so the summed PSS (``/proc/<pid>/smaps_rollup``) is shown too. Results: ``--out`` (default
@@ -48,6 +49,9 @@ from _common import write_result  # noqa: E402  (benchmarks/ is the script's dir
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_STEPS = 2
+#: PSS is read every PSS_EVERY-th memory sample only: reading /proc/<pid>/smaps_rollup every 0.2 s slowed a 2-thread
+#: in-process rlkit run 2.5x (the walk holds the process's mmap lock), which made the harness measure itself
+PSS_EVERY = 25
 
 
 def _proc_table() -> dict[int, dict]:
@@ -96,7 +100,7 @@ class PeakMemory(threading.Thread):
     def __init__(self, root: int, foreign_ray: bool = False, interval: float = 0.2):
         super().__init__(daemon=True)
         self.root, self.foreign_ray, self.interval, self.since = root, foreign_ray, interval, time.time() - 1.0
-        self.peak_rss = self.peak_pss = self.max_procs = self.max_outside = 0
+        self.peak_rss = self.peak_pss = self.max_procs = self.max_outside = self.samples = 0
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
@@ -115,9 +119,11 @@ class PeakMemory(threading.Thread):
         self.max_outside = max(self.max_outside, len(outside))
         pids |= outside if self.foreign_ray else set()
         self.peak_rss = max(self.peak_rss, sum(table[p]["rss"] for p in pids))
-        pss = [_pss(p) for p in pids]
-        if all(v is not None for v in pss):
-            self.peak_pss = max(self.peak_pss, sum(pss))
+        self.samples += 1
+        if self.samples % PSS_EVERY == 1:  # smaps_rollup walks the page tables under the target's mmap lock
+            pss = [_pss(p) for p in pids]
+            if all(v is not None for v in pss):
+                self.peak_pss = max(self.peak_pss, sum(pss))
         self.max_procs = max(self.max_procs, len(pids))
 
     def run(self) -> None:
