@@ -338,10 +338,10 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None) -> d
 
 def summarize(runs: dict[str, dict]) -> dict:
     """Ratios against TRL's fastest thread setting: rlkit's default placement and rlkit's fastest variant."""
-    trl = min((r for r in runs.values() if r["side"] == "trl"), key=lambda r: r["median_step_s"])
+    trl_label, trl = min(((k, r) for k, r in runs.items() if r["side"] == "trl"), key=lambda kr: kr[1]["median_step_s"])
     mine = [(k, r) for k, r in runs.items() if r["side"] == "rlkit"]
     best_label, best = min(mine, key=lambda kr: kr[1]["median_step_s"])
-    out = {"trl_best": f"trl-{trl['threads']}t", "rlkit_best": best_label}
+    out = {"trl_best": trl_label, "rlkit_best": best_label}
     for name, r in (("default", runs.get("rlkit-default")), ("best", best)):
         if r is not None:
             out[name] = {"step_time": r["median_step_s"] / trl["median_step_s"],
