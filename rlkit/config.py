@@ -294,8 +294,8 @@ class RayConfig(StrictModel):
     single-machine jobs with one learner and one rollout worker on the transformers engine. ``auto`` (the default)
     is resolved when the recipe is built (:func:`resolve_placement`): ``inprocess`` when the job fits one process
     (no ``address``, one learner, one rollout worker, the transformers engine), else ``actors``. Both placements
-    train identically (bit for bit at one torch thread); the actor placement adds process isolation and restarts at the cost of Ray's services
-    and a copy of torch per actor."""
+    train identically (bit for bit at one torch thread); the actor placement adds process isolation and restarts,
+    at the cost of Ray's services and a copy of torch per actor."""
 
     mode: Literal["auto", "actors", "inprocess"] = "auto"
     address: str | None = None
