@@ -23,10 +23,6 @@ LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {
 
 #: import cycles known and left for later, each spelled as the sorted modules of its strongly connected component
 CYCLE_ALLOWLIST: set[tuple[str, ...]] = {
-    # config.py <-> regularizers: the recipe validates regularizer specs through the registry, and the regularizer
-    # modules read config types back (function-level imports); config.py is being edited by someone else
-    ("rlkit.config", "rlkit.objectives.rehearsal", "rlkit.regularizers", "rlkit.regularizers.base",
-     "rlkit.regularizers.fdiv", "rlkit.regularizers.kl", "rlkit.regularizers.lp_reg", "rlkit.regularizers.registry"),
     # the shared-prompt forward (prefix.py) and the model helpers (modeling.py) call one another
     ("rlkit.modeling", "rlkit.prefix"),
 }

@@ -146,7 +146,7 @@ class ReferenceConfig(StrictModel):
         if (self.tiny_config is not None or self.sft is not None) and self.model != "sft:tiny":
             raise ValueError("'tiny_config'/'sft' only apply to a teacher with model 'sft:tiny'")
         if self.sft:
-            from rlkit.config import SFTConfig
+            from rlkit.config.sections import SFTConfig
 
             bad = sorted(set(self.sft) - set(SFTConfig.model_fields) | {"enabled", "cache_dir"} & set(self.sft))
             if bad:

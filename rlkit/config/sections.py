@@ -1,14 +1,13 @@
-"""Recipes: YAML -> typed, validated config; dotted ``key=value`` overrides; errors that name the key path."""
+"""The recipe's sections as pydantic models (one class per YAML section). Pure data: nothing here imports the
+regularizer, reward or trainer layers, so any of them may import a section type."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlkit._config import ConfigError, StrictModel, validate_model
-from rlkit._yaml import _parse_value, apply_overrides, deep_merge, load_yaml  # noqa: F401 (re-exported)
+from rlkit._config import StrictModel
 
 
 class LoRAConfig(StrictModel):
@@ -342,126 +341,3 @@ class SweepConfig(StrictModel):
         if not self.seeds:
             raise ValueError("seeds must not be empty")
         return self
-
-
-class Recipe(StrictModel):
-    output_dir: str = "runs/quickstart"
-    seed: int = 0
-    algorithm: Literal["grpo", "ppo", "dpo"] = "grpo"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    dpo: DPOConfig = Field(default_factory=DPOConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
-    regularizers: Any = "kl_k3"
-    #: DPH-RL rehearsal on responses pre-sampled from the initial policy; needed by ``samples: reference``
-    #: regularizers (see :class:`RehearsalConfig`)
-    rehearsal: RehearsalConfig | None = None
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="numeric_match")])
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    #: continue from the last complete checkpoint in ``<output_dir>/checkpoints`` (``rlkit train ... --resume``)
-    resume: bool = False
-    #: with ``resume``: continue even when training-defining keys changed since the checkpoint (they are printed)
-    allow_recipe_change: bool = False
-    #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
-    sweep: SweepConfig | None = None
-
-
-def build_recipe(data: dict) -> Recipe:
-    """Validate a recipe dict, including the regularizer and reward names (errors name the key path)."""
-    recipe = validate_model(Recipe, data)
-    from rlkit.regularizers import build_regularizers, check_objective
-
-    regs = build_regularizers(recipe.regularizers, "regularizers")
-    check_objective(regs, recipe.algorithm)
-    _check_rehearsal(recipe)
-    _check_rewards(recipe.rewards)
-    if recipe.model.lora is not None and recipe.algorithm != "grpo":
-        raise ConfigError("model.lora", f"LoRA is implemented for algorithm 'grpo' only, not {recipe.algorithm!r}")
-    if recipe.model.lora is not None and recipe.learner.num_workers > 1:
-        raise ConfigError("model.lora", "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
-                                        "yet: use learner.num_workers=1")
-    if recipe.ray.mode == "auto":
-        recipe.ray.mode = resolve_placement(recipe)
-    if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
-        _check_inprocess(recipe)
-    return recipe
-
-
-def resolve_placement(recipe: Recipe) -> str:
-    """What ``ray.mode: auto`` becomes: ``inprocess`` when every role fits this process (the conditions
-    :func:`_check_inprocess` enforces), else ``actors``."""
-    return "actors" if any(bad for _, bad, _ in _inprocess_conflicts(recipe)) else "inprocess"
-
-
-def _check_rehearsal(recipe: Recipe) -> None:
-    """``samples: reference`` regularizers need the rehearsal set (DPH-RL) and a rehearsal set needs them."""
-    from rlkit.regularizers import build_regularizers
-    from rlkit.objectives.rehearsal import on_reference_samples
-
-    specs = recipe.regularizers
-    specs = [] if specs is None else [specs] if isinstance(specs, (str, dict)) else list(specs)
-    paths = []
-    for i, spec in enumerate(specs):
-        for reg in build_regularizers([spec]):
-            if on_reference_samples(reg):
-                paths.append(f"regularizers[{i}]")
-                ref = reg.cfg.reference
-                if ref.type != "initial" or ref.refresh_every:
-                    raise ConfigError(f"regularizers[{i}].reference", "rehearsal responses are sampled from the "
-                                      "initial policy: samples 'reference' needs reference 'initial' (no refresh)")
-                if reg.cfg.weighting.type in ("dads", "paced"):
-                    raise ConfigError(f"regularizers[{i}].weighting", f"'{reg.cfg.weighting.type}' weights need "
-                                      "advantages/accuracy, which rehearsal responses do not have")
-    if paths and recipe.rehearsal is None:
-        raise ConfigError(f"{paths[0]}.samples", "samples 'reference' needs responses pre-sampled from the initial "
-                          "policy: add a `rehearsal:` section (DPH-RL, see recipes/grpo_dph.yaml) or use samples "
-                          "'policy'")
-    if recipe.rehearsal is not None:
-        if not paths:
-            raise ConfigError("rehearsal", "no regularizer has samples 'reference', so the rehearsal set would carry "
-                              "no loss: add one (e.g. {name: forward_kl, samples: reference}) or remove `rehearsal:`")
-        if recipe.algorithm != "grpo":
-            raise ConfigError("rehearsal", f"rehearsal is implemented for algorithm 'grpo' only, not "
-                              f"{recipe.algorithm!r}")
-        if recipe.learner.num_workers > 1:
-            raise ConfigError("rehearsal", "rehearsal with data-parallel learners (learner.num_workers > 1) is not "
-                              "supported yet: use learner.num_workers=1")
-
-
-def _check_inprocess(recipe: Recipe) -> None:
-    """``ray.mode: inprocess`` has one process, one learner and one rollout engine sharing the policy module."""
-    for key, bad, why in _inprocess_conflicts(recipe):
-        if bad:
-            raise ConfigError(key, f"{why} with ray.mode=inprocess (or set ray.mode=actors)")
-
-
-def _inprocess_conflicts(recipe: Recipe) -> tuple[tuple[str, bool, str], ...]:
-    return (
-        ("ray.address", recipe.ray.address is not None, "joins a Ray cluster; in-process mode uses no Ray"),
-        ("rollout.engine", recipe.rollout.engine != "transformers", "must be 'transformers' (it generates with the "
-                                                                    "learner's module)"),
-        ("rollout.num_workers", recipe.rollout.num_workers != 1, "must be 1"),
-        ("learner.num_workers", recipe.learner.num_workers != 1, "must be 1"),
-    )
-
-
-def _check_rewards(rewards: list[RewardSpec]) -> None:
-    from reward_models import CompositeReward
-
-    try:
-        CompositeReward([r.model_dump(exclude_defaults=True) for r in rewards])
-    except (ValueError, KeyError, TypeError) as err:
-        msg = str(err).strip("'\"")
-        raise ConfigError("", msg if msg.startswith("rewards") else f"rewards: {msg}") from None
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply dotted overrides, validate. Raises :class:`ConfigError` on any problem."""
-    return build_recipe(apply_overrides(load_yaml(path), overrides or []))
