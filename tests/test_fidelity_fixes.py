@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+import rlkit.algorithms.clipped as clipped
 from rlkit.advantages import group_advantages, rloo_advantages, stcr_scale
-from rlkit.config import PPOConfig, load_recipe
+from rlkit.algorithms import ADVANTAGES, AdvantageInputs
+from rlkit.config import GRPOConfig, PPOConfig, load_recipe
 from rlkit.functional import aggregate, clipped_surrogate, dads_weights, paced_weights
 from rlkit.objectives import grpo_loss
 from rlkit.regularizers import PolicyBatch, build_regularizers
@@ -102,14 +103,14 @@ def test_learner_advantages_apply_stcr_from_the_mask_and_correct():
     G, scores = 4, torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     lens = [2, 4, 9, 1, 3, 6, 2, 8]
     mask = torch.tensor([[1.0] * n + [0.0] * (9 - n) for n in lens])
+    inputs = AdvantageInputs(scores=scores, mask=mask, group_size=G, correct=scores)
     for kind in ("grpo", "drgrpo", "rloo"):
-        fake = SimpleNamespace(cfg={"group_size": G, "advantage": kind, "stcr": True})
-        got = LearnerCore._advantages(fake, scores, None, {"completion_mask": mask}, correct=scores)
+        estimator = ADVANTAGES.get(kind)
+        got = estimator(GRPOConfig(group_size=G, advantage=kind, stcr=True))(inputs).advantages
         base = rloo_advantages(scores, G) if kind == "rloo" else group_advantages(scores, G, scale_std=kind == "grpo")
         want = torch.tensor(_stcr_loop(base.tolist(), lens, [bool(c) for c in scores.tolist()], G))
         torch.testing.assert_close(got, want)
-        off = SimpleNamespace(cfg={"group_size": G, "advantage": kind})
-        assert torch.equal(LearnerCore._advantages(off, scores, None, {"completion_mask": mask}, correct=scores), base)
+        assert torch.equal(estimator(GRPOConfig(group_size=G, advantage=kind))(inputs).advantages, base)
     with pytest.raises(ValueError, match="GRPO"):
         PPOConfig(stcr=True)
 
@@ -150,9 +151,8 @@ def test_learner_passes_the_constant_norm_length(tiny_dir, monkeypatch):
     with pytest.raises(ValueError, match="norm_length"):
         LearnerCore(tiny_dir, cfg, "kl_k3")
     core = LearnerCore(tiny_dir, {**cfg, "norm_length": 12}, "kl_k3")
-    seen = []
-    monkeypatch.setattr(core, "_loss", lambda pb, sub, idx, **kw: (seen.append(kw["norm_length"]),
-                                                                   LearnerCore._loss(core, pb, sub, idx, **kw))[1])
+    seen, real = [], clipped.policy_loss  # the registered policy loss hands grpo.norm_length to the objective
+    monkeypatch.setattr(clipped, "policy_loss", lambda *a, **kw: (seen.append(kw["norm_length"]), real(*a, **kw))[1])
     core.train_step(_data())
     assert seen == [12]
 

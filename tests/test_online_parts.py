@@ -131,7 +131,9 @@ def test_weight_sync_strategies():
 def test_learner_checks_that_groups_are_consecutive_blocks():
     from rlkit.workers.learner import LearnerCore
 
-    core = SimpleNamespace(cfg={"group_size": 2})
+    from rlkit.config import GRPOConfig
+
+    core = SimpleNamespace(cfg=GRPOConfig(group_size=2))
 
     def batch(group, n=4):
         n = len(group) if group is not None else n

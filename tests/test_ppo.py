@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlkit.advantages import gae_advantages, group_advantages
+from rlkit.algorithms import AdvantageInputs
 from rlkit.config import PPOConfig, load_recipe
 from rlkit.modeling import collate
 from rlkit.types import ReferenceOutput, TrainBatch
@@ -120,7 +121,7 @@ def test_ppo_advantages_are_gae_on_token_rewards(tiny_dir):
     mask = batch["completion_mask"]
     scores = torch.tensor(d.scores)
     penalty = 0.05 * torch.rand(mask.shape) * mask
-    adv = core._advantages(scores, penalty, batch)
+    adv = core._advantages(AdvantageInputs(scores=scores, mask=mask, group_size=1, penalty=penalty), batch)
     with torch.no_grad():
         values = _independent_values(core.model, core.critic.head.weight[0], core.critic.head.bias[0], batch)
     for b in range(len(scores)):
@@ -188,8 +189,11 @@ def test_checkpoint_round_trip_restores_the_critic(tiny_dir, tmp_path):
 def test_grpo_advantages_unchanged_by_the_hook(tiny_dir):
     core = LearnerCore(tiny_dir, {"group_size": 3, "learning_rate": 1e-4}, "kl_k3")
     scores, pen = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.9, 0.4]), torch.rand(6, 4)
-    assert torch.equal(core._advantages(scores, pen), group_advantages(scores - pen.sum(-1), 3))
-    assert torch.equal(core._advantages(scores), group_advantages(scores, 3))
+    mask = torch.ones(6, 4)
+    with_pen = AdvantageInputs(scores=scores, mask=mask, group_size=3, penalty=pen)
+    assert torch.equal(core._advantages(with_pen, {}), group_advantages(scores - pen.sum(-1), 3))
+    assert torch.equal(core._advantages(AdvantageInputs(scores=scores, mask=mask, group_size=3), {}),
+                       group_advantages(scores, 3))
 
 
 def test_ppo_config_errors_name_the_key():

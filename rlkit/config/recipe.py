@@ -43,15 +43,21 @@ class Recipe(StrictModel):
     allow_recipe_change: bool = False
     #: only read by ``rlkit ablate`` (``rlkit train`` ignores it)
     sweep: SweepConfig | None = None
+    #: modules of your own imported before validation, each registering components (a module name or a ``.py``
+    #: path; see :mod:`rlkit.plugins` and docs/extending.md)
+    plugins: list[str] = Field(default_factory=list)
 
 
 def build_recipe(data: dict) -> Recipe:
     """Validate a recipe dict, including the regularizer and reward names (errors name the key path)."""
     recipe = validate_model(Recipe, data)
+    from rlkit.plugins import load_plugins
     from rlkit.regularizers import build_regularizers, check_objective
 
+    load_plugins(recipe.plugins)
     regs = build_regularizers(recipe.regularizers, "regularizers")
     check_objective(regs, recipe.algorithm)
+    _check_algorithm(recipe)
     _check_rehearsal(recipe)
     _check_rewards(recipe.rewards)
     if recipe.model.lora is not None and recipe.algorithm != "grpo":
@@ -64,6 +70,24 @@ def build_recipe(data: dict) -> Recipe:
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
         _check_inprocess(recipe)
     return recipe
+
+
+def _check_algorithm(recipe: Recipe) -> None:
+    """The online algorithm's advantage estimator and policy loss are registered names, the estimator of the right
+    kind (PPO: critic-based; GRPO: group-relative)."""
+    if recipe.algorithm not in ("grpo", "ppo"):
+        return
+    from rlkit.algorithms import ADVANTAGES, POLICY_LOSSES
+
+    alg = recipe.algorithm
+    cfg = getattr(recipe, alg)
+    estimator = ADVANTAGES.get(cfg.advantage, f"{alg}.advantage")
+    if estimator.needs_values != (alg == "ppo"):
+        kinds = [n for n in ADVANTAGES.names() if ADVANTAGES.get(n).needs_values == (alg == "ppo")]
+        kind = "a critic-based" if estimator.needs_values else "a group-relative"
+        raise ConfigError(f"{alg}.advantage", f"{cfg.advantage!r} is {kind} estimator; algorithm {alg!r} takes "
+                          f"{', '.join(kinds)}")
+    POLICY_LOSSES.get(cfg.policy_loss, f"{alg}.policy_loss")
 
 
 def resolve_placement(recipe: Recipe) -> str:

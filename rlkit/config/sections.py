@@ -28,6 +28,15 @@ class LoRAConfig(StrictModel):
         return self
 
 
+class LearnerLoRAConfig(LoRAConfig):
+    """What a LoRA learner is given (:class:`rlkit.workers.LearnerCore`): the ``model.lora`` section, the path of
+    the frozen base (the initial policy; None: the learner's model path) and whether the learner serves the
+    ``initial`` reference for the KL-to-initial diagnostic (``eval.kl_to_initial``)."""
+
+    base_path: str | None = None
+    kl_to_initial: bool = True
+
+
 class ModelConfig(StrictModel):
     """``name_or_path``: ``tiny`` (built locally, no download), a local directory or a hub id."""
 
@@ -121,7 +130,11 @@ class GRPOConfig(StrictModel):
     #: Dr. GRPO's constant length ``L`` of aggregation ``drgrpo`` (``sum(v m) / (B L)``); ``None``: the driver
     #: sets it to ``rollout.max_new_tokens`` (the paper's generation budget), the same for every batch
     norm_length: int | None = Field(None, gt=0)
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    #: advantage estimator, a name in :data:`rlkit.algorithms.ADVANTAGES`: ``grpo`` (std-scaled group advantage),
+    #: ``drgrpo`` (unscaled), ``rloo`` (leave-one-out), or one registered by a plugin
+    advantage: str = "grpo"
+    #: policy loss, a name in :data:`rlkit.algorithms.POLICY_LOSSES`: ``clipped`` (PPO/GRPO's clipped surrogate)
+    policy_loss: str = "clipped"
     #: APO's STCR (arXiv 2506.21655): scale the advantage of each incorrect response longer than its group's mean
     #: correct length ``L+`` by ``1 + w``, ``w = 1 - stcr_base^-(L - L+)`` (rlkit.advantages.stcr_scale)
     stcr: bool = False
@@ -157,7 +170,8 @@ class PPOConfig(GRPOConfig):
 
     group_size: int = Field(1, ge=1)
     clip_high: float = Field(0.2, ge=0)
-    advantage: Literal["gae"] = "gae"
+    #: a critic-based estimator of :data:`rlkit.algorithms.ADVANTAGES` (``gae``)
+    advantage: str = "gae"
     epochs: int = Field(2, gt=0)
     minibatches: int = Field(2, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)

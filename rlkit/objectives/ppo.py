@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -55,10 +55,17 @@ def token_level_rewards(scores: torch.Tensor, mask: torch.Tensor, penalty: torch
 
 def ppo_loss(batch: PolicyBatch, values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
              regularizers: Sequence[Regularizer] = (), vf_coef: float = 0.5, value_clip: float | None = 0.2,
-             aggregation: str = "token-mean", **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+             aggregation: str = "token-mean", policy: Callable | None = None, **kwargs
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO loss: policy surrogate (+ loss-placed regularizers) ``+ vf_coef * value_loss``. Advantages in
-    ``batch.advantages`` are token-level (GAE, :func:`rlkit.advantages.gae_advantages`)."""
-    loss, metrics = policy_loss(batch, regularizers, aggregation=aggregation, **kwargs)
+    ``batch.advantages`` are token-level (GAE, :func:`rlkit.advantages.gae_advantages`).
+
+    ``policy(batch, regularizers) -> (loss, metrics)`` replaces the default surrogate (:func:`policy_loss` with
+    ``aggregation`` and the keyword arguments): a learner's registered policy loss (``ppo.policy_loss``)."""
+    if policy is not None:
+        loss, metrics = policy(batch, regularizers)
+    else:
+        loss, metrics = policy_loss(batch, regularizers, aggregation=aggregation, **kwargs)
     v_loss = value_loss(values, old_values, returns, batch.mask, value_clip, aggregation, kwargs.get("norm_length"))
     loss = loss + vf_coef * v_loss
     with torch.no_grad():

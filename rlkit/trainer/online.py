@@ -146,21 +146,22 @@ class OnlineTrainer:
                                                      inprocess=self.inproc, share=share)
 
     def _spawn_learner(self):
+        from rlkit.config.sections import LearnerLoRAConfig
         from rlkit.workers import Learner, PPOLearner
         from rlkit.workers.local import spawn
 
         r, rc = self.recipe, self.recipe.ray
         kw = dict(temperature=r.rollout.temperature, dtype=r.model.dtype, seed=r.seed, torch_threads=rc.torch_threads)
         if r.model.lora is not None:  # the learner trains adapters over the initial policy and serves "initial"
-            kw["lora"] = {**r.model.lora.model_dump(), "base_path": self.init_paths[0],
-                          "kl_to_initial": r.eval.kl_to_initial}
+            kw["lora"] = LearnerLoRAConfig(**r.model.lora.model_dump(), base_path=self.init_paths[0],
+                                           kl_to_initial=r.eval.kl_to_initial)
         if r.learner.num_workers > 1:  # N ranks behind the same calls; rank 0 returns weights and checkpoints
             from rlkit.workers.learner_group import LearnerGroup
 
-            return LearnerGroup(r.learner.num_workers, self.policy_path, self.cfg.model_dump(), r.regularizers,
+            return LearnerGroup(r.learner.num_workers, self.policy_path, self.cfg, r.regularizers,
                                 num_cpus=rc.cpus_per_learner, **kw)
         return spawn(PPOLearner if self.ppo else Learner, dict(num_cpus=rc.cpus_per_learner), self.policy_path,
-                     self.cfg.model_dump(), r.regularizers, inprocess=self.inproc, **kw)
+                     self.cfg, r.regularizers, inprocess=self.inproc, **kw)
 
     def _spawn_references(self) -> None:
         """The :class:`ReferencePlan` from the learner's needs, its reference workers, the weight sync."""

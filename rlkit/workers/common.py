@@ -12,6 +12,9 @@ def setup_process(torch_threads: int, seed: int | None = None) -> None:
     torch.set_num_threads(max(1, torch_threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
+    from rlkit.plugins import load_from_env
+
+    load_from_env()  # the recipe's plugins register their components here too
     if seed is not None:
         torch.manual_seed(seed)
 

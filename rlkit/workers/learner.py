@@ -10,14 +10,16 @@ import json
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 
-from rlkit.advantages import group_advantages, rloo_advantages, stcr_scale
+from rlkit.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
+from rlkit.config.sections import GRPOConfig, LearnerLoRAConfig
 from rlkit.divergences import kl_penalty
 from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
 from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
-from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
+from rlkit.objectives import reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
 from rlkit.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
@@ -28,40 +30,79 @@ from .common import cpu_state_dict, load_model, setup_process
 from .local import remote_actor
 
 
-class LearnerCore:
-    """The learner's logic without Ray (unit-testable; the Ray actor below wraps it)."""
+@dataclass
+class StepTensors:
+    """One step's inputs as tensors, built once from the :class:`TrainBatch` (``[B, T]`` over completion tokens):
+    the collated ``batch``, the references' log-probs / logits / hidden states by key, the reward's ``scores``
+    and ``correct`` flags, each row's group ``accuracy`` and the rollout engine's log-probs."""
 
-    def __init__(self, model_path: str, grpo: dict, regularizers, temperature: float = 1.0, dtype: str = "float32",
-                 seed: int = 0, lora: dict | None = None):
+    step: int
+    batch: dict
+    refs: dict[str, torch.Tensor]
+    ref_logits: dict[str, torch.Tensor]
+    ref_hidden: dict[str, tuple]
+    scores: torch.Tensor
+    correct: torch.Tensor
+    accuracy: torch.Tensor
+    rollout_lp: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch["completion_mask"]
+
+
+@dataclass
+class UpdateLog:
+    """What the minibatch updates of one step add up: metric sums, the terms that went non-finite, the number of
+    updates applied (planned: ``planned``) and of those that carried rehearsal rows."""
+
+    planned: int
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bad_terms: set[str] = field(default_factory=set)
+    applied: int = 0
+    with_rehearsal: int = 0
+
+
+class LearnerCore:
+    """The learner's logic without Ray (unit-testable; the Ray actor below wraps it).
+
+    ``grpo``: the algorithm's validated section (:class:`rlkit.config.GRPOConfig`; a mapping is validated into
+    one, so every default is the recipe's); ``lora``: a :class:`rlkit.config.sections.LearnerLoRAConfig` (or
+    its mapping) for a peft-wrapped policy whose adapters alone train (:mod:`rlkit.models.lora`)."""
+
+    Section: type[GRPOConfig] = GRPOConfig
+
+    def __init__(self, model_path: str, grpo: GRPOConfig | dict, regularizers, temperature: float = 1.0,
+                 dtype: str = "float32", seed: int = 0, lora: LearnerLoRAConfig | dict | None = None):
         torch.manual_seed(seed)
-        # LoRA (rlkit.models.lora): peft-wrapped policy, only adapters trained; ``lora`` is the model.lora section
-        # plus ``base_path`` (the initial policy) and ``kl_to_initial``
-        self.lora = lora
-        if lora:
+        self.lora = LearnerLoRAConfig.model_validate(lora) if isinstance(lora, dict) else lora
+        if self.lora:
             from rlkit.models.lora import load_lora_policy
 
-            self.model, self.tokenizer = load_lora_policy(model_path, lora, dtype)
+            self.model, self.tokenizer = load_lora_policy(model_path, self.lora.model_dump(), dtype)
         else:
             self.model, self.tokenizer = load_model(model_path, dtype)
         self.model.train()
-        self.cfg = grpo
-        if grpo.get("aggregation") == "drgrpo" and not grpo.get("norm_length"):
+        self.cfg = grpo if isinstance(grpo, self.Section) else self.Section.model_validate(dict(grpo))
+        if self.cfg.aggregation == "drgrpo" and not self.cfg.norm_length:
             raise ValueError("grpo.aggregation 'drgrpo' needs grpo.norm_length, Dr. GRPO's constant L (the driver "
                              "sets it to rollout.max_new_tokens); it is missing")
+        self.advantage = ADVANTAGES.get(self.cfg.advantage)(self.cfg)
+        self.policy_loss = POLICY_LOSSES.get(self.cfg.policy_loss)(self.cfg)
         self.temperature = temperature
         self.regs = build_regularizers(regularizers)
         # samples: reference (DPH-RL) act on the stored rehearsal rows only, the others on the GRPO batch
         self.rehearsal_regs = [r for r in self.regs if on_reference_samples(r)]
         self.policy_regs = [r for r in self.regs if not on_reference_samples(r)]
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=grpo["learning_rate"],
-                                     weight_decay=grpo.get("weight_decay", 0.0))
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                     lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
         self.pad_id = self.tokenizer.pad_token_id
         self.version = 0
         self.bad_steps = 0
         self.dist = None  # data-parallel rank: a GradSync from rlkit.workers.learner_group
         self._fused_ok: bool | None = None  # grpo.fused_head usable with this model and these regularizers
         # grpo.shared_prefix: each distinct prompt of a (mini)batch runs through the policy once (rlkit.prefix)
-        self._prefix = SharedPrefix(bool(grpo.get("shared_prefix", False)), "Learner")
+        self._prefix = SharedPrefix(self.cfg.shared_prefix, "Learner")
         self._ref_heads: dict[str, dict] = {}  # lm_heads of references sent as hidden states, by key
 
     def needs(self) -> dict:
@@ -85,165 +126,201 @@ class LearnerCore:
                 # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
                 "served": ["initial"] if self.lora else []}
 
-    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None,
-                    correct: torch.Tensor | None = None) -> torch.Tensor:
-        """Advantages from sequence ``scores`` ``[B]`` and the per-token ``penalty`` ``[B, T]`` of reward-placed
-        regularizers (PPO overrides this with token-level GAE); with ``grpo.stcr``, APO's STCR scaling of over-long
-        wrong answers (:func:`rlkit.advantages.stcr_scale`; lengths from ``batch``'s completion mask, ``correct``
-        the reward's per-sample flags)."""
-        rewards = scores if penalty is None else scores - penalty.sum(-1)
-        g, kind = self.cfg["group_size"], self.cfg.get("advantage", "grpo")
-        if kind == "rloo":
-            adv = rloo_advantages(rewards, g)
-        else:
-            adv = group_advantages(rewards, g, scale_std=(kind == "grpo"))
-        if self.cfg.get("stcr"):
-            if batch is None or correct is None:
-                raise ValueError("grpo.stcr needs the completion mask and the per-sample correct flags")
-            adv = stcr_scale(adv, batch["completion_mask"].sum(-1), correct, g, self.cfg.get("stcr_base", 1.00001))
-        return adv
-
+    # --- one step: inputs -> advantages -> old policy -> minibatch updates -> metrics ---------------------------
     def train_step(self, data: TrainBatch) -> dict:
-        cfg, step = self.cfg, data.step
+        s = self._step_tensors(data)
+        metrics: dict[str, float] = {}
+        penalty = self._reward_penalty(s, metrics)
+        advantages = self._advantages(AdvantageInputs(scores=s.scores, mask=s.mask, group_size=self.cfg.group_size,
+                                                      penalty=penalty, correct=s.correct), s.batch)
+        fused = self._fused(s.batch)
+        old_lp, proxy = self._old_policy(s, fused)
+        log = self._updates(s, advantages, old_lp, proxy, fused, data.rehearsal)
+        metrics.update(self._update_metrics(log, s.step))
+        if self.dist is not None:  # the same metrics on every rank, so adaptive controllers stay identical
+            metrics = self.dist.reduce_metrics(metrics)
+        self._observe(metrics)
+        metrics.update(self._diagnostics(s, data, advantages))
+        self.version += 1
+        return metrics
+
+    def _step_tensors(self, data: TrainBatch) -> StepTensors:
         self._check_groups(data)
         batch = collate(data.prompt_ids, data.completion_ids, self.pad_id)
         ref_outputs = self._with_own_references(data.refs, batch)
-        ids, mask = batch["completion_ids"], batch["completion_mask"]
-        B = ids.shape[0]
-        refs = {k: v.logprobs for k, v in ref_outputs.items()}
-        ref_logits = {k: v.logits for k, v in ref_outputs.items() if v.logits is not None}
-        ref_hidden = {k: self._ref_head(k, v) for k, v in ref_outputs.items() if v.hidden is not None}
-        scores = torch.tensor(data.scores, dtype=torch.float32)
+        g = self.cfg.group_size
         correct = torch.tensor(data.correct, dtype=torch.float32)
-        accuracy = correct.view(-1, cfg["group_size"]).mean(1).repeat_interleave(cfg["group_size"])
-        rollout_lp = torch.zeros_like(mask)
+        rollout_lp = torch.zeros_like(batch["completion_mask"])
         for i, lps in enumerate(data.rollout_logprobs):
             rollout_lp[i, :len(lps)] = torch.tensor(lps)
-        metrics: dict[str, float] = {}
-        # Placement "reward": penalise the sampled sequences before advantages (no grad; rollout log-probs).
-        pen = None
-        if any(r.placement == "reward" for r in self.regs):
-            pen, m = reward_penalty(PolicyBatch(logprobs=rollout_lp, mask=mask, ref_logprobs=refs, step=step,
-                                                extras={"correct": correct}), self.regs)
-            metrics.update({f"reward_penalty/{k}": v for k, v in m.items()})
-        advantages = self._advantages(scores, pen, batch, correct=correct)
-        reuse_old = cfg.get("epochs", 1) == 1 and cfg.get("minibatches", 1) == 1
-        old_lp = proxy = None
-        lp_regs = [r for r in self.regs if "proxy_logprobs" in r.requires()]
-        fused = self._fused(batch)
-        if not reuse_old and fused:
-            with torch.no_grad():
-                old_lp = self._forward(batch, fused, entropy=False)[0]
-        elif not reuse_old:
-            with torch.no_grad():
-                old_logits = completion_logits(self.model, batch, self.temperature,
-                                               self._prefix.group(self.model, batch))
-                old_lp = token_logprobs(old_logits, ids)
-                if lp_regs:
-                    proxy = lp_regs[0].proxy_logprobs(old_logits, ids)
-                del old_logits
-        want_logits = any("logits" in r.requires() for r in self.regs)
-        sums: dict[str, float] = defaultdict(float)
-        bad_terms: set[str] = set()
-        n_updates = 0
-        mbs = cfg.get("minibatches", 1)
-        reh = self._rehearsal_inputs(data.rehearsal, mbs)  # DPH-RL rehearsal rows: one chunk per minibatch
-        n_reh = 0
-        for _ in range(cfg.get("epochs", 1)):
-            for j, idx in enumerate(torch.arange(B).chunk(mbs)):
-                sub = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        return StepTensors(
+            step=data.step, batch=batch, refs={k: v.logprobs for k, v in ref_outputs.items()},
+            ref_logits={k: v.logits for k, v in ref_outputs.items() if v.logits is not None},
+            ref_hidden={k: self._ref_head(k, v) for k, v in ref_outputs.items() if v.hidden is not None},
+            scores=torch.tensor(data.scores, dtype=torch.float32), correct=correct,
+            accuracy=correct.view(-1, g).mean(1).repeat_interleave(g), rollout_lp=rollout_lp)
+
+    def _reward_penalty(self, s: StepTensors, metrics: dict) -> torch.Tensor | None:
+        """Placement "reward": the per-token penalty of the sampled sequences, before advantages (no grad; the
+        rollout log-probs); None without such regularizers."""
+        if not any(r.placement == "reward" for r in self.regs):
+            return None
+        pen, m = reward_penalty(PolicyBatch(logprobs=s.rollout_lp, mask=s.mask, ref_logprobs=s.refs, step=s.step,
+                                            extras={"correct": s.correct}), self.regs)
+        metrics.update({f"reward_penalty/{k}": v for k, v in m.items()})
+        return pen
+
+    def _advantages(self, inputs: AdvantageInputs, batch: dict) -> torch.Tensor:
+        """The algorithm's advantage estimator (``grpo.advantage``, :data:`rlkit.algorithms.ADVANTAGES`); PPO
+        overrides this to add its critic's values."""
+        return self.advantage(inputs).advantages
+
+    def _reuse_old(self) -> bool:
+        """One epoch of one minibatch: the old policy is the current one, its log-probs the update's own."""
+        return self.cfg.epochs == 1 and self.cfg.minibatches == 1
+
+    def _proxy_regs(self) -> list:
+        return [r for r in self.regs if "proxy_logprobs" in r.requires()]
+
+    def _old_policy(self, s: StepTensors, fused: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(old log-probs, Lp-Reg proxy log-probs)`` from one no-grad forward before the updates, when the step
+        makes several updates; ``(None, None)`` when it makes one (:meth:`_reuse_old`)."""
+        if self._reuse_old():
+            return None, None
+        with torch.no_grad():
+            if fused:
+                return self._forward(s.batch, fused, entropy=False)[0], None
+            logits = completion_logits(self.model, s.batch, self.temperature, self._prefix.group(self.model, s.batch))
+            ids, lp_regs = s.batch["completion_ids"], self._proxy_regs()
+            return token_logprobs(logits, ids), (lp_regs[0].proxy_logprobs(logits, ids) if lp_regs else None)
+
+    def _updates(self, s: StepTensors, advantages: torch.Tensor, old_lp, proxy, fused: bool,
+                 rehearsal: RehearsalBatch | None) -> UpdateLog:
+        """``grpo.epochs`` passes over ``grpo.minibatches`` contiguous row ranges, one optimizer update each; the
+        DPH-RL rehearsal rows (one chunk per minibatch) join the first pass's updates."""
+        mbs, B = self.cfg.minibatches, s.mask.shape[0]
+        chunks = torch.arange(B).chunk(mbs)
+        log = UpdateLog(planned=self.cfg.epochs * len(chunks))
+        reh = self._rehearsal_inputs(rehearsal, mbs)
+        for _ in range(self.cfg.epochs):
+            for j, idx in enumerate(chunks):
+                sub = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in s.batch.items()}
                 lp, ent, logits, head = self._forward(sub, fused)
-                # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
-                old = rollout_lp[idx] if cfg.get("async_rollout") else (lp.detach() if reuse_old else old_lp[idx])
-                prox = proxy[idx] if proxy is not None else (
-                    lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
-                pb = PolicyBatch(
-                    logprobs=lp, old_logprobs=old, mask=sub["completion_mask"], advantages=advantages[idx],
-                    ref_logprobs={k: v[idx] for k, v in refs.items()} or None,
-                    # idx is a contiguous range: [B, T, V] reference logits are sliced as views, never copied
-                    ref_logits={k: v[int(idx[0]):int(idx[-1]) + 1] for k, v in ref_logits.items()} or None,
-                    ref_hidden={k: (h[int(idx[0]):int(idx[-1]) + 1], *head) for k, (h, *head) in ref_hidden.items()}
-                    or None,
-                    logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=accuracy[idx], step=step,
-                    hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None,
-                    extras={"correct": correct[idx]})
-                tis, tis_m = (tis_weights(old, rollout_lp[idx], sub["completion_mask"], cfg["tis_cap"])
-                              if cfg.get("tis_cap") else (None, {}))
-                loss, m = self._loss(pb, sub, idx, clip_low=cfg["clip_low"], clip_high=cfg["clip_high"],
-                                     aggregation=cfg["aggregation"], norm_length=cfg.get("norm_length"), entropy=ent,
-                                     entropy_coef=cfg.get("entropy_coef", 0.0), token_weights=tis)
-                m.update(tis_m)
+                pb = self._policy_batch(s, sub, idx, advantages, old_lp, proxy, lp, logits, head)
+                loss, m = self._minibatch_loss(pb, sub, idx, ent, s.rollout_lp[idx])
                 if j < len(reh):  # the rehearsal divergence joins this update's loss
-                    r_loss, r_m = self._rehearsal_term(*reh[j], fused, step)
+                    r_loss, r_m = self._rehearsal_term(*reh[j], fused, s.step)
                     loss = loss + r_loss
                     m.update({**r_m, "loss/total": float(loss.detach())})
-                if n_updates == 0:
-                    gap = (lp.detach() - rollout_lp[idx]).abs() * sub["completion_mask"]
-                    sums["rollout/logprob_gap"] += float(masked_mean(gap, sub["completion_mask"]))
-                    sums["rollout/logprob_gap_max"] = max(sums["rollout/logprob_gap_max"], float(gap.max()))
-                self.opt.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(loss))
-                if finite:
-                    loss.backward()
-                if self.dist is not None:  # data parallel: grads summed with loss shares; all ranks skip together
-                    finite = self.dist.sync(self.opt, finite, sub["completion_mask"])
-                if not finite:  # name the terms that went non-finite, skip the update
-                    bad_terms.update(k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v))
-                    bad_terms.add("loss")
-                    self.opt.zero_grad(set_to_none=True)
-                    continue
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.get("max_grad_norm") or float("inf"))
-                if not torch.isfinite(norm):
-                    bad_terms.add("grad_norm")
-                    self.opt.zero_grad(set_to_none=True)
-                    continue
-                m["grad_norm"] = float(norm)
-                self.opt.step()
-                for k, v in m.items():
-                    sums[k] += v
-                n_updates += 1
-                n_reh += j < len(reh)
-        metrics.update({k: (v / max(n_updates, 1) if not k.startswith("rollout/logprob_gap") else v)
-                        for k, v in sums.items()})
-        metrics.update({k: v / n_reh for k, v in sums.items() if k.startswith("rehearsal/") and n_reh})
+                if log.applied == 0:
+                    gap = (lp.detach() - s.rollout_lp[idx]).abs() * sub["completion_mask"]
+                    log.sums["rollout/logprob_gap"] += float(masked_mean(gap, sub["completion_mask"]))
+                    log.sums["rollout/logprob_gap_max"] = max(log.sums["rollout/logprob_gap_max"], float(gap.max()))
+                if self._apply(loss, m, sub["completion_mask"], log):
+                    log.with_rehearsal += j < len(reh)
         if reh:
-            metrics["rehearsal/batch_size"] = float(sum(len(ref) for _, ref in reh))
-        n_planned = cfg.get("epochs", 1) * len(torch.arange(B).chunk(mbs))
-        metrics["skipped_updates"] = float(n_planned - n_updates)
-        if bad_terms:
-            metrics.update({f"nonfinite/{t}": 1.0 for t in sorted(bad_terms)})
-            print(f"Learner: step {step}: non-finite {', '.join(sorted(bad_terms))}; "
-                  f"{n_planned - n_updates}/{n_planned} update(s) skipped", flush=True)
-        self.bad_steps = self.bad_steps + 1 if n_updates == 0 else 0
-        limit = cfg.get("max_bad_steps", 5)
+            log.sums["rehearsal/batch_size"] = float(sum(len(ref) for _, ref in reh))
+        return log
+
+    def _policy_batch(self, s: StepTensors, sub: dict, idx: torch.Tensor, advantages, old_lp, proxy, lp, logits,
+                      head) -> PolicyBatch:
+        """The :class:`PolicyBatch` of one minibatch (rows ``idx``) for the policy loss and the regularizers."""
+        # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
+        old = s.rollout_lp[idx] if self.cfg.async_rollout else (lp.detach() if old_lp is None else old_lp[idx])
+        lp_regs = self._proxy_regs()
+        prox = proxy[idx] if proxy is not None else (
+            lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
+        want_logits = any("logits" in r.requires() for r in self.regs)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1  # idx is a contiguous range: [B, T, V] tensors sliced as views
+        return PolicyBatch(
+            logprobs=lp, old_logprobs=old, mask=sub["completion_mask"], advantages=advantages[idx],
+            ref_logprobs={k: v[idx] for k, v in s.refs.items()} or None,
+            ref_logits={k: v[lo:hi] for k, v in s.ref_logits.items()} or None,
+            ref_hidden={k: (h[lo:hi], *rest) for k, (h, *rest) in s.ref_hidden.items()} or None,
+            logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=s.accuracy[idx], step=s.step,
+            hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None,
+            extras={"correct": s.correct[idx]})
+
+    def _minibatch_loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy, rollout_lp: torch.Tensor
+                        ) -> tuple[torch.Tensor, dict]:
+        """The policy loss with ``grpo.tis_cap``'s truncated importance weights against the rollout log-probs."""
+        tis, tis_m = (tis_weights(pb.old_logprobs, rollout_lp, sub["completion_mask"], self.cfg.tis_cap)
+                      if self.cfg.tis_cap else (None, {}))
+        loss, m = self._loss(pb, sub, idx, entropy=entropy, token_weights=tis)
+        m.update(tis_m)
+        return loss, m
+
+    def _apply(self, loss: torch.Tensor, m: dict, mask: torch.Tensor, log: UpdateLog) -> bool:
+        """Backward, gradient clip and optimizer step for one update, skipped (and the bad terms named in ``log``)
+        when the loss or the gradient norm is non-finite; data-parallel ranks decide together. True if applied."""
+        self.opt.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+        if self.dist is not None:  # data parallel: grads summed with loss shares; all ranks skip together
+            finite = self.dist.sync(self.opt, finite, mask)
+        if not finite:
+            log.bad_terms.update(k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v))
+            log.bad_terms.add("loss")
+            self.opt.zero_grad(set_to_none=True)
+            return False
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+        if not torch.isfinite(norm):
+            log.bad_terms.add("grad_norm")
+            self.opt.zero_grad(set_to_none=True)
+            return False
+        m["grad_norm"] = float(norm)
+        self.opt.step()
+        for k, v in m.items():
+            log.sums[k] += v
+        log.applied += 1
+        return True
+
+    def _update_metrics(self, log: UpdateLog, step: int) -> dict[str, float]:
+        """Means over the applied updates (the rollout gaps and the rehearsal batch size as they are; rehearsal
+        terms over the updates that had rows), skipped updates, non-finite terms; stops the run after
+        ``grpo.max_bad_steps`` consecutive steps without a finite update."""
+        keep = ("rollout/logprob_gap", "rehearsal/batch_size")
+        metrics = {k: (v / max(log.applied, 1) if not k.startswith(keep) else v) for k, v in log.sums.items()}
+        metrics.update({k: v / log.with_rehearsal for k, v in log.sums.items()
+                        if k.startswith("rehearsal/") and k != "rehearsal/batch_size" and log.with_rehearsal})
+        metrics["skipped_updates"] = float(log.planned - log.applied)
+        bad = ", ".join(sorted(log.bad_terms))
+        if log.bad_terms:
+            metrics.update({f"nonfinite/{t}": 1.0 for t in sorted(log.bad_terms)})
+            print(f"Learner: step {step}: non-finite {bad}; {log.planned - log.applied}/{log.planned} update(s) "
+                  "skipped", flush=True)
+        self.bad_steps = self.bad_steps + 1 if log.applied == 0 else 0
+        limit = self.cfg.max_bad_steps
         if limit and self.bad_steps >= limit:
             raise FloatingPointError(f"{self.bad_steps} consecutive steps without a finite update (last step {step}: "
-                                     f"non-finite {', '.join(sorted(bad_terms))}); stopping. The last checkpoint "
-                                     "is intact: lower the learning rate or the regularizer coefficient and resume")
-        if self.dist is not None:  # the same metrics on every rank, so adaptive controllers stay identical
-            metrics = self.dist.reduce_metrics(metrics)
+                                     f"non-finite {bad}); stopping. The last checkpoint is intact: lower the "
+                                     "learning rate or the regularizer coefficient and resume")
+        return metrics
+
+    def _observe(self, metrics: dict) -> None:
+        """Each regularizer sees its own value (adaptive coefficients), wherever it was placed."""
         for r in self.regs:
             key = f"{r.label}/value"
-            if key in metrics:
-                r.observe(metrics[key])
-            elif f"reward_penalty/{key}" in metrics:
-                r.observe(metrics[f"reward_penalty/{key}"])
-            elif f"rehearsal/{key}" in metrics:
-                r.observe(metrics[f"rehearsal/{key}"])
-        if "initial" in refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
-            kl0 = kl_penalty(rollout_lp, refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
-            metrics["kl_initial/k3"] = float(masked_mean(kl0, mask))
-        metrics.update({"reward/mean": float(torch.tensor(data.scores).mean()),
-                        "reward/accuracy": float(correct.mean()),
-                        "response/length": float(mask.sum(-1).mean()),
-                        "advantage/abs_mean": float(advantages.abs().mean())})
-        self.version += 1
-        return metrics
+            for name in (key, f"reward_penalty/{key}", f"rehearsal/{key}"):
+                if name in metrics:
+                    r.observe(metrics[name])
+                    break
+
+    def _diagnostics(self, s: StepTensors, data: TrainBatch, advantages: torch.Tensor) -> dict[str, float]:
+        out = {}
+        if "initial" in s.refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
+            kl0 = kl_penalty(s.rollout_lp, s.refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
+            out["kl_initial/k3"] = float(masked_mean(kl0, s.mask))
+        out.update({"reward/mean": float(torch.tensor(data.scores).mean()), "reward/accuracy": float(s.correct.mean()),
+                    "response/length": float(s.mask.sum(-1).mean()),
+                    "advantage/abs_mean": float(advantages.abs().mean())})
+        return out
 
     def _check_groups(self, data: TrainBatch) -> None:
         """Advantages are taken over blocks of ``group_size`` consecutive rows: ``data.group`` (when given) must
         say that each block answers one prompt, and no two blocks the same one."""
-        g, groups = self.cfg["group_size"], data.group
+        g, groups = self.cfg.group_size, data.group
         if groups is None:
             return
         blocks = [groups[i:i + g] for i in range(0, len(groups), g)]
@@ -258,7 +335,7 @@ class LearnerCore:
         if not self.lora:
             return refs
         need = self.needs()
-        if self.lora.get("kl_to_initial", True) or "initial" in need["ref_logprobs"] + need["ref_logits"]:
+        if self.lora.kl_to_initial or "initial" in need["ref_logprobs"] + need["ref_logits"]:
             own = self.compute(batch=batch, want_logits="initial" in need["ref_logits"])
             return {**refs, "initial": ReferenceOutput.from_dict(own)}
         return refs
@@ -297,7 +374,7 @@ class LearnerCore:
     def _fused(self, batch: dict) -> bool:
         """Whether steps take the fused-head path (``grpo.fused_head``): decided at the first step, by a one-row
         check that the head's ``F.linear`` gives the model's own logits; a fallback is printed once, with why."""
-        if not self.cfg.get("fused_head"):
+        if not self.cfg.fused_head:
             return False
         if self._fused_ok is None:
             why = None
@@ -328,9 +405,11 @@ class LearnerCore:
         head = (hidden, (weight, bias, self.temperature))
         return (*out, None, head) if entropy else (out, None, None, head)
 
-    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
-        """One minibatch's objective (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
-        return grpo_loss(pb, self.policy_regs, **kwargs)
+    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
+              ) -> tuple[torch.Tensor, dict]:
+        """One minibatch's objective: the algorithm's policy loss (``grpo.policy_loss``) with the loss-placed
+        regularizers (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
+        return self.policy_loss(pb, self.policy_regs, entropy=entropy, token_weights=token_weights)
 
     def _extra_checkpoint_files(self) -> dict:
         """More files for every checkpoint (PPO: its critic)."""

@@ -45,6 +45,7 @@ import ray
 import torch
 
 from rlkit._config import ConfigError
+from rlkit.config.sections import GRPOConfig
 from rlkit.types import ReferenceOutput, TrainBatch
 
 from .common import setup_process
@@ -165,7 +166,7 @@ class DataParallelMixin:
         with torch.no_grad():
             for t in [*self.model.parameters(), *self.model.buffers()]:
                 dist.broadcast(t.data, src=0)
-        self.dist = GradSync(self.dp_rank, world, self.cfg["aggregation"], device)
+        self.dist = GradSync(self.dp_rank, world, self.cfg.aggregation, device)
         return backend
 
     def parameters_digest(self) -> dict:
@@ -254,10 +255,11 @@ class LearnerGroup:
     rank (``train_step``, ``load_training_state``) wait for all of them and return an object ref of the (merged)
     result, or the ref of the first rank that failed, so ``ray.get`` raises that rank's error."""
 
-    def __init__(self, num_workers: int, model_path: str, grpo: dict, regularizers, *, num_cpus: float = 0.5,
-                 num_gpus: float = 0, core: type = LearnerCore, timeout_s: float = 1800.0, **kwargs):
-        self.num_workers, self.group_size = num_workers, grpo["group_size"]
-        self.minibatches = grpo.get("minibatches", 1)
+    def __init__(self, num_workers: int, model_path: str, grpo: GRPOConfig | dict, regularizers, *,
+                 num_cpus: float = 0.5, num_gpus: float = 0, core: type = LearnerCore, timeout_s: float = 1800.0,
+                 **kwargs):
+        grpo = grpo if isinstance(grpo, core.Section) else core.Section.model_validate(dict(grpo))
+        self.num_workers, self.group_size, self.minibatches = num_workers, grpo.group_size, grpo.minibatches
         actor = data_parallel_actor(core)
         self.workers = [actor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
             model_path, grpo, regularizers, dp_rank=rank, **kwargs) for rank in range(num_workers)]

@@ -8,12 +8,14 @@ learner's; this module fills its three hooks: ``_advantages`` (GAE from the crit
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from functools import partial
 
 import torch
 
-from rlkit.advantages import gae_advantages, whiten
-from rlkit.objectives.aggregation import masked_mean
-from rlkit.objectives.ppo import ppo_loss, token_level_rewards
+from rlkit.algorithms import AdvantageInputs
+from rlkit.config.sections import PPOConfig
+from rlkit.objectives.ppo import ppo_loss
 from rlkit.regularizers import PolicyBatch
 from rlkit.types import TrainBatch
 
@@ -91,7 +93,8 @@ class SeparateCritic(torch.nn.Module):
 
 class PPOLearnerCore(LearnerCore):
     """PPO (Schulman et al. 2017) for RLHF/RLVR (Ziegler et al. 2019): clipped surrogate on token-level GAE
-    advantages, plus ``vf_coef`` times the clipped value loss. ``ppo``: :class:`rlkit.config.PPOConfig` as a dict.
+    advantages, plus ``vf_coef`` times the clipped value loss. ``ppo``: :class:`rlkit.config.PPOConfig` (or its
+    mapping).
 
     Per batch, once: the critic's old values ``V_old``, token rewards ``r_t`` (the score on the last completion
     token minus the per-token penalty of regularizers with ``placement: reward``), GAE advantages and the returns
@@ -99,15 +102,15 @@ class PPOLearnerCore(LearnerCore):
     group of the learner's optimizer (learning rate ``critic_learning_rate``), gradient-clipped on their own.
     """
 
-    def __init__(self, model_path: str, ppo: dict, regularizers, temperature: float = 1.0, dtype: str = "float32",
-                 seed: int = 0, **kwargs):
+    Section = PPOConfig
+
+    def __init__(self, model_path: str, ppo: PPOConfig | dict, regularizers, temperature: float = 1.0,
+                 dtype: str = "float32", seed: int = 0, **kwargs):
         super().__init__(model_path, ppo, regularizers, temperature=temperature, dtype=dtype, seed=seed, **kwargs)
-        kind = ppo.get("critic", "value_head")
-        if kind not in ("value_head", "separate"):
-            raise ValueError(f"ppo.critic must be 'value_head' or 'separate', got {kind!r}")
-        self.critic = ValueHead(self.model) if kind == "value_head" else SeparateCritic(model_path, dtype)
-        lr = ppo.get("critic_learning_rate") or ppo["learning_rate"]
-        self.opt.add_param_group({"params": list(self.critic.parameters()), "lr": lr})
+        cfg = self.cfg
+        self.critic = ValueHead(self.model) if cfg.critic == "value_head" else SeparateCritic(model_path, dtype)
+        self.opt.add_param_group({"params": list(self.critic.parameters()),
+                                  "lr": cfg.critic_learning_rate or cfg.learning_rate})
         self.opt.register_step_pre_hook(self._clip_critic)
         self._old_values = self._returns = None
         self._step_metrics: dict[str, float] = {}
@@ -118,7 +121,7 @@ class PPOLearnerCore(LearnerCore):
         params = [p for p in self.critic.parameters() if p.grad is not None]
         if not params:
             return
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.get("max_grad_norm") or float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf"))
         if torch.isfinite(norm):
             self._critic_norms.append(float(norm))
         else:
@@ -126,26 +129,23 @@ class PPOLearnerCore(LearnerCore):
                 p.grad = None
             self._step_metrics["nonfinite/critic_grad_norm"] = 1.0
 
-    def _advantages(self, scores: torch.Tensor, penalty: torch.Tensor | None = None, batch: dict | None = None,
-                    correct: torch.Tensor | None = None) -> torch.Tensor:
-        """Token-level GAE (Schulman et al. 2016, arXiv 1506.02438) on the PPO-RLHF reward
-        ``r_t = 1[t = last] score - sum_r coef_r D_r(t)``: ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)``,
-        ``A_t = sum_l (gamma lam)^l delta_{t+l}``; then whitened over the batch's tokens if ``whiten_advantages``."""
-        cfg, mask = self.cfg, batch["completion_mask"]
+    def _advantages(self, inputs: AdvantageInputs, batch: dict) -> torch.Tensor:
+        """The critic-based estimator (``ppo.advantage``, GAE) on the critic's old values of the batch; keeps the
+        value targets (returns) for :meth:`_loss` and the estimator's metrics for the step's log."""
         with torch.no_grad():
-            self._old_values = self.critic(batch).float() * mask
-        rewards = token_level_rewards(scores, mask, penalty)
-        adv, self._returns = gae_advantages(rewards, self._old_values, mask, cfg.get("gamma", 1.0),
-                                            cfg.get("lam", 0.95))
-        self._step_metrics.update({"advantage/abs_mean": float(masked_mean(adv.abs(), mask)),
-                                   "value/returns_mean": float(masked_mean(self._returns, mask)),
-                                   "value/old_mean": float(masked_mean(self._old_values, mask))})
-        return whiten(adv, mask) if cfg.get("whiten_advantages", True) else adv
+            self._old_values = self.critic(batch).float() * inputs.mask
+        out = self.advantage(replace(inputs, values=self._old_values))
+        self._returns = out.returns
+        self._step_metrics.update(out.metrics)
+        return out.advantages
 
-    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict]:
-        values = self.critic(sub)
-        return ppo_loss(pb, values, self._old_values[idx], self._returns[idx], self.regs,
-                        vf_coef=self.cfg.get("vf_coef", 0.1), value_clip=self.cfg.get("value_clip", 0.2), **kwargs)
+    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
+              ) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        policy = partial(self.policy_loss, entropy=entropy, token_weights=token_weights)
+        return ppo_loss(pb, self.critic(sub), self._old_values[idx], self._returns[idx], self.regs,
+                        vf_coef=cfg.vf_coef, value_clip=cfg.value_clip, aggregation=cfg.aggregation,
+                        norm_length=cfg.norm_length, policy=policy)
 
     def train_step(self, data: TrainBatch) -> dict:
         self._step_metrics, self._critic_norms = {}, []
@@ -184,5 +184,5 @@ class PPOLearner(PPOLearnerCore):
     def __init__(self, *args, torch_threads: int = 1, **kwargs):
         setup_process(torch_threads)
         super().__init__(*args, **kwargs)
-        print(f"Learner pid={os.getpid()} algorithm=ppo critic={self.cfg.get('critic', 'value_head')} "
+        print(f"Learner pid={os.getpid()} algorithm=ppo critic={self.cfg.critic} "
               f"regularizers={[r.label for r in self.regs]}", flush=True)

@@ -1,0 +1,50 @@
+"""Name -> component registries for the algorithm axes: advantage estimators and policy losses.
+
+A new estimator or loss is one module with a decorated class (``@ADVANTAGES.register("name")``) plus one import line
+in :mod:`rlkit.algorithms` (built-ins) or one entry in the recipe's ``plugins`` list (your own module). The recipe
+names it (``grpo.advantage: name``, ``grpo.policy_loss: name``); an unknown name is a :class:`ConfigError` that
+lists the registered ones."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from rlkit._config import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named set of component classes; ``what`` names the kind in errors, ``key`` the recipe key that selects."""
+
+    def __init__(self, what: str, key: str):
+        self.what, self.key = what, key
+        self._items: dict[str, type[T]] = {}
+
+    def register(self, name: str):
+        """Class decorator: make ``cls`` selectable as ``name`` (a second class under one name is refused)."""
+
+        def deco(cls: type[T]) -> type[T]:
+            if name in self._items and self._items[name] is not cls:
+                raise ValueError(f"{self.what} {name!r} is already registered to {self._items[name].__name__}")
+            cls.name = name
+            self._items[name] = cls
+            return cls
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def get(self, name: str, key: str | None = None) -> type[T]:
+        if name not in self._items:
+            raise ConfigError(key or self.key, f"unknown {self.what} {name!r}; registered: {', '.join(self.names())} "
+                              "(a module of your own joins through the recipe's 'plugins' list)")
+        return self._items[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+
+ADVANTAGES: Registry = Registry("advantage estimator", "grpo.advantage")
+POLICY_LOSSES: Registry = Registry("policy loss", "grpo.policy_loss")
