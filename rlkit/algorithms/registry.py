@@ -25,7 +25,8 @@ class Registry(Generic[T]):
         """Class decorator: make ``cls`` selectable as ``name`` (a second class under one name is refused)."""
 
         def deco(cls: type[T]) -> type[T]:
-            if name in self._items and self._items[name] is not cls:
+            old = self._items.get(name)
+            if old is not None and old is not cls and _origin(old) != _origin(cls):
                 raise ValueError(f"{self.what} {name!r} is already registered to {self._items[name].__name__}")
             cls.name = name
             self._items[name] = cls
@@ -44,6 +45,11 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def _origin(cls) -> tuple[str, str]:
+    """A class's module and qualified name: the same plugin imported again may re-register its class."""
+    return cls.__module__, cls.__qualname__
 
 
 ADVANTAGES: Registry = Registry("advantage estimator", "grpo.advantage")

@@ -50,6 +50,7 @@ from rlkit.types import ReferenceOutput, TrainBatch
 
 from .common import setup_process
 from .learner import LearnerCore
+from .local import with_plugins
 
 BUCKET_BYTES = 32 << 20
 
@@ -261,7 +262,7 @@ class LearnerGroup:
         grpo = grpo if isinstance(grpo, core.Section) else core.Section.model_validate(dict(grpo))
         self.num_workers, self.group_size, self.minibatches = num_workers, grpo.group_size, grpo.minibatches
         actor = data_parallel_actor(core)
-        self.workers = [actor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
+        self.workers = [actor.options(**with_plugins(dict(num_cpus=num_cpus, num_gpus=num_gpus))).remote(
             model_path, grpo, regularizers, dp_rank=rank, **kwargs) for rank in range(num_workers)]
         address, port = ray.get(self.workers[0].dist_address.remote())
         self.backend = ray.get([w.dist_init.remote(address, port, num_workers, timeout_s) for w in self.workers])[0]

@@ -109,16 +109,30 @@ class _LazyActorClass:
         return self._remote
 
     def options(self, **kwargs):
-        return self._ray_class().options(**kwargs)
+        return self._ray_class().options(**with_plugins(kwargs))
 
     def remote(self, *args, **kwargs):
-        return self._ray_class().remote(*args, **kwargs)
+        return self.options().remote(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self._ray_class(), name)
 
     def __repr__(self) -> str:
         return f"ActorClass({self.__name__})"
+
+
+def with_plugins(options: dict) -> dict:
+    """Actor options that carry the recipe's plugins (:mod:`rlkit.plugins`) into the actor's process, whenever and
+    however Ray was started; unchanged when there are none."""
+    import os
+
+    from rlkit.plugins import ENV
+
+    if not os.environ.get(ENV):
+        return options
+    runtime_env = dict(options.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), ENV: os.environ[ENV]}
+    return {**options, "runtime_env": runtime_env}
 
 
 def remote_actor(cls):
