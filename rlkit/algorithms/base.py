@@ -71,6 +71,11 @@ class PolicyLoss:
     def __init__(self, cfg: Any):
         self.cfg = cfg
 
+    @classmethod
+    def check(cls, cfg: Any, path: str) -> None:
+        """Refuse settings of the section this loss cannot honour (raise :class:`rlkit.ConfigError` naming the
+        key under ``path``, the section's name); called when the recipe is validated."""
+
     def __call__(self, batch, regularizers: Sequence = (), entropy: torch.Tensor | None = None,
                  token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -87,7 +87,7 @@ def _check_algorithm(recipe: Recipe) -> None:
         kind = "a critic-based" if estimator.needs_values else "a group-relative"
         raise ConfigError(f"{alg}.advantage", f"{cfg.advantage!r} is {kind} estimator; algorithm {alg!r} takes "
                           f"{', '.join(kinds)}")
-    POLICY_LOSSES.get(cfg.policy_loss, f"{alg}.policy_loss")
+    POLICY_LOSSES.get(cfg.policy_loss, f"{alg}.policy_loss").check(cfg, alg)
 
 
 def resolve_placement(recipe: Recipe) -> str:
