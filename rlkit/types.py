@@ -7,7 +7,7 @@ tensor fields (reference outputs) are typed ``Any``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
@@ -121,3 +121,23 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+    def shard(self, rows: list[int]) -> TrainBatch:
+        """The batch of the given rows (a data-parallel rank's part): per-completion lists are indexed; reference
+        tensors ``[B, T, ...]`` are indexed and cut to the shard's padded completion length (what the learner's
+        ``collate`` gives it). The step and the rehearsal rows are every shard's."""
+        import torch
+
+        t = max(1, max(len(self.completion_ids[i]) for i in rows))
+        index = torch.tensor(rows, dtype=torch.long)
+        per_sample = {f: [getattr(self, f)[i] for i in rows] for f in ("prompt_ids", "completion_ids", "scores",
+                                                                       "correct", "rollout_logprobs")}
+        if self.group is not None:
+            per_sample["group"] = [self.group[i] for i in rows]
+
+        def cut(value):
+            return value[index, :t] if torch.is_tensor(value) else value
+
+        refs = {key: ReferenceOutput(**{f.name: cut(getattr(ref, f.name)) for f in fields(ref)})
+                for key, ref in self.refs.items()}
+        return replace(self, refs=refs, **per_sample)

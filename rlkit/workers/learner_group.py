@@ -36,7 +36,6 @@ PPO is not supported (its advantage whitening is batch-wide). Every node must se
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from datetime import timedelta
@@ -46,7 +45,7 @@ import torch
 
 from rlkit._config import ConfigError
 from rlkit.config.sections import GRPOConfig
-from rlkit.types import ReferenceOutput, TrainBatch
+from rlkit.types import TrainBatch
 
 from .common import setup_process
 from .learner import LearnerCore
@@ -226,22 +225,8 @@ def shard_rows(batch_size: int, group_size: int, num_shards: int, minibatches: i
 
 
 def shard_batch(data: TrainBatch, rows: list[int]) -> TrainBatch:
-    """The train batch of the given rows: per-sample lists are indexed; reference tensors ``[B, T, ...]`` are indexed
-    and cut to the shard's padded completion length (what the learner's ``collate`` gives it). The step and the
-    rehearsal rows are every shard's."""
-    t = max(1, max(len(data.completion_ids[i]) for i in rows))
-    index = torch.tensor(rows, dtype=torch.long)
-    per_sample = {f: [getattr(data, f)[i] for i in rows] for f in ("prompt_ids", "completion_ids", "scores",
-                                                                   "correct", "rollout_logprobs")}
-    if data.group is not None:
-        per_sample["group"] = [data.group[i] for i in rows]
-    refs = {key: ReferenceOutput(**{f.name: _cut(getattr(ref, f.name), index, t) for f in dataclasses.fields(ref)})
-            for key, ref in data.refs.items()}
-    return dataclasses.replace(data, refs=refs, **per_sample)
-
-
-def _cut(value, index: torch.Tensor, t: int):
-    return value[index, :t] if torch.is_tensor(value) else value
+    """``data.shard(rows)`` (:meth:`rlkit.types.TrainBatch.shard`)."""
+    return data.shard(rows)
 
 
 class _Remote:
