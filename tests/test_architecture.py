@@ -14,12 +14,7 @@ MAX_LINES = 60
 #: ``file: {function}`` of ``rlkit/trainer`` allowed over :data:`MAX_LINES` lines (or ``file: ALL``, every function
 #: of a file not yet reworked), each with why. Nothing else is skipped: a new long function fails the test.
 ALL = "*"
-LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {
-    # dpo.py and eval_run.py were being edited by someone else while the online trainer was split up (issue 18);
-    # their long functions (run_dpo / _run_dpo, run_eval_checkpoint) are left for a follow-up
-    "dpo.py": ALL,
-    "eval_run.py": ALL,
-}
+LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {}
 
 #: import cycles known and left for later, each spelled as the sorted modules of its strongly connected component
 CYCLE_ALLOWLIST: set[tuple[str, ...]] = {
