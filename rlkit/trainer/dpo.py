@@ -32,7 +32,7 @@ from rlkit.config import Recipe
 def sequence_logps(model, pairs: list[tuple], which: int, device, pad_id: int) -> torch.Tensor:
     """``log pi(y | x)`` summed over the response tokens (prompt tokens excluded), one value per pair;
     ``which``: 1 = chosen, 2 = rejected."""
-    from rlkit.modeling import collate, completion_logits, token_logprobs
+    from rlkit.models.forward import collate, completion_logits, token_logprobs
 
     batch = collate([p[0] for p in pairs], [p[which] for p in pairs], pad_id)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}

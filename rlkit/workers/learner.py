@@ -15,11 +15,11 @@ import torch
 
 from rlkit.advantages import group_advantages, rloo_advantages, stcr_scale
 from rlkit.divergences import kl_penalty
-from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
-from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
+from rlkit.models.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
+from rlkit.models.forward import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.objectives import grpo_loss, reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
-from rlkit.prefix import SharedPrefix
+from rlkit.models.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 from rlkit.types import ReferenceOutput, RehearsalBatch, TrainBatch

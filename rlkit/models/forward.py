@@ -40,12 +40,12 @@ def completion_logits(model, batch: dict, temperature: float = 1.0, group: torch
 
     Only the last ``T + 1`` positions go through the LM head (``logits_to_keep``, which transformers' causal LMs
     accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing.
-    ``group`` (:func:`rlkit.prefix.prompt_groups`): each distinct prompt runs once
-    (:func:`rlkit.prefix.shared_prefix_outputs`)."""
+    ``group`` (:func:`rlkit.models.prefix.prompt_groups`): each distinct prompt runs once
+    (:func:`rlkit.models.prefix.shared_prefix_outputs`)."""
     P = batch["prompt_len"]
     T = batch["completion_ids"].shape[1]
     if group is not None:
-        from rlkit.prefix import shared_prefix_outputs
+        from rlkit.models.prefix import shared_prefix_outputs
 
         logits = shared_prefix_outputs(model, batch, group)
         return logits / temperature if temperature != 1.0 else logits
