@@ -17,10 +17,7 @@ ALL = "*"
 LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {}
 
 #: import cycles known and left for later, each spelled as the sorted modules of its strongly connected component
-CYCLE_ALLOWLIST: set[tuple[str, ...]] = {
-    # the shared-prompt forward (prefix.py) and the model helpers (modeling.py) call one another
-    ("rlkit.models.forward", "rlkit.models.prefix"),
-}
+CYCLE_ALLOWLIST: set[tuple[str, ...]] = set()
 
 
 def _functions(tree: ast.AST):

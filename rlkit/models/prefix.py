@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from rlkit.models.cache import cache_kwarg, returned_cache
+from rlkit.models.full_forward import full_completion_logits
 
 
 def prompt_groups(batch: dict) -> torch.Tensor | None:
@@ -99,9 +100,7 @@ class SharedPrefix:
         if self.ok is False or (group := prompt_groups(batch)) is None:
             return None
         if self.ok is None:
-            from rlkit.models.forward import completion_logits
-
-            why = shared_prefix_agrees(model, batch, group, lambda m, b: completion_logits(m, b))
+            why = shared_prefix_agrees(model, batch, group, full_completion_logits)
             self.ok = why is None
             if why:
                 print(f"{self.owner}: shared-prompt forward off, using the full forward: {why}", flush=True)
