@@ -149,6 +149,8 @@ def load_pairs(recipe: Recipe) -> tuple[list[dict], list[dict]]:
 
 
 def _check(recipe: Recipe) -> None:
+    """Refuse, naming the key, what the DPO trainer does not do: --resume, mid-run checkpoints, LoRA, more than one
+    learner, an arithmetic SFT warm start before training on the user's own preference data."""
     if recipe.resume or recipe.checkpoint.save_every:
         raise ConfigError("checkpoint.save_every" if recipe.checkpoint.save_every else "resume",
                           "algorithm 'dpo' has no mid-run checkpoints or --resume yet (final/ is still saved)")
