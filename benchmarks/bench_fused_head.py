@@ -11,7 +11,7 @@ step. ``--regularizer kl_k3``: k3 reverse KL toward the initial policy from its 
 exact forward KL over the vocabulary, with reference logits ``[B, T, V]`` (float32) in the batch, as a
 ``ReferenceWorker`` sends them. Variants: ``baseline`` (``fused_head: false``: ``[B, T, V]`` logits, their
 log-softmax gather, entropy and, for forward KL, ``f_divergence`` on them, plus their float32 gradient) and
-``fused`` (``fused_head: true``: :mod:`rlkit.fused_head`, chunks of 256 positions).
+``fused`` (``fused_head: true``: :mod:`rlkit.models.fused_head`, chunks of 256 positions).
 
 Memory: each variant runs in a fresh subprocess (``--worker``) with ``MALLOC_MMAP_THRESHOLD_=1048576`` (buffers of
 1 MiB and more are mapped and unmapped individually, so RSS follows live tensors). The worker imports torch,

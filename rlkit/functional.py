@@ -11,7 +11,7 @@ from rlkit.divergences import f_divergence, f_divergence_sampled, kl_penalty, li
 from rlkit.divergences.generators import dpo_score, f_of_logu
 from rlkit.divergences.gradients import exact_sequence_penalty, sampled_penalty
 from rlkit.divergences.proxy import lp_reg_proxy_logprobs
-from rlkit.fused_head import linear_token_logprobs
+from rlkit.models.fused_head import linear_token_logprobs
 from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.dpo import dpo_loss, fdpo_loss, preference_ece
 from rlkit.objectives.policy import clipped_surrogate, tis_weights

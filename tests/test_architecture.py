@@ -1,4 +1,5 @@
-"""Structural checks on the package: short functions in the trainer, no import cycles among rlkit modules.
+"""Structural checks on the package: short functions in the trainer and the workers, no import cycles among rlkit
+modules.
 
 Both work from the source (``ast``), nothing is imported or run."""
 
@@ -10,22 +11,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rlkit"
 MAX_LINES = 60
+#: the packages whose every function is held to :data:`MAX_LINES` (directories under ``rlkit/``, their ``*.py``)
+SHORT_FUNCTION_DIRS = ("trainer", "workers")
 
-#: ``file: {function}`` of ``rlkit/trainer`` allowed over :data:`MAX_LINES` lines (or ``file: ALL``, every function
-#: of a file not yet reworked), each with why. Nothing else is skipped: a new long function fails the test.
+#: ``file: {function}`` (the file relative to ``rlkit/``) allowed over :data:`MAX_LINES` lines (or ``file: ALL``,
+#: every function of a file not yet reworked), each with why. Nothing else is skipped: a new long function fails the
+#: test, and an entry that names a missing file or function, or one no longer long, fails the staleness test.
 ALL = "*"
-LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {
-    # dpo.py and eval_run.py were being edited by someone else while the online trainer was split up (issue 18);
-    # their long functions (run_dpo / _run_dpo, run_eval_checkpoint) are left for a follow-up
-    "dpo.py": ALL,
-    "eval_run.py": ALL,
-}
+LONG_FUNCTION_ALLOWLIST: dict[str, set[str] | str] = {}
 
 #: import cycles known and left for later, each spelled as the sorted modules of its strongly connected component
-CYCLE_ALLOWLIST: set[tuple[str, ...]] = {
-    # the shared-prompt forward (prefix.py) and the model helpers (modeling.py) call one another
-    ("rlkit.modeling", "rlkit.prefix"),
-}
+CYCLE_ALLOWLIST: set[tuple[str, ...]] = set()
 
 
 def _functions(tree: ast.AST):
@@ -48,24 +44,33 @@ def body_lines(fn: ast.FunctionDef) -> int:
     return fn.body[-1].end_lineno - fn.body[0].lineno + 1
 
 
-def test_no_trainer_function_is_longer_than_60_lines():
+def _checked_files() -> list[Path]:
+    return sorted(path for d in SHORT_FUNCTION_DIRS for path in (PACKAGE / d).glob("*.py"))
+
+
+def test_no_trainer_or_worker_function_is_longer_than_60_lines():
     too_long = []
-    for path in sorted((PACKAGE / "trainer").glob("*.py")):
-        allowed = LONG_FUNCTION_ALLOWLIST.get(path.name, set())
+    for path in _checked_files():
+        file = path.relative_to(PACKAGE).as_posix()
+        allowed = LONG_FUNCTION_ALLOWLIST.get(file, set())
         for name, fn in _functions(ast.parse(path.read_text())):
             n = body_lines(fn)
             if n > MAX_LINES and allowed != ALL and name not in allowed:
-                too_long.append(f"rlkit/trainer/{path.name}:{fn.lineno} {name}: {n} lines")
+                too_long.append(f"rlkit/{file}:{fn.lineno} {name}: {n} lines")
     assert not too_long, "functions over 60 lines:\n" + "\n".join(too_long)
 
 
-def test_the_long_function_allowlist_names_functions_that_exist():
+def test_the_long_function_allowlist_names_long_functions_that_exist():
     for file, names in LONG_FUNCTION_ALLOWLIST.items():
-        assert (PACKAGE / "trainer" / file).is_file(), f"allowlisted {file} no longer exists: drop the entry"
+        path = PACKAGE / file
+        assert path in _checked_files(), f"allowlisted {file} is not a checked file (any more): drop the entry"
         if names == ALL:
             continue
-        found = {name for name, _ in _functions(ast.parse((PACKAGE / "trainer" / file).read_text()))}
-        assert names <= found, f"{file}: allowlisted {sorted(names - found)} no longer exist(s): drop the entry"
+        found = {name: body_lines(fn) for name, fn in _functions(ast.parse(path.read_text()))}
+        missing = sorted(names - found.keys())
+        assert not missing, f"{file}: allowlisted {missing} no longer exist(s): drop the entry"
+        short = sorted(name for name in names if found[name] <= MAX_LINES)
+        assert not short, f"{file}: allowlisted {short} are {MAX_LINES} lines or fewer now: drop them"
 
 
 def _module_name(path: Path) -> str:
@@ -146,3 +151,15 @@ def test_no_import_cycles_among_rlkit_modules():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [("a", "b", "c")]
+
+
+def test_workers_restate_no_config_defaults():
+    """Workers read the attributes of the validated recipe sections they are given; a ``.get(key, default)`` on a
+    config mapping would restate a default (and could drift from the recipe's, as ``shared_prefix`` once did)."""
+    found = []
+    for path in sorted((PACKAGE / "workers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and len(node.args) + len(node.keywords) >= 2):
+                found.append(f"rlkit/workers/{path.name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "config defaults restated in workers:\n" + "\n".join(found)

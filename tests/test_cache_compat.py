@@ -10,7 +10,7 @@ import transformers
 
 from rlkit.models import build_tiny_model, build_tiny_tokenizer
 from rlkit.models.cache import cache_kwarg, returned_cache
-from rlkit.prefix import prompt_groups, shared_prefix_outputs
+from rlkit.models.prefix import prompt_groups, shared_prefix_outputs
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.hf import TransformersEngine
 from rlkit.rollout.sampler import supports_native_sampling
@@ -38,7 +38,7 @@ def test_native_sampler_and_shared_prefix_run_without_cache_deprecations(capsys)
         warnings.simplefilter("always")
         out = TransformersEngine(model, tok, batch_size=8).generate(prompts, SamplingParams(n=2, max_new_tokens=5,
                                                                                             seed=0))
-        from rlkit.modeling import collate
+        from rlkit.models.forward import collate
 
         batch = collate([c.prompt_ids for c in out], [c.token_ids for c in out], tok.pad_token_id)
         shared = shared_prefix_outputs(model, batch, prompt_groups(batch))

@@ -1,4 +1,4 @@
-"""The fused lm_head path (``grpo.fused_head``, :mod:`rlkit.fused_head`): token log-probs and entropy from hidden
+"""The fused lm_head path (``grpo.fused_head``, :mod:`rlkit.models.fused_head`): token log-probs and entropy from hidden
 states + lm_head weight, checked against float64 textbook formulas and plain autograd on materialised logits; no
 ``[N, V]`` tensor forward or backward; the hidden states equal ``completion_logits``'s; and whole learner steps
 with and without the option agree."""
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from conftest import LargestOutput as _LargestOutput
 
-from rlkit.fused_head import completion_hidden, fused_head_agrees, linear_token_logprobs
-from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
+from rlkit.models.fused_head import completion_hidden, fused_head_agrees, linear_token_logprobs
+from rlkit.models.forward import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.types import ReferenceOutput, TrainBatch
 
 B, T, H, V = 3, 5, 8, 23

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlkit.modeling import collate, completion_logits, token_logprobs
+from rlkit.models.forward import collate, completion_logits, token_logprobs
 from rlkit.types import TrainBatch
 
 LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"}

@@ -3,7 +3,7 @@ plain full forward pass sliced by hand."""
 
 import torch
 
-from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
+from rlkit.models.forward import collate, completion_logits, entropy_from_logits, token_logprobs
 
 
 def test_completion_logits_match_full_forward_slice():

@@ -10,7 +10,7 @@ import torch
 from rlkit.advantages import gae_advantages, group_advantages
 from rlkit.algorithms import AdvantageInputs
 from rlkit.config import PPOConfig, load_recipe
-from rlkit.modeling import collate
+from rlkit.models.forward import collate
 from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.learner import LearnerCore
 from rlkit.workers.ppo_learner import CRITIC_FILE, PPOLearnerCore, SeparateCritic, ValueHead

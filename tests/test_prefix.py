@@ -1,4 +1,4 @@
-"""Shared-prompt forwards (rlkit.prefix) against the plain full forward: values and parameter gradients on the
+"""Shared-prompt forwards (rlkit.models.prefix) against the plain full forward: values and parameter gradients on the
 logits path, the hidden-state path and a LoRA model; uneven groups, left-padded prompts of different lengths,
 right-padded completions, T = 1; the learner (with and without the fused head, minibatches that split groups) and the
 reference worker; the number of positions actually embedded; and the guard that turns it off for a model whose
@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from rlkit.fused_head import completion_hidden
-from rlkit.modeling import collate, completion_logits, token_logprobs
+from rlkit.models.fused_head import completion_hidden
+from rlkit.models.forward import collate, completion_logits, token_logprobs
 from rlkit.models.tiny import build_tiny_model, save_tiny
-from rlkit.prefix import SharedPrefix, prompt_groups, shared_prefix_agrees
+from rlkit.models.prefix import SharedPrefix, prompt_groups, shared_prefix_agrees
 from rlkit.types import ReferenceOutput, TrainBatch
 
 

@@ -38,7 +38,7 @@ def test_rollout_worker_generation_follows_weight_sync(cluster, tiny_dir):
 
 def test_rollout_logprobs_match_learner_logprobs(cluster, tiny_dir):
     """Sampling log-probs returned by the engine equal a fresh teacher-forced forward pass (same temperature)."""
-    from rlkit.modeling import collate, completion_logits, token_logprobs
+    from rlkit.models.forward import collate, completion_logits, token_logprobs
     from rlkit.models.loading import load_model_and_tokenizer
     from rlkit.workers import RolloutWorker
 

@@ -153,7 +153,7 @@ class GRPOConfig(StrictModel):
     #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py)
     fused_head: bool = False
     #: each distinct prompt of a batch runs through the policy and the references once, its KV cache shared by its
-    #: group's completions (rlkit/prefix.py); the same values and gradients as the full forward, minus the
+    #: group's completions (rlkit/models/prefix.py); the same values and gradients as the full forward, minus the
     #: repeated prompt positions. Checked once against the full forward; falls back (printed) where unsupported
     shared_prefix: bool = True
 

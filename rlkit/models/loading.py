@@ -5,7 +5,7 @@ padded positions are masked by the attention mask, so the choice only matters fo
 the model's ``config``/``generation_config`` ``pad_token_id`` is set to match when missing.
 
 Padding side: the returned tokenizer pads on the ``padding_side`` argument (default ``"left"``, what batched
-``generate`` needs); training code that pads itself (TRL's collators, :func:`rlkit.modeling.collate`) is not
+``generate`` needs); training code that pads itself (TRL's collators, :func:`rlkit.models.forward.collate`) is not
 affected. Pass ``padding_side=None`` to keep the tokenizer's own setting.
 """
 

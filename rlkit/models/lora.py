@@ -143,10 +143,10 @@ def adapter_state_dict(model) -> dict:
 def base_model_outputs(model, batch: dict, temperature: float = 1.0, want_logits: bool = False, group=None) -> dict:
     """Reference outputs of the **adapter-disabled** model, ``pi_0``: ``{"logprobs": [B, T]}`` (+ ``"logits"``),
     in the same format as :class:`rlkit.workers.reference.ReferenceWorker`. No grad; evaluated in eval mode (no
-    dropout), the training mode restored after. ``group``: shared-prompt forward (:mod:`rlkit.prefix`)."""
+    dropout), the training mode restored after. ``group``: shared-prompt forward (:mod:`rlkit.models.prefix`)."""
     import torch
 
-    from rlkit.modeling import completion_logits, token_logprobs
+    from rlkit.models.forward import completion_logits, token_logprobs
 
     was_training = model.training
     model.eval()

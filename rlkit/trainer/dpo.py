@@ -19,7 +19,9 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator, NoReturn
 
 import torch
 
@@ -30,7 +32,7 @@ from rlkit.config import Recipe
 def sequence_logps(model, pairs: list[tuple], which: int, device, pad_id: int) -> torch.Tensor:
     """``log pi(y | x)`` summed over the response tokens (prompt tokens excluded), one value per pair;
     ``which``: 1 = chosen, 2 = rejected."""
-    from rlkit.modeling import collate, completion_logits, token_logprobs
+    from rlkit.models.forward import collate, completion_logits, token_logprobs
 
     batch = collate([p[0] for p in pairs], [p[which] for p in pairs], pad_id)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -88,7 +90,7 @@ def task_eval(model, tokenizer, recipe: Recipe, rows: list[dict], prompt_ids: li
 
     from rlkit.rollout.base import SamplingParams
     from rlkit.rollout.hf import TransformersEngine
-    from rlkit.utils.evaluation import summarize_correctness
+    from rlkit.utils.evaluation import correctness, summarize_correctness
 
     ev, ro = recipe.eval, recipe.rollout
     engine = TransformersEngine(model, tokenizer, batch_size=ro.batch_size, sampler=ro.sampler)
@@ -98,8 +100,7 @@ def task_eval(model, tokenizer, recipe: Recipe, rows: list[dict], prompt_ids: li
     def score(comps, n):
         res = reward.compute([p for p in prompts for _ in range(n)], [c.text for c in comps],
                              [a for a in answers for _ in range(n)])
-        first = next(iter(res.components.values()))
-        return [s >= 1.0 - 1e-6 for s in first], res.totals
+        return correctness(res.components), res.totals
 
     comps = engine.generate(prompt_ids, SamplingParams(n=ev.n_samples, max_new_tokens=ro.max_new_tokens,
                                                        temperature=ev.temperature, seed=seed))
@@ -148,6 +149,8 @@ def load_pairs(recipe: Recipe) -> tuple[list[dict], list[dict]]:
 
 
 def _check(recipe: Recipe) -> None:
+    """Refuse, naming the key, what the DPO trainer does not do: --resume, mid-run checkpoints, LoRA, more than one
+    learner, an arithmetic SFT warm start before training on the user's own preference data."""
     if recipe.resume or recipe.checkpoint.save_every:
         raise ConfigError("checkpoint.save_every" if recipe.checkpoint.save_every else "resume",
                           "algorithm 'dpo' has no mid-run checkpoints or --resume yet (final/ is still saved)")
@@ -166,6 +169,66 @@ def stopped_dir(out: Path, step: int) -> Path:
     return out / f"stopped_at_step_{step:06d}"
 
 
+@dataclass
+class DPORun:
+    """What the steps of one DPO run share, filled in top-down by :func:`_open_run`, :func:`_load_policy` and
+    :func:`_attach_reference`: the output directory, the tokenized pairs, the policy and the frozen reference."""
+
+    recipe: Recipe
+    console: Any
+    out: Path
+    t0: float
+    train_rows: list[dict]
+    held_rows: list[dict]
+    task_rows: list[dict]
+    init_path: str = ""
+    ref_path: str = ""
+    device: torch.device | None = None
+    policy: Any = None
+    tokenizer: Any = None
+    train_pairs: list[tuple] = field(default_factory=list)
+    held_pairs: list[tuple] = field(default_factory=list)
+    task_ids: list[list[int]] = field(default_factory=list)
+    #: the reference model for ``dpo.reference: live`` (None once its log-probs are precomputed)
+    reference: Any = None
+    #: chosen and rejected reference log-probs of every training pair (``precomputed``) and held-out pair
+    ref_train: tuple[torch.Tensor, torch.Tensor] | None = None
+    ref_held: tuple[torch.Tensor, torch.Tensor] | None = None
+    t_ref: float = 0.0
+
+    @property
+    def cfg(self):
+        return self.recipe.dpo
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of the no-grad passes (reference log-probs, held-out metrics)."""
+        return max(self.cfg.batch_size, 64)
+
+    def evaluate(self, with_task: bool) -> dict:
+        """Held-out preference metrics, and with ``with_task`` the task's pass@k / greedy accuracy."""
+        result = preference_eval(self.policy, self.held_pairs, *self.ref_held, self.cfg, self.device, self.pad_id,
+                                 self.eval_batch_size)
+        if with_task and self.task_rows:
+            result.update(task_eval(self.policy, self.tokenizer, self.recipe, self.task_rows, self.task_ids,
+                                    seed=self.recipe.seed))
+        return result
+
+
+@dataclass
+class LoopResult:
+    """What the training loop hands to :func:`_finish`."""
+
+    eval_after: dict
+    steps: int
+    skipped: int
+    train_time_s: float
+
+
 def run_dpo(recipe: Recipe, console=None) -> dict:
     """Run offline DPO; SIGTERM/SIGINT finish the step, save the weights to :func:`stopped_dir` and exit with 128 +
     the signal (a signal outside the training loop, or a second one, stops at once without a save)."""
@@ -175,33 +238,48 @@ def run_dpo(recipe: Recipe, console=None) -> dict:
     try:
         return _run_dpo(recipe, console, stops)
     except Stop as stop:
-        if stop.checkpoint is None:
-            stops.exit(stop, Path(recipe.output_dir))  # its line names no checkpoint: DPO writes none
-        stops.restore()
-        for sig in StopSignals.SIGNALS:  # the weights are saved: further signals change nothing
-            signal.signal(sig, signal.SIG_IGN)
-        signum = stops.received or stop.signum
-        print(f"rlkit: received {signal.Signals(signum).name} at step {stops.step}: weights -> {stop.checkpoint}; "
-              "DPO has no --resume (no optimizer state is saved): rerun to train from the start, or evaluate them "
-              f"with rlkit eval {stop.checkpoint}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signum) from None
+        _exit_stopped(recipe, stops, stop)
     finally:
         stops.restore()
 
 
+def _exit_stopped(recipe: Recipe, stops, stop) -> NoReturn:
+    """Exit with 128 + the signal; the line names the saved weights (none when the stop came outside the loop)."""
+    from .faults import StopSignals
+
+    if stop.checkpoint is None:
+        stops.exit(stop, Path(recipe.output_dir))  # its line names no checkpoint: DPO writes none
+    stops.restore()
+    for sig in StopSignals.SIGNALS:  # the weights are saved: further signals change nothing
+        signal.signal(sig, signal.SIG_IGN)
+    signum = stops.received or stop.signum
+    print(f"rlkit: received {signal.Signals(signum).name} at step {stops.step}: weights -> {stop.checkpoint}; "
+          "DPO has no --resume (no optimizer state is saved): rerun to train from the start, or evaluate them "
+          f"with rlkit eval {stop.checkpoint}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum) from None
+
+
 def _run_dpo(recipe: Recipe, console, stops) -> dict:
-    import yaml
+    """Set-up, data and models, the reference log-probs, the evaluation before, the loop, the end."""
     from rich.console import Console
 
-    from rlkit.data.preference import tokenize_pairs
-    from rlkit.models.loading import load_model_and_tokenizer
-    from rlkit.utils.checkpoint import atomic_write_json, save_hf_checkpoint
-    from rlkit.utils.evaluation import print_summary_table
-    from rlkit.utils.metrics import MetricsLogger
+    run = _open_run(recipe, console or Console(soft_wrap=True))
+    _load_policy(run)
+    _attach_reference(run)
+    eval_before = run.evaluate(recipe.eval.before)
+    run.console.print("eval before: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_before.items()
+                                                  if k in ("pref/logp_accuracy", "pass@1", "greedy_accuracy")))
+    loop = _train(run, stops)
+    return _finish(run, eval_before, loop)
 
-    from .setup import check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models
 
-    console = console or Console(soft_wrap=True)
+def _open_run(recipe: Recipe, console) -> DPORun:
+    """Check the recipe, create the output directory (with ``recipe.yaml``), load the pairs and the task prompts,
+    print the run's header line and check the model sources."""
+    import yaml
+
+    from .setup import check_model_source, load_task_data, make_output_dir
+
     cfg, t0 = recipe.dpo, time.time()
     _check(recipe)
     out = make_output_dir(recipe.output_dir)
@@ -214,118 +292,170 @@ def _run_dpo(recipe: Recipe, console, stops) -> dict:
     check_model_source(recipe)
     if cfg.reference_model and not Path(cfg.reference_model).expanduser().exists() and cfg.reference_model != "tiny":
         raise ConfigError("dpo.reference_model", f"model directory {cfg.reference_model!r} not found")
-    init_path = prepare_initial_models(recipe, out, console)[0]
-    ref_path = cfg.reference_model or init_path
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return DPORun(recipe, console, out, t0, train_rows, held_rows, task_rows)
+
+
+def _load_policy(run: DPORun) -> None:
+    """The SFT warm start (or the given model) as the policy, in eval mode (no dropout); the pairs and the task
+    prompts tokenized for it."""
+    from rlkit.data.preference import tokenize_pairs
+    from rlkit.models.loading import load_model_and_tokenizer
+
+    from .setup import make_encoder, prepare_initial_models
+
+    recipe = run.recipe
+    run.init_path = prepare_initial_models(recipe, run.out, run.console)[0]
+    run.ref_path = run.cfg.reference_model or run.init_path
+    run.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(recipe.seed)
-    policy, tokenizer = load_model_and_tokenizer(init_path, dtype=recipe.model.dtype, seed=recipe.seed)
-    policy.to(device).eval()
-    pad_id = tokenizer.pad_token_id
-    context = getattr(policy.config, "max_position_embeddings", None)
+    run.policy, run.tokenizer = load_model_and_tokenizer(run.init_path, dtype=recipe.model.dtype, seed=recipe.seed)
+    run.policy.to(run.device).eval()
+    context = getattr(run.policy.config, "max_position_embeddings", None)
     try:
-        train_pairs = tokenize_pairs(train_rows, tokenizer, recipe.data.chat_template, context)
-        held_pairs = tokenize_pairs(held_rows, tokenizer, recipe.data.chat_template, context)
+        run.train_pairs = tokenize_pairs(run.train_rows, run.tokenizer, recipe.data.chat_template, context)
+        run.held_pairs = tokenize_pairs(run.held_rows, run.tokenizer, recipe.data.chat_template, context)
     except ValueError as err:
         raise ConfigError("dpo.data", str(err)) from None
-    task_ids = make_encoder(recipe, policy, tokenizer, {"held-out": task_rows})([r["prompt"] for r in task_rows])
+    encode = make_encoder(recipe, run.policy, run.tokenizer, {"held-out": run.task_rows})
+    run.task_ids = encode([r["prompt"] for r in run.task_rows])
 
-    # the frozen reference: the initial policy itself when its log-probs are precomputed (no second copy)
-    t_ref = time.time()
+
+def _attach_reference(run: DPORun) -> None:
+    """The frozen reference and its log-probs: the initial policy itself when they are precomputed (no second
+    copy), else a separate frozen model kept for the live per-batch log-probs."""
+    from rlkit.models.loading import load_model_and_tokenizer
+
+    cfg, t_ref = run.cfg, time.time()
     if cfg.reference == "precomputed" and cfg.reference_model is None:
-        reference = policy
+        reference = run.policy
     else:
-        reference = load_model_and_tokenizer(ref_path, dtype=recipe.model.dtype, seed=recipe.seed)[0].to(device).eval()
+        reference = load_model_and_tokenizer(run.ref_path, dtype=run.recipe.model.dtype,
+                                             seed=run.recipe.seed)[0].to(run.device).eval()
         reference.requires_grad_(False)
-    bs = max(cfg.batch_size, 64)
-    ref_held = precompute_logps(reference, held_pairs, device, pad_id, bs)
-    ref_train = precompute_logps(reference, train_pairs, device, pad_id, bs) if cfg.reference == "precomputed" else None
+    bs = run.eval_batch_size
+    run.ref_held = precompute_logps(reference, run.held_pairs, run.device, run.pad_id, bs)
     if cfg.reference == "precomputed":
-        reference = None  # not needed any more
-    t_ref = time.time() - t_ref
+        run.ref_train = precompute_logps(reference, run.train_pairs, run.device, run.pad_id, bs)
+    else:
+        run.reference = reference  # live: kept for the per-batch log-probs (precomputed: dropped here)
+    run.t_ref = time.time() - t_ref
 
-    def evaluate(with_task: bool) -> dict:
-        result = preference_eval(policy, held_pairs, *ref_held, cfg, device, pad_id, bs)
-        if with_task and task_rows:
-            result.update(task_eval(policy, tokenizer, recipe, task_rows, task_ids, seed=recipe.seed))
-        return result
 
-    eval_before = evaluate(recipe.eval.before)
-    console.print("eval before: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_before.items()
-                                              if k in ("pref/logp_accuracy", "pass@1", "greedy_accuracy")))
-    per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
-    total = cfg.steps or cfg.epochs * per_epoch
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
+def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Indices of the pairs of each step, without end: a fresh permutation of ``range(n)`` (``random.Random(seed)``)
+    is appended whenever fewer than ``batch_size`` are left, so a batch may span two epochs."""
+    rng, order = random.Random(seed), []
+    while True:
+        if len(order) < batch_size:  # next epoch: a fresh permutation after what is left of this one
+            idx = list(range(n))
+            rng.shuffle(idx)
+            order += idx
+        batch_idx, order = order[:batch_size], order[batch_size:]
+        yield batch_idx
+
+
+def optimizer_step(model, optimizer, loss: torch.Tensor, max_grad_norm: float | None) -> float | None:
+    """Backward, clip and step; the clipped-before gradient norm, or None when the step was skipped because the
+    loss or the gradient norm is not finite (the weights are then left as they were)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return None
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+    if not torch.isfinite(norm):
+        return None
+    optimizer.step()
+    return float(norm)
+
+
+def _train(run: DPORun, stops) -> LoopResult:
+    """AdamW on the DPO loss for ``dpo.steps`` (or ``dpo.epochs``) steps, a log line per step, held-out metrics
+    every ``dpo.eval_every`` steps and the full evaluation after the last one. A signal: the step in progress is
+    finished and logged, then :func:`_save_stopped` raises :class:`.faults.Stop`."""
+    from rlkit.utils.metrics import MetricsLogger
+
+    cfg = run.cfg
+    total = cfg.steps or cfg.epochs * math.ceil(len(run.train_pairs) / cfg.batch_size)
+    optimizer = torch.optim.AdamW([p for p in run.policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    rng, order = random.Random(recipe.seed), []
-    logger = MetricsLogger(out, tensorboard=recipe.logging.tensorboard, progress_total=total,
-                           progress_keys=("loss", "accuracy", "margin"), print_every=recipe.logging.print_every,
-                           console=console)
+    batches = epoch_batches(len(run.train_pairs), cfg.batch_size, run.recipe.seed)
+    logger = MetricsLogger(run.out, tensorboard=run.recipe.logging.tensorboard, progress_total=total,
+                           progress_keys=("loss", "accuracy", "margin"), print_every=run.recipe.logging.print_every,
+                           console=run.console)
     t_loop, skipped = time.time(), 0
-    from .faults import Stop
-
     try:
         stops.in_loop = True  # a signal from here on: finish the step, save the weights, stop
         for step in range(1, total + 1):
             ts = time.time()
-            if len(order) < cfg.batch_size:  # next epoch: a fresh permutation after what is left of this one
-                idx = list(range(len(train_pairs)))
-                rng.shuffle(idx)
-                order += idx
-            batch_idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-            pairs = [train_pairs[i] for i in batch_idx]
-            if ref_train is not None:
-                rc, rr = ref_train[0][batch_idx], ref_train[1][batch_idx]
-            else:
-                with torch.no_grad():
-                    rc, rr = pair_logps(reference, pairs, device, pad_id)
-            loss, metrics, _ = dpo_batch_loss(policy, rc, rr, pairs, cfg, device, pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or float("inf"))
-                if torch.isfinite(norm):
-                    optimizer.step()
-                    metrics["grad_norm"] = float(norm)
-                else:
-                    skipped += 1
-            else:
+            batch_idx = next(batches)
+            pairs = [run.train_pairs[i] for i in batch_idx]
+            rc, rr = _reference_logps(run, batch_idx, pairs)
+            loss, metrics, _ = dpo_batch_loss(run.policy, rc, rr, pairs, cfg, run.device, run.pad_id)
+            norm = optimizer_step(run.policy, optimizer, loss, cfg.max_grad_norm)
+            if norm is None:
                 skipped += 1
+            else:
+                metrics["grad_norm"] = norm
             metrics.update({"skipped_steps": skipped, "time/step": time.time() - ts})
             if step == total:
                 t_loop = time.time() - t_loop
-                eval_after = evaluate(True)
+                eval_after = run.evaluate(True)
                 metrics.update({f"eval/{k}": v for k, v in eval_after.items() if isinstance(v, float)})
             elif cfg.eval_every and step % cfg.eval_every == 0:
-                metrics.update({f"eval/{k}": v for k, v in evaluate(False).items() if isinstance(v, float)})
+                metrics.update({f"eval/{k}": v for k, v in run.evaluate(False).items() if isinstance(v, float)})
             logger.log(step, metrics)
             stops.step = step
             if stops.received:
-                # a second signal abandons the save (atomic: no partial directory) and exits at once
-                note = {"algorithm": "dpo", "step": step, "steps": total, "resumable": False,
-                        "signal": signal.Signals(stops.received).name}
-                ck = save_hf_checkpoint(policy, tokenizer, stopped_dir(out, step),
-                                        extra_files={"stopped.json": json.dumps(note, indent=2) + "\n"})
-                raise Stop(stops.received, ck)
+                _save_stopped(run, stops, step, total)
         stops.in_loop = False
     finally:
         logger.close()
-    final = str(save_hf_checkpoint(policy, tokenizer, out / "final")) if recipe.checkpoint.save_final else None
+    return LoopResult(eval_after, total, skipped, t_loop)
+
+
+def _reference_logps(run: DPORun, batch_idx: list[int], pairs: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's chosen and rejected log-probs of a batch: looked up when precomputed, else computed now."""
+    if run.ref_train is not None:
+        return run.ref_train[0][batch_idx], run.ref_train[1][batch_idx]
+    with torch.no_grad():
+        return pair_logps(run.reference, pairs, run.device, run.pad_id)
+
+
+def _save_stopped(run: DPORun, stops, step: int, total: int) -> NoReturn:
+    """Save the policy to :func:`stopped_dir` with a ``stopped.json`` note and raise :class:`.faults.Stop`; a second
+    signal abandons the save (atomic: no partial directory) and exits at once."""
+    from rlkit.utils.checkpoint import save_hf_checkpoint
+
+    from .faults import Stop
+
+    note = {"algorithm": "dpo", "step": step, "steps": total, "resumable": False,
+            "signal": signal.Signals(stops.received).name}
+    ck = save_hf_checkpoint(run.policy, run.tokenizer, stopped_dir(run.out, step),
+                            extra_files={"stopped.json": json.dumps(note, indent=2) + "\n"})
+    raise Stop(stops.received, ck)
+
+
+def _finish(run: DPORun, eval_before: dict, loop: LoopResult) -> dict:
+    """The ``final/`` checkpoint, ``summary.json``, the before/after table, the plot and the closing line."""
+    from rlkit.utils.checkpoint import save_hf_checkpoint
+    from rlkit.utils.evaluation import print_summary_table
+
+    from .report import finish_run
+
+    cfg, recipe, out = run.cfg, run.recipe, run.out
+    final = str(save_hf_checkpoint(run.policy, run.tokenizer, out / "final")) if recipe.checkpoint.save_final else None
     summary = {"algorithm": "dpo", "divergence": cfg.divergence, "alpha": cfg.alpha, "beta": cfg.beta,
                "loss_type": cfg.loss_type, "label_smoothing": cfg.label_smoothing, "reference": cfg.reference,
-               "eval_before": eval_before, "eval_after": eval_after, "steps": total, "skipped_steps": skipped,
-               "train_pairs": len(train_pairs), "initial_model": init_path, "reference_model": ref_path,
-               "final_checkpoint": final, "wall_time_s": time.time() - t0, "train_time_s": t_loop,
-               "reference_time_s": t_ref}
-    atomic_write_json(out / "summary.json", summary)
-    hide = {"k", "n_samples", "num_prompts", "pass@k", "pref/num_pairs"}
-    shown = lambda ev: {k: v for k, v in ev.items() if k not in hide}  # noqa: E731
-    print_summary_table(shown(eval_before), shown(eval_after), console=console,
-                        title=f"held-out evaluation ({len(held_pairs)} pairs"
-                              + (f", {len(task_rows)} prompts x {recipe.eval.n_samples} samples" if task_rows else "")
-                              + ", before -> after DPO)")
-    if recipe.logging.plot:
-        from rlkit.utils.plotting import plot_training_curves
+               "eval_before": eval_before, "eval_after": loop.eval_after, "steps": loop.steps,
+               "skipped_steps": loop.skipped, "train_pairs": len(run.train_pairs), "initial_model": run.init_path,
+               "reference_model": run.ref_path, "final_checkpoint": final, "wall_time_s": time.time() - run.t0,
+               "train_time_s": loop.train_time_s, "reference_time_s": run.t_ref}
 
-        plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-    console.print(f"done in {summary['wall_time_s']:.0f}s -> {out / 'summary.json'}")
-    return summary
+    def table() -> None:
+        hide = {"k", "n_samples", "num_prompts", "pass@k", "pref/num_pairs"}
+        shown = lambda ev: {k: v for k, v in ev.items() if k not in hide}  # noqa: E731
+        samples = f", {len(run.task_rows)} prompts x {recipe.eval.n_samples} samples" if run.task_rows else ""
+        print_summary_table(shown(eval_before), shown(loop.eval_after), console=run.console,
+                            title=f"held-out evaluation ({len(run.held_pairs)} pairs{samples}, before -> after DPO)")
+
+    return finish_run(out, summary, run.console, plot=recipe.logging.plot, table=table)

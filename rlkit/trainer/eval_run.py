@@ -73,51 +73,78 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
 
     from rlkit.workers.common import quiet_libraries
 
-    from .evaluate import evaluate
     from .setup import load_task_data
 
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     quiet_libraries()
-    if not (Path(checkpoint).exists() or checkpoint == "tiny"):
-        raise ConfigError("checkpoint", f"{checkpoint!r} not found (a model directory, e.g. runs/quickstart/final)")
-    from .setup import check_model_path
-
-    check_model_path(checkpoint, "checkpoint")  # a directory without config.json: one line, not a traceback
+    _check_checkpoint(checkpoint)
     recipe, run_dir, source, mode = _eval_recipe(checkpoint, recipe_path, list(overrides or []))
     why_ray = eval_placement(recipe, mode, use_ray)
-    if reference is None and run_dir is not None and (run_dir / "summary.json").is_file():
-        reference = json.loads((run_dir / "summary.json").read_text()).get("initial_model")
-    if reference in ("none", ""):
-        reference = None
-    if reference is not None and not (Path(reference).exists() or reference == "tiny"):
-        raise ConfigError("--reference", f"{reference!r} not found")
+    reference = _resolve_reference(reference, run_dir)
     _, held = load_task_data(recipe)
     ev = recipe.eval
     rows = held[: ev.num_prompts]
     console.print(f"[bold]rlkit eval[/] {checkpoint} | recipe {source} | {len(rows)} prompts x {ev.n_samples} "
                   f"samples | ks {ev.ks} | reference {reference or '-'} | "
                   + (f"Ray actors ({why_ray})" if why_ray else "in-process (--ray for Ray actors)"))
+    ids = _encode_prompts(recipe, checkpoint, rows)
+    result, seconds = _evaluate_placed(recipe, checkpoint, reference, rows, ids, why_ray is None, console)
+    result.update({"checkpoint": checkpoint, "recipe": source, "reference": reference,
+                   "eval_time_s": seconds, "placement": "ray" if why_ray else "inprocess"})
+    _print_result(checkpoint, result, console)
+    if out:
+        from rlkit.utils.checkpoint import atomic_write_json
+
+        atomic_write_json(out, result)
+        console.print(f"-> {out}")
+    return result
+
+
+def _check_checkpoint(checkpoint: str) -> None:
+    """``checkpoint`` is a model directory (or ``tiny``): a missing one, or one without ``config.json``, is one line
+    naming ``checkpoint``, not a traceback."""
+    from .setup import check_model_path
+
+    if not (Path(checkpoint).exists() or checkpoint == "tiny"):
+        raise ConfigError("checkpoint", f"{checkpoint!r} not found (a model directory, e.g. runs/quickstart/final)")
+    check_model_path(checkpoint, "checkpoint")
+
+
+def _resolve_reference(reference: str | None, run_dir: Path | None) -> str | None:
+    """The model KL is measured against: ``--reference``, else the run's initial model (``summary.json``); ``none``
+    or empty for no KL. A path that does not exist is a :class:`ConfigError` naming ``--reference``."""
+    if reference is None and run_dir is not None and (run_dir / "summary.json").is_file():
+        reference = json.loads((run_dir / "summary.json").read_text()).get("initial_model")
+    if reference in ("none", ""):
+        reference = None
+    if reference is not None and not (Path(reference).exists() or reference == "tiny"):
+        raise ConfigError("--reference", f"{reference!r} not found")
+    return reference
+
+
+def _encode_prompts(recipe: Recipe, checkpoint: str, rows: list[dict]) -> list[list[int]]:
+    """The held-out prompts as token ids for the checkpoint's tokenizer, checked against its context."""
     from rlkit.models.loading import load_model_and_tokenizer
 
     from .setup import make_encoder
 
     model, tokenizer = load_model_and_tokenizer(checkpoint)
-    ids = make_encoder(recipe, model, tokenizer, {"held-out": rows})([r["prompt"] for r in rows])
-    del model
+    return make_encoder(recipe, model, tokenizer, {"held-out": rows})([r["prompt"] for r in rows])
+
+
+def _evaluate_placed(recipe: Recipe, checkpoint: str, reference: str | None, rows: list[dict],
+                     ids: list[list[int]], inproc: bool, console) -> tuple[dict, float]:
+    """Spawn the rollout, reward and (with ``reference``) reference workers, in this process or as Ray actors, and
+    run training's :func:`.evaluate.evaluate` with them; the Ray cluster started for it is shut down after. Returns
+    the metrics and the seconds from the placement's start (not counted) to the end."""
     from rlkit.workers import ReferenceWorker, RewardWorker
     from rlkit.workers.local import spawn
     from rlkit.workers.rollout import spawn_rollout_workers
 
-    inproc = why_ray is None
-    rc = recipe.ray
-    if inproc:
-        from rlkit.workers.common import setup_process
+    from .evaluate import evaluate
 
-        setup_process(rc.torch_threads)
-    else:
-        from .setup import start_ray
-
-        start_ray(rc, console)
+    rc, ev = recipe.ray, recipe.eval
+    _start_placement(recipe, inproc, console)
     t0 = time.time()
     try:
         workers = spawn_rollout_workers(recipe, checkpoint, inprocess=inproc)
@@ -136,8 +163,23 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
             import ray
 
             ray.shutdown()
-    result.update({"checkpoint": checkpoint, "recipe": source, "reference": reference,
-                   "eval_time_s": time.time() - t0, "placement": "ray" if why_ray else "inprocess"})
+    return result, time.time() - t0
+
+
+def _start_placement(recipe: Recipe, inproc: bool, console) -> None:
+    """In-process: this process's torch threads as a worker's would be; else start (or join) the Ray cluster."""
+    if inproc:
+        from rlkit.workers.common import setup_process
+
+        setup_process(recipe.ray.torch_threads)
+    else:
+        from .setup import start_ray
+
+        start_ray(recipe.ray, console)
+
+
+def _print_result(checkpoint: str, result: dict, console) -> None:
+    """One row per float metric (``pass@k`` repeats a ``pass@<k>`` row and is left out)."""
     from rich.table import Table
 
     table = Table(title=f"{checkpoint}: {result['num_prompts']} prompts x {result['n_samples']} samples")
@@ -147,9 +189,3 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
         if isinstance(v, float) and k != "pass@k":
             table.add_row(k, f"{v:.4f}")
     console.print(table)
-    if out:
-        from rlkit.utils.checkpoint import atomic_write_json
-
-        atomic_write_json(out, result)
-        console.print(f"-> {out}")
-    return result

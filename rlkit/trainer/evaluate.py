@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from rlkit.utils.evaluation import summarize_correctness
+from rlkit.utils.evaluation import correctness, summarize_correctness
 from rlkit.workers.local import get, ray_error
 
 
@@ -44,12 +44,6 @@ def generate(workers, prompt_ids: list[list[int]], params: dict, on_restart=None
                 on_restart(workers[i])
             fut = call(i)
     return out
-
-
-def correctness(components: dict[str, list[float]]) -> list[bool]:
-    """A sample is correct when the first reward component (the verifier) gives full marks."""
-    first = next(iter(components.values()))
-    return [s >= 1.0 - 1e-6 for s in first]
 
 
 def evaluate(workers, reward_worker, prompts: list[str], prompt_ids: list[list[int]], answers: list[str],

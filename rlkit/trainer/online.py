@@ -359,7 +359,7 @@ class OnlineTrainer:
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self) -> dict:
         """The evaluation after, the final checkpoint, ``summary.json``, the before/after table and the plot."""
-        from rlkit.utils.checkpoint import atomic_write_json
+        from .report import finish_run
 
         r, out = self.recipe, self.out
         if self.prefetch is not None:
@@ -372,15 +372,8 @@ class OnlineTrainer:
                    "final_checkpoint": final, "wall_time_s": time.time() - self.t0, "train_time_s": t_loop}
         if self.reh is not None:
             summary["rehearsal"] = {**self.reh.metrics(), "responses_per_step": self.reh_per_step}
-        atomic_write_json(out / "summary.json", summary)
-        if self.eval_before:
-            self._print_table(eval_after)
-        if r.logging.plot:
-            from rlkit.utils.plotting import plot_training_curves
-
-            plot_training_curves(out / "metrics.jsonl", out / "training_curves.png")
-        self.console.print(f"done in {summary['wall_time_s']:.0f}s -> {out / 'summary.json'}")
-        return summary
+        table = (lambda: self._print_table(eval_after)) if self.eval_before else None
+        return finish_run(out, summary, self.console, plot=r.logging.plot, table=table)
 
     def _print_table(self, eval_after: dict) -> None:
         from rlkit.utils.evaluation import print_summary_table

@@ -48,28 +48,22 @@ def train_teacher(recipe: Recipe, ref: dict, out: Path, console, key: str = "ref
     """Train (or reuse) the ``sft:tiny`` teacher: a fresh tiny model with ``ref["tiny_config"]`` overrides, SFT with
     the recipe's settings updated by ``ref["sft"]``. Stored beside the policy's warm starts (``<out>/sft`` or
     ``sft.cache_dir``) as ``teacher-<hash of the spec>``; reused when its ``COMPLETE`` marker exists."""
-    import fcntl
     import tempfile
 
     from rlkit._config import validate_model
     from rlkit.config import SFTConfig
     from rlkit.models.tiny import save_tiny
 
-    from .setup import sft_cache_key
+    from .setup import build_once, sft_base_dir
     from .sft import run_sft
 
-    base = Path(recipe.sft.cache_dir) / sft_cache_key(recipe) if recipe.sft.cache_dir else out / "sft"
-    base.mkdir(parents=True, exist_ok=True)
+    base = sft_base_dir(recipe, out)
     sft = validate_model(SFTConfig, {**recipe.sft.model_dump(), **(ref.get("sft") or {}), "enabled": True},
                          f"{key}.sft")
     digest = hashlib.sha256(json.dumps({"spec": teacher_id(ref), "sft": sft.model_dump(), "seed": recipe.seed,
                                         "data": recipe.data.model_dump()}, sort_keys=True, default=str).encode())
-    path = base / f"teacher-{digest.hexdigest()[:10]}"
-    with open(base / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (path / "COMPLETE").exists():
-            console.print(f"teacher: reusing {path}")
-            return str(path)
+
+    def train(path: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 init = save_tiny(Path(tmp) / "init", seed=sft.seed, **(ref.get("tiny_config") or {}))
@@ -80,6 +74,10 @@ def train_teacher(recipe: Recipe, ref: dict, out: Path, console, key: str = "ref
                           f"({n / 1e6:.2f}M parameters)")
             model = recipe.model.model_copy(update={"name_or_path": str(init), "lora": None})
             run_sft(recipe.model_copy(update={"model": model, "sft": sft}), path, seed=sft.seed)
+
+    path = base / f"teacher-{digest.hexdigest()[:10]}"
+    if not build_once(path, train):
+        console.print(f"teacher: reusing {path}")
     return str(path)
 
 

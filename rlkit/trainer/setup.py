@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from rlkit._config import ConfigError
 from rlkit.config import Recipe, RayConfig
@@ -194,24 +195,42 @@ def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
     the same warm start twice. A run without its ``COMPLETE`` marker is never reused."""
     if not recipe.sft.enabled:
         return [recipe.model.name_or_path]
-    import fcntl
-
     from .sft import run_sft
 
-    base = Path(recipe.sft.cache_dir) / sft_cache_key(recipe) if recipe.sft.cache_dir else out / "sft"
-    base.mkdir(parents=True, exist_ok=True)
+    base = sft_base_dir(recipe, out)
     paths = []
     for i in range(sft_runs_needed(recipe)):
+        def train(path: Path, i: int = i) -> None:
+            console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
+            run_sft(recipe, path, seed=recipe.sft.seed + i)
+
         path = base / f"run{i}"
-        with open(base / f".run{i}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if (path / "COMPLETE").exists():
-                console.print(f"SFT run {i}: reusing {path}")
-            else:
-                console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
-                run_sft(recipe, path, seed=recipe.sft.seed + i)
+        if not build_once(path, train):
+            console.print(f"SFT run {i}: reusing {path}")
         paths.append(str(path))
     return paths
+
+
+def sft_base_dir(recipe: Recipe, out: Path) -> Path:
+    """Where warm starts (and ``sft:tiny`` teachers) live, created: ``<sft.cache_dir>/<sft_cache_key>`` when a
+    cache is set (shared across jobs), else ``<out>/sft``."""
+    base = Path(recipe.sft.cache_dir) / sft_cache_key(recipe) if recipe.sft.cache_dir else out / "sft"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def build_once(path: Path, build: Callable[[Path], None]) -> bool:
+    """``build(path)`` unless ``path`` already holds a ``COMPLETE`` model directory; True when it built. Holds the
+    file lock ``<parent>/.<name>.lock`` meanwhile, so concurrent jobs sharing a cache wait for one another instead
+    of training the same model twice (a directory without its ``COMPLETE`` marker is never reused)."""
+    import fcntl
+
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / "COMPLETE").exists():
+            return False
+        build(path)
+        return True
 
 
 def start_ray(cfg: RayConfig, console) -> None:

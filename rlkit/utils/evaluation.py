@@ -1,4 +1,4 @@
-"""Evaluation summaries: the unbiased pass@k estimator and a before/after ``rich`` table."""
+"""Evaluation summaries: which samples are correct, the unbiased pass@k estimator and a before/after ``rich`` table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numbers
 import re
 from typing import Mapping, Sequence
 
-__all__ = ["pass_at_k", "print_summary_table", "sort_metric_names", "summarize_correctness"]
+__all__ = ["correctness", "pass_at_k", "print_summary_table", "sort_metric_names", "summarize_correctness"]
 
 
 def _check_int(name: str, value) -> int:
@@ -71,6 +71,12 @@ def summarize_correctness(correct: Sequence[Sequence[bool]], ks: Sequence[int]) 
         for k in ks:
             totals[k] += pass_at_k(n, c, k)
     return {f"pass@{k}": totals[k] / len(correct) for k in ks}
+
+
+def correctness(components: Mapping[str, Sequence[float]]) -> list[bool]:
+    """A sample is correct when the first reward component (the verifier) gives full marks."""
+    first = next(iter(components.values()))
+    return [s >= 1.0 - 1e-6 for s in first]
 
 
 def sort_metric_names(names) -> list[str]:

@@ -17,11 +17,11 @@ import torch
 from rlkit.algorithms import ADVANTAGES, POLICY_LOSSES, AdvantageInputs
 from rlkit.config.sections import GRPOConfig, LearnerLoRAConfig
 from rlkit.divergences import kl_penalty
-from rlkit.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
-from rlkit.modeling import collate, completion_logits, entropy_from_logits, token_logprobs
+from rlkit.models.fused_head import completion_hidden, fused_base_logprobs, fused_head_agrees, linear_token_logprobs
+from rlkit.models.forward import collate, completion_logits, entropy_from_logits, token_logprobs
 from rlkit.objectives import reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
-from rlkit.prefix import SharedPrefix
+from rlkit.models.prefix import SharedPrefix
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 from rlkit.types import ReferenceOutput, RehearsalBatch, TrainBatch
@@ -101,7 +101,7 @@ class LearnerCore:
         self.bad_steps = 0
         self.dist = None  # data-parallel rank: a GradSync from rlkit.workers.learner_group
         self._fused_ok: bool | None = None  # grpo.fused_head usable with this model and these regularizers
-        # grpo.shared_prefix: each distinct prompt of a (mini)batch runs through the policy once (rlkit.prefix)
+        # grpo.shared_prefix: each distinct prompt of a (mini)batch runs through the policy once (rlkit.models.prefix)
         self._prefix = SharedPrefix(self.cfg.shared_prefix, "Learner")
         self._ref_heads: dict[str, dict] = {}  # lm_heads of references sent as hidden states, by key
 
@@ -502,7 +502,7 @@ class Learner(LearnerCore):
 
 
 def rehearsal_tensors(data: RehearsalBatch, pad_id: int) -> tuple[dict, torch.Tensor]:
-    """A step's rehearsal rows -> (a :func:`rlkit.modeling.collate` batch, stored ``log pi_0`` ``[R, T]``, 0 on
+    """A step's rehearsal rows -> (a :func:`rlkit.models.forward.collate` batch, stored ``log pi_0`` ``[R, T]``, 0 on
     padding)."""
     batch = collate(data.prompt_ids, data.completion_ids, pad_id)
     ref = torch.zeros_like(batch["completion_mask"])

@@ -131,7 +131,7 @@ def with_plugins(options: dict) -> dict:
     if not os.environ.get(ENV):
         return options
     runtime_env = dict(options.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), ENV: os.environ[ENV]}
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), ENV: os.environ[ENV]}
     return {**options, "runtime_env": runtime_env}
 
 

@@ -35,7 +35,7 @@ def _trunk(model) -> torch.nn.Module:
 
 def _completion_values(head: torch.nn.Linear, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
     """``V(s_t) = w^T h + b`` at the positions that predict completion token ``t`` (the state before the action),
-    the same slice as :func:`rlkit.modeling.completion_logits`; ``[B, T]``."""
+    the same slice as :func:`rlkit.models.forward.completion_logits`; ``[B, T]``."""
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
     return head(hidden[:, P - 1:P + T - 1].to(head.weight.dtype)).squeeze(-1)
 
@@ -67,7 +67,7 @@ class ValueHead(torch.nn.Module):
         self._trunk[0].register_forward_hook(self._keep, with_kwargs=True)
 
     def _keep(self, module, args, kwargs, output) -> None:
-        self._seen = (kwargs.get("input_ids", args[0] if args else None), output[0])
+        self._seen = ((kwargs["input_ids"] if "input_ids" in kwargs else args[0] if args else None), output[0])
 
     def forward(self, batch: dict) -> torch.Tensor:
         ids, hidden = self._seen

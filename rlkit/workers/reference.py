@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from rlkit.modeling import collate, completion_logits, token_logprobs
+from rlkit.models.forward import collate, completion_logits, token_logprobs
 
 from .common import restarted_by_ray, setup_process
 from .local import remote_actor
@@ -31,7 +31,7 @@ class ReferenceWorker:
     def __init__(self, kind: str, paths: list[str], weights: list[float] | None = None, dtype: str = "float32",
                  temperature: float = 1.0, torch_threads: int = 1, name: str | None = None,
                  shared_prefix: bool = True):
-        """``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.prefix`)."""
+        """``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.models.prefix`)."""
         setup_process(torch_threads)
         if kind == "soup":  # checkpoints or LoRA adapter directories, averaged in float32
             from rlkit.references.soup import load_soup_model
@@ -43,7 +43,7 @@ class ReferenceWorker:
         self.temperature = temperature
         self.pad_id = self.tokenizer.pad_token_id
         self.name = name or kind
-        from rlkit.prefix import SharedPrefix
+        from rlkit.models.prefix import SharedPrefix
 
         self.prefix = SharedPrefix(shared_prefix, f"ReferenceWorker[{self.name}]")
         self.head_version = 0  # bumped by every refresh: the learner caches the lm_head per version
@@ -75,14 +75,14 @@ class ReferenceWorker:
         batch = collate(prompts, completions, self.pad_id)
         group = self.prefix.group(self.model, batch)
         if hidden and self._hidden_ok is None:  # once: the head's F.linear gives the model's own logits
-            from rlkit.fused_head import fused_head_agrees
+            from rlkit.models.fused_head import fused_head_agrees
 
             self._hidden_ok = fused_head_agrees(self.model, batch)
             if not self._hidden_ok:
                 print(f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
                       flush=True)
         if hidden and self._hidden_ok:
-            from rlkit.fused_head import completion_hidden, linear_token_logprobs
+            from rlkit.models.fused_head import completion_hidden, linear_token_logprobs
 
             parts = completion_hidden(self.model, batch, group)
             if parts is not None:
@@ -99,7 +99,7 @@ class ReferenceWorker:
     def head(self) -> dict:
         """The lm_head that :meth:`compute`'s ``"hidden"`` go through: ``{"weight": [V, H], "bias": [V] or None,
         "version": v, "temperature": t}`` (float32 copies; a refresh moves the reference, not these)."""
-        from rlkit.fused_head import plain_lm_head
+        from rlkit.models.fused_head import plain_lm_head
 
         head = plain_lm_head(self.model)
         if head is None:

@@ -10,8 +10,8 @@ fraction ``(1 - 1/G) * P / (P + T)`` of the work (29% for the default job: 6-tok
 groups of 8; more with long prompts).
 
 Rows share a prompt when they are adjacent and equal (ids and mask) over the ``P`` prompt columns, the layout of
-:func:`rlkit.modeling.collate` for grouped rollouts; any batch works, and one without repeats takes the plain path.
-A model whose forward takes no ``past_key_values``/``position_ids``, or whose cache cannot be indexed, takes the
+:func:`rlkit.models.forward.collate` for grouped rollouts; any batch works, and one without repeats takes the plain
+path. A model whose forward takes no ``past_key_values``/``position_ids``, or whose cache cannot be indexed, takes the
 plain path too: :func:`shared_prefix_agrees` checks it once against the plain forward.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from rlkit.models.cache import cache_kwarg, returned_cache
+from rlkit.models.full_forward import full_completion_logits
 
 
 def prompt_groups(batch: dict) -> torch.Tensor | None:
@@ -99,9 +100,7 @@ class SharedPrefix:
         if self.ok is False or (group := prompt_groups(batch)) is None:
             return None
         if self.ok is None:
-            from rlkit.modeling import completion_logits
-
-            why = shared_prefix_agrees(model, batch, group, lambda m, b: completion_logits(m, b))
+            why = shared_prefix_agrees(model, batch, group, full_completion_logits)
             self.ok = why is None
             if why:
                 print(f"{self.owner}: shared-prompt forward off, using the full forward: {why}", flush=True)

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
+from rlkit.models.full_forward import full_completion_logits
+from rlkit.models.prefix import shared_prefix_outputs
+
 
 def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> dict:
     """Tensors for a batch of (prompt ids, completion ids): ``input_ids``, ``attention_mask``, ``position_ids``,
@@ -39,24 +42,14 @@ def completion_logits(model, batch: dict, temperature: float = 1.0, group: torch
     """Logits ``[B, T, V]`` that predict each completion token, divided by the sampling temperature.
 
     Only the last ``T + 1`` positions go through the LM head (``logits_to_keep``, which transformers' causal LMs
-    accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing.
-    ``group`` (:func:`rlkit.prefix.prompt_groups`): each distinct prompt runs once
-    (:func:`rlkit.prefix.shared_prefix_outputs`)."""
-    P = batch["prompt_len"]
-    T = batch["completion_ids"].shape[1]
+    accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing
+    (:func:`rlkit.models.full_forward.full_completion_logits`). ``group``
+    (:func:`rlkit.models.prefix.prompt_groups`): each distinct prompt runs once
+    (:func:`rlkit.models.prefix.shared_prefix_outputs`)."""
     if group is not None:
-        from rlkit.prefix import shared_prefix_outputs
-
         logits = shared_prefix_outputs(model, batch, group)
-        return logits / temperature if temperature != 1.0 else logits
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  position_ids=batch["position_ids"], use_cache=False)
-    try:
-        logits = model(**kwargs, logits_to_keep=T + 1).logits[:, :T]
-    except TypeError:  # an architecture without logits_to_keep
-        logits = model(**kwargs).logits[:, P - 1:P + T - 1]
-    if logits.shape[1] != T:
-        raise RuntimeError(f"model returned logits for {logits.shape[1]} completion positions, expected {T}")
+    else:
+        logits = full_completion_logits(model, batch)
     return logits / temperature if temperature != 1.0 else logits
 
 

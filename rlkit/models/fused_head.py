@@ -151,11 +151,11 @@ def plain_lm_head(model) -> torch.nn.Linear | None:
 def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
     """``(hidden [B, T, H], weight [V, H], bias [V] or None)``: the decoder trunk's final hidden states at the
     positions that predict each completion token (``P - 1 .. P + T - 2``, the positions whose logits
-    :func:`rlkit.modeling.completion_logits` returns; those logits are ``F.linear(hidden, weight, bias)``, before
+    :func:`rlkit.models.forward.completion_logits` returns; those logits are ``F.linear(hidden, weight, bias)``, before
     the temperature) and the lm_head's parameters (tied weights included: gradients reach the embedding). ``None``
     when the head is not a plain ``torch.nn.Linear`` (e.g. wrapped by peft) or the config names a logit transform
     (softcapping, ``logit_scale``): the caller then uses the logits. peft-wrapped models run their base's trunk,
-    whose linear layers carry the adapters. ``group`` (:func:`rlkit.prefix.prompt_groups`): each distinct prompt
+    whose linear layers carry the adapters. ``group`` (:func:`rlkit.models.prefix.prompt_groups`): each distinct prompt
     runs through the trunk once."""
     parts = _unwrap(model)
     if parts is None:
@@ -163,7 +163,7 @@ def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
     _, trunk, head = parts
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
     if group is not None:
-        from rlkit.prefix import shared_prefix_outputs
+        from rlkit.models.prefix import shared_prefix_outputs
 
         hidden = shared_prefix_outputs(trunk, batch, group, logits=False)
         return hidden, head.weight, head.bias
@@ -179,7 +179,7 @@ def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
 def fused_head_agrees(model, batch: dict, rows: int = 1) -> bool:
     """One-time guard: the first ``rows`` sequences' ``F.linear`` of :func:`completion_hidden` equal the model's own
     completion logits (in eval mode, no grad), so an output transform the config does not name is caught."""
-    from rlkit.modeling import completion_logits
+    from rlkit.models.forward import completion_logits
 
     sub = {k: (v[:rows] if torch.is_tensor(v) else v) for k, v in batch.items()}
     was_training = model.training
