@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from rlkit._config import ConfigError, StrictModel
 from rlkit.divergences import f_divergence, linear_f_divergence
 
-from .weighting import ConstantWeighting, WeightingConfig, build_weighting, coerce_weighting
+from .weightings import ConstantWeighting, WeightingConfig, build_weighting, validate_weighting, weighting_class
+
+#: a regularizer's ``weighting``: the registered weighting's own config
+WeightingField = SerializeAsAny[WeightingConfig]
 
 
 @dataclass
@@ -172,7 +175,8 @@ class RegularizerConfig(StrictModel):
     label: str | None = None
     coef: float = Field(0.001, ge=0)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    weighting: WeightingConfig = Field(default_factory=ConstantWeighting)
+    #: a registered weighting (:mod:`rlkit.regularizers.weightings`): ``constant``, ``linear``, ``dads``, ...
+    weighting: WeightingField = Field(default_factory=ConstantWeighting)
     placement: Literal["loss", "reward"] = "loss"
     #: how this term's per-token penalty becomes a scalar (None: the objective's ``aggregation``); e.g. APO's DADS
     #: averages the weighted KL per sequence, then over samples (``seq-mean-token-mean``)
@@ -185,8 +189,9 @@ class RegularizerConfig(StrictModel):
 
     @field_validator("weighting", mode="before")
     @classmethod
-    def _w_str(cls, v):
-        return coerce_weighting(v)
+    def _weighting(cls, v):
+        """A weighting name or a mapping, validated by the registered weighting's ``Config``."""
+        return validate_weighting(v)
 
 
 class Regularizer:
@@ -206,7 +211,7 @@ class Regularizer:
         if cfg.reference.type == "proxy":
             raise ConfigError(f"{path}.reference", "'proxy' is Lp-Reg's filtered self-distribution; "
                               "use regularizer 'lp_reg' for it")
-        if cfg.placement == "reward" and cfg.weighting.type in ("dads", "paced"):
+        if cfg.placement == "reward" and weighting_class(cfg.weighting.type).needs_rewards:
             raise ConfigError(f"{path}.weighting", f"'{cfg.weighting.type}' weights depend on advantages/accuracy, "
                               "which are computed from the rewards: use placement 'loss'")
 
