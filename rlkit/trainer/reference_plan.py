@@ -36,8 +36,10 @@ class ReferencePlan:
 
     @classmethod
     def from_needs(cls, needs: dict, kl_to_initial: bool) -> ReferencePlan:
-        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``."""
-        specs = dict(needs["references"])
+        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``. A
+        reference whose type the learner computes itself (``learner_side``: Lp-Reg's proxy) has no spec here."""
+        specs = {k: s for k, s in needs["references"].items()
+                 if not reference_type((s or {}).get("type", "initial")).learner_side}
         keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
         if kl_to_initial:
             keys.add("initial")
