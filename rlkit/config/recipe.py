@@ -99,6 +99,7 @@ def resolve_placement(recipe: Recipe) -> str:
 def _check_rehearsal(recipe: Recipe) -> None:
     """``samples: reference`` regularizers need the rehearsal set (DPH-RL) and a rehearsal set needs them."""
     from rlkit.regularizers import build_regularizers
+    from rlkit.regularizers.weightings import weighting_class
     from rlkit.objectives.rehearsal import on_reference_samples
 
     specs = recipe.regularizers
@@ -112,7 +113,7 @@ def _check_rehearsal(recipe: Recipe) -> None:
                 if ref.type != "initial" or ref.refresh_every:
                     raise ConfigError(f"regularizers[{i}].reference", "rehearsal responses are sampled from the "
                                       "initial policy: samples 'reference' needs reference 'initial' (no refresh)")
-                if reg.cfg.weighting.type in ("dads", "paced"):
+                if weighting_class(reg.cfg.weighting.type).needs_rewards:
                     raise ConfigError(f"regularizers[{i}].weighting", f"'{reg.cfg.weighting.type}' weights need "
                                       "advantages/accuracy, which rehearsal responses do not have")
     if paths and recipe.rehearsal is None:

@@ -1,10 +1,70 @@
-"""Weight averaging of checkpoints ("model soups") for SALSA's soup reference (arXiv 2411.01798)."""
+"""The ``soup`` reference: the weight average of checkpoints ("model soups"), SALSA's reference (arXiv 2411.01798).
+
+:class:`SoupReference` is the registered type; :func:`soup_state_dict` the average itself, :func:`load_soup_model`
+what its reference worker loads."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
+
+from rlkit._config import ConfigError
+
+from .registry import ReferenceConfig, ReferenceSource, ReferenceType
+
+
+class SoupConfig(ReferenceConfig):
+    """``checkpoints``: at least two paths, hub ids, LoRA adapter directories or ``sft:<i>`` (the i-th SFT warm
+    start of the run); ``weights``: one non-negative weight each (default uniform)."""
+
+    type: Literal["soup"] = "soup"
+    checkpoints: list[str] = Field(default_factory=list)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.checkpoints) < 2:
+            raise ValueError("a soup reference needs 'checkpoints': a list of at least 2 checkpoint paths")
+        if self.weights is not None and len(self.weights) != len(self.checkpoints):
+            raise ValueError(f"'weights' has {len(self.weights)} entries for {len(self.checkpoints)} checkpoints")
+        return self
+
+
+class SoupReference(ReferenceType):
+    """Resolved to its checkpoints' paths (``sft:<i>`` -> the run's i-th warm start), loaded as their average in
+    the worker; it has the policy's architecture, so it may refresh (TR-DPO)."""
+
+    Config = SoupConfig
+    refreshable = True
+
+    @classmethod
+    def sft_runs(cls, cfg: SoupConfig) -> int:
+        return max((int(ck.split(":", 1)[1]) + 1 for ck in cfg.checkpoints if ck.startswith("sft:")), default=0)
+
+    @classmethod
+    def source(cls, cfg: SoupConfig, init_paths: list[str], prepared=None) -> ReferenceSource:
+        return ReferenceSource("soup", [_soup_path(ck, init_paths) for ck in cfg.checkpoints], cfg.weights)
+
+    @classmethod
+    def load_model(cls, source: ReferenceSource, dtype: str):
+        # checkpoints or LoRA adapter directories, averaged in float32
+        return load_soup_model(source.paths, source.weights, dtype)
+
+
+def _soup_path(ck: str, init_paths: list[str]) -> str:
+    if ck.startswith("sft:"):
+        i = int(ck.split(":", 1)[1])
+        if i >= len(init_paths):
+            raise ConfigError("regularizers.reference.checkpoints", f"{ck!r}: SFT is disabled or has no run {i}")
+        return init_paths[i]
+    if not Path(ck).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError("regularizers.reference.checkpoints", f"checkpoint {ck!r} not found")
+    return ck
 
 
 def soup_state_dict(state_dicts: Sequence[Mapping[str, torch.Tensor]],

@@ -10,20 +10,27 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator
 
 from rlkit._config import ConfigError, StrictModel
 from rlkit.divergences import f_divergence, linear_f_divergence
+from rlkit.references import ReferenceConfig, reference_type, validate_reference
 
-from .weighting import ConstantWeighting, WeightingConfig, build_weighting, coerce_weighting
+from .weightings import ConstantWeighting, WeightingConfig, build_weighting, validate_weighting, weighting_class
+
+#: a regularizer's ``reference``: the registered type's own config (``SerializeAsAny``: dumped with its fields)
+ReferenceField = SerializeAsAny[ReferenceConfig]
+#: a regularizer's ``weighting``: the registered weighting's own config
+WeightingField = SerializeAsAny[WeightingConfig]
 
 
 @dataclass
 class PolicyBatch:
     """Tensors one optimisation step sees. ``[B, T]`` tensors cover completion tokens (right-padded).
 
-    ``ref_logprobs``/``ref_logits`` may be a tensor (one reference) or a dict keyed by reference type
-    (``"initial"``, ``"soup"``, ``"teacher"``) when regularizers toward several references are combined.
+    ``ref_logprobs``/``ref_logits`` may be a tensor (one reference) or a dict keyed by reference key
+    (``"initial"``, ``"soup"``, ``"teacher"``, ...: :attr:`rlkit.references.ReferenceConfig.key`) when
+    regularizers toward several references are combined.
 
     ``hidden`` (``[B, T, H]``) and ``lm_head`` (``(weight [V, H], bias [V] or None, temperature)``) stand in for
     ``logits`` when the learner's fused head (``grpo.fused_head``) never materialises them: ``logits = (hidden @
@@ -97,82 +104,16 @@ class RegularizerOutput:
     metrics: dict[str, float]
 
 
-class ReferenceConfig(StrictModel):
-    """Where the reference distribution comes from. A bare string is shorthand for ``{type: <string>}``.
-
-    * ``initial``: the frozen initial (SFT) policy.
-    * ``soup``: the weight average of ``checkpoints`` (SALSA), with optional ``weights``.
-    * ``teacher``: another (larger) model sharing the policy's tokenizer (KDRL). ``model`` is its path or hub id,
-      or ``sft:tiny``: an SFT warm start, trained by the job, of the tiny model with ``tiny_config`` overrides
-      (e.g. ``{hidden_size: 256, num_hidden_layers: 6}``) and the recipe's ``sft`` section updated by ``sft``.
-    * ``proxy``: Lp-Reg's filtered, renormalized self-distribution (only for ``lp_reg``).
-
-    Reference refresh (TR-DPO, Gorbatovski et al. 2024, arXiv 2404.09656), for ``initial`` and ``soup``: every
-    ``refresh_every`` optimizer steps ``theta_ref <- (1 - a) theta_ref + a theta_policy`` with ``a = refresh_rate``
-    (``a = 1``: hard update, the reference becomes the current policy; ``a < 1``: soft update). A refreshed
-    reference is served under its own key (e.g. ``initial-refresh10-0.5``), so the ``kl_initial/k3`` diagnostic
-    keeps measuring the distance to the true initial policy.
-    """
-
-    type: Literal["initial", "soup", "teacher", "proxy"] = "initial"
-    checkpoints: list[str] = Field(default_factory=list)
-    weights: list[float] | None = None
-    model: str | None = None
-    tiny_config: dict[str, Any] | None = None
-    sft: dict[str, Any] | None = None
-    refresh_every: int | None = Field(None, gt=0)
-    refresh_rate: float | None = Field(None, gt=0, le=1)
-
-    @property
-    def key(self) -> str:
-        """The name this reference is served and looked up under (``type``, plus the refresh schedule)."""
-        if self.refresh_every:
-            return f"{self.type}-refresh{self.refresh_every}-{self.refresh_rate if self.refresh_rate else 1.0:g}"
-        return self.type
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.type == "soup":
-            if len(self.checkpoints) < 2:
-                raise ValueError("a soup reference needs 'checkpoints': a list of at least 2 checkpoint paths")
-            if self.weights is not None and len(self.weights) != len(self.checkpoints):
-                raise ValueError(f"'weights' has {len(self.weights)} entries for {len(self.checkpoints)} checkpoints")
-        elif self.checkpoints or self.weights is not None:
-            raise ValueError(f"'checkpoints'/'weights' only apply to type 'soup', not {self.type!r}")
-        if self.type == "teacher" and not self.model:
-            raise ValueError("a teacher reference needs 'model': the teacher's path or hub id")
-        if self.type != "teacher" and self.model:
-            raise ValueError(f"'model' only applies to type 'teacher', not {self.type!r}")
-        if (self.tiny_config is not None or self.sft is not None) and self.model != "sft:tiny":
-            raise ValueError("'tiny_config'/'sft' only apply to a teacher with model 'sft:tiny'")
-        if self.sft:
-            from rlkit.config.sections import SFTConfig
-
-            bad = sorted(set(self.sft) - set(SFTConfig.model_fields) | {"enabled", "cache_dir"} & set(self.sft))
-            if bad:
-                raise ValueError(f"'sft' key {bad[0]!r} cannot be set for the teacher (allowed: keys of the sft "
-                                 "section except enabled and cache_dir)")
-            try:
-                SFTConfig.model_validate(self.sft)
-            except ValueError as err:  # pydantic's ValidationError: keep the key and the reason only
-                first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
-                raise ValueError(f"'sft.{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
-        if self.refresh_rate is not None and not self.refresh_every:
-            raise ValueError("'refresh_rate' needs 'refresh_every' (the number of steps between refreshes)")
-        if self.refresh_every and self.type not in ("initial", "soup"):
-            raise ValueError(f"'refresh_every' applies to types 'initial' and 'soup' (a model with the policy's "
-                             f"architecture), not {self.type!r}")
-        return self
-
-
 class RegularizerConfig(StrictModel):
     """Fields every regularizer has. Subclasses add their own (and may change defaults)."""
 
     name: str
     label: str | None = None
     coef: float = Field(0.001, ge=0)
-    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    weighting: WeightingConfig = Field(default_factory=ConstantWeighting)
+    #: a registered reference type (:mod:`rlkit.references`): ``initial``, ``soup``, ``teacher``, ``proxy``, ...
+    reference: ReferenceField = Field(default_factory=lambda: validate_reference("initial"))
+    #: a registered weighting (:mod:`rlkit.regularizers.weightings`): ``constant``, ``linear``, ``dads``, ...
+    weighting: WeightingField = Field(default_factory=ConstantWeighting)
     placement: Literal["loss", "reward"] = "loss"
     #: how this term's per-token penalty becomes a scalar (None: the objective's ``aggregation``); e.g. APO's DADS
     #: averages the weighted KL per sequence, then over samples (``seq-mean-token-mean``)
@@ -180,13 +121,16 @@ class RegularizerConfig(StrictModel):
 
     @field_validator("reference", mode="before")
     @classmethod
-    def _ref_str(cls, v):
-        return {"type": v} if isinstance(v, str) else v
+    def _ref(cls, v):
+        """A type name or a mapping, validated by the registered type's ``Config`` (a bare string is shorthand
+        for ``{type: <string>}``)."""
+        return validate_reference(v)
 
     @field_validator("weighting", mode="before")
     @classmethod
-    def _w_str(cls, v):
-        return coerce_weighting(v)
+    def _weighting(cls, v):
+        """A weighting name or a mapping, validated by the registered weighting's ``Config``."""
+        return validate_weighting(v)
 
 
 class Regularizer:
@@ -203,10 +147,8 @@ class Regularizer:
     @classmethod
     def check(cls, cfg: RegularizerConfig, path: str) -> None:
         """Refuse combinations that cannot work, with the reason (raise :class:`ConfigError`)."""
-        if cfg.reference.type == "proxy":
-            raise ConfigError(f"{path}.reference", "'proxy' is Lp-Reg's filtered self-distribution; "
-                              "use regularizer 'lp_reg' for it")
-        if cfg.placement == "reward" and cfg.weighting.type in ("dads", "paced"):
+        reference_type(cfg.reference.type).check_use(cfg.reference, cls.name, f"{path}.reference")
+        if cfg.placement == "reward" and weighting_class(cfg.weighting.type).needs_rewards:
             raise ConfigError(f"{path}.weighting", f"'{cfg.weighting.type}' weights depend on advantages/accuracy, "
                               "which are computed from the rewards: use placement 'loss'")
 

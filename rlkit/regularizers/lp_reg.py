@@ -20,13 +20,15 @@ from pydantic import Field
 from rlkit._config import ConfigError
 from rlkit.divergences import kl_penalty, lp_reg_proxy_logprobs
 
-from .base import PolicyBatch, Regularizer, RegularizerConfig, ReferenceConfig
+from rlkit.references import validate_reference
+
+from .base import PolicyBatch, ReferenceField, Regularizer, RegularizerConfig
 
 
 class LpRegConfig(RegularizerConfig):
     name: Literal["lp_reg"] = "lp_reg"
     coef: float = Field(1.0, ge=0)
-    reference: ReferenceConfig = Field(default_factory=lambda: ReferenceConfig(type="proxy"))
+    reference: ReferenceField = Field(default_factory=lambda: validate_reference("proxy"))
     proxy_from: Literal["old_policy", "reference"] = "old_policy"
     min_p: float = Field(0.02, gt=0, le=1)
     threshold: Literal["relative", "absolute"] = "relative"

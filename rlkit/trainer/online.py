@@ -32,7 +32,7 @@ from .evaluate import correctness, evaluate, generate
 from .faults import (Stop, StopSignals, TrainingError, find_resume_point, learner_call, prune_checkpoints,
                      resume_recipe, truncate_metrics)
 from .reference_plan import ReferencePlan, resolve_reference
-from .references import prepare_teachers
+from .references import prepare_references
 from .setup import check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models, start_ray
 from .weight_sync import WeightSync, make_weight_sync
 
@@ -111,7 +111,8 @@ class OnlineTrainer:
 
             check_learner_group(r)
         self.init_paths = prepare_initial_models(r, out, self.console)
-        self.teachers = prepare_teachers(r, out, self.init_paths, self.console)  # sft:tiny trained; tokenizers checked
+        # each reference type's set-up (an sft:tiny teacher trained; teachers' tokenizers checked)
+        self.prepared = prepare_references(r, out, self.init_paths, self.console)
         self.policy_path = str(self.resume_from) if self.resume_from else self.init_paths[0]
         self.start = read_state(self.resume_from)["driver"]["step"] if self.resume_from else 0
         model, tokenizer = load_model_and_tokenizer(self.policy_path)
@@ -173,11 +174,12 @@ class OnlineTrainer:
         self.plan = ReferencePlan.from_needs(self.needs, r.eval.kl_to_initial)
         self.references = {}
         for key in self.plan.spawned:
-            kind, paths, weights = resolve_reference(self.plan.specs[key], self.init_paths, self.out, self.teachers)
+            src = resolve_reference(self.plan.specs[key], self.init_paths, self.out, self.prepared)
             self.references[key] = spawn(
-                ReferenceWorker, dict(num_cpus=rc.cpus_per_reference, max_restarts=3, max_task_retries=3), kind,
-                paths, weights, dtype=r.model.dtype, temperature=r.rollout.temperature, torch_threads=rc.torch_threads,
-                name=key, shared_prefix=self.cfg.shared_prefix, inprocess=self.inproc)
+                ReferenceWorker, dict(num_cpus=rc.cpus_per_reference, max_restarts=3, max_task_retries=3), src.kind,
+                src.paths, src.weights, dtype=r.model.dtype, temperature=r.rollout.temperature,
+                torch_threads=rc.torch_threads, name=key, shared_prefix=self.cfg.shared_prefix,
+                load_options=src.options, inprocess=self.inproc)
         self.sync: WeightSync = make_weight_sync(self.shared, r.learner.num_workers > 1, self.learner,
                                                  self.rollout_workers, self.references, self.plan, self.start)
 

@@ -10,13 +10,13 @@ early). :func:`resolve_reference` maps a spec to the checkpoints its worker load
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
-from rlkit._config import ConfigError
+from rlkit.references import ReferenceSource, as_reference_config, reference_type
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ class ReferencePlan:
 
     @classmethod
     def from_needs(cls, needs: dict, kl_to_initial: bool) -> ReferencePlan:
-        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``."""
-        specs = dict(needs["references"])
+        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``. A
+        reference whose type the learner computes itself (``learner_side``: Lp-Reg's proxy) has no spec here."""
+        specs = {k: s for k, s in needs["references"].items()
+                 if not reference_type((s or {}).get("type", "initial")).learner_side}
         keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
         if kl_to_initial:
             keys.add("initial")
@@ -72,28 +74,12 @@ class ReferencePlan:
         return "learner" if "initial" in self.served else None
 
 
-def resolve_reference(ref: dict, init_paths: list[str], out: Path, teachers: dict[str, str] | None = None
-                      ) -> tuple[str, list[str], list[float] | None]:
-    """``(kind, checkpoint paths, weights)`` for a reference spec. ``sft:<i>`` names the i-th SFT warm start;
-    ``teachers`` maps :func:`rlkit.trainer.references.teacher_id` to the teacher's path (``sft:tiny`` teachers)."""
-    kind = ref["type"]
-    if kind == "initial":
-        return "initial", [init_paths[0]], None
-    if kind == "teacher":
-        from .references import teacher_id
-
-        return "teacher", [(teachers or {}).get(teacher_id(ref), ref["model"])], None
-    if kind == "soup":
-        return "soup", [_soup_path(ck, init_paths) for ck in ref["checkpoints"]], ref.get("weights")
-    raise ConfigError("regularizers.reference", f"reference type {kind!r} has no model to serve")
-
-
-def _soup_path(ck: str, init_paths: list[str]) -> str:
-    if ck.startswith("sft:"):
-        i = int(ck.split(":", 1)[1])
-        if i >= len(init_paths):
-            raise ConfigError("regularizers.reference.checkpoints", f"{ck!r}: SFT is disabled or has no run {i}")
-        return init_paths[i]
-    if not Path(ck).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConfigError("regularizers.reference.checkpoints", f"checkpoint {ck!r} not found")
-    return ck
+def resolve_reference(ref: dict, init_paths: list[str], out: Path, prepared: Mapping[str, Any] | None = None
+                      ) -> ReferenceSource:
+    """What a reference worker loads for a spec (kind, checkpoint paths, weights, options), from its registered type
+    (:meth:`rlkit.references.ReferenceType.source`). ``sft:<i>`` names the i-th SFT warm start; ``prepared``
+    holds each type's set-up result by :meth:`~rlkit.references.ReferenceType.identity`
+    (:func:`rlkit.trainer.references.prepare_references`: e.g. a trained ``sft:tiny`` teacher's path)."""
+    cfg = as_reference_config(ref)
+    kind = reference_type(cfg.type)
+    return kind.source(cfg, init_paths, (prepared or {}).get(kind.identity(cfg)))

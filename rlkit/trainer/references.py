@@ -1,12 +1,13 @@
-"""Driver-side reference set-up: teacher models (KDRL). Which references a run serves, and in what form:
+"""Driver-side reference set-up, before any worker starts: every regularizer's reference type runs its
+:meth:`~rlkit.references.ReferenceType.prepare` (:func:`prepare_references`), with the trainer's services a type may
+need (:func:`train_teacher`: the ``sft:tiny`` teacher's SFT run). Which references a run serves, and in what form:
 :mod:`rlkit.trainer.reference_plan`; their TR-DPO refresh after each step: :mod:`rlkit.trainer.weight_sync`.
 
 Teacher (KDRL-style distillation toward a stronger model, regularizer ``{reference: {type: teacher, model: ...}}``):
 ``model`` is a path / hub id, or ``sft:tiny``: the job trains the teacher itself as an SFT warm start (TRL, the
 recipe's ``sft`` section updated by the reference's ``sft``) of the tiny model with the reference's ``tiny_config``
 overrides, e.g. a wider and deeper tiny Llama trained on clean labels. Either way the teacher must share the policy's
-tokenizer: a divergence between ``pi(y_t | .)`` and ``pi_teacher(y_t | .)`` compares the probabilities of the same
-token ids, so the vocabularies (token -> id) must be equal, and for full-logit divergences so must the logits' width.
+tokenizer (:func:`rlkit.references.teacher.check_same_vocabulary`).
 """
 
 from __future__ import annotations
@@ -14,34 +15,33 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from rlkit._config import ConfigError
 from rlkit.config import Recipe
+from rlkit.references import ReferenceSetup, reference_type
+from rlkit.references.teacher import TEACHER_SFT, check_same_vocabulary, teacher_id
 
-TEACHER_SFT = "sft:tiny"
-
-
-def teacher_id(ref: dict) -> str:
-    """A stable name of a teacher spec (its model plus, for ``sft:tiny``, the tiny config and SFT overrides)."""
-    return json.dumps({k: ref.get(k) for k in ("model", "tiny_config", "sft")}, sort_keys=True, default=str)
+__all__ = ["TEACHER_SFT", "check_same_vocabulary", "prepare_references", "teacher_id", "train_teacher"]
 
 
-def prepare_teachers(recipe: Recipe, out: Path, init_paths: list[str], console) -> dict[str, str]:
-    """``{teacher_id: model path}`` for every teacher reference of the recipe: ``sft:tiny`` teachers are trained (or
-    reused), every teacher's tokenizer is checked against the policy's. Errors name ``regularizers[i].reference``."""
+def prepare_references(recipe: Recipe, out: Path, init_paths: list[str], console) -> dict[str, Any]:
+    """``{identity: prepared}`` for every regularizer reference whose type has a set-up step (``sft:tiny``
+    teachers trained or reused, every teacher's tokenizer checked against the policy's), what
+    :func:`rlkit.trainer.reference_plan.resolve_reference` hands back to the type. Errors name
+    ``regularizers[i].reference``."""
     from rlkit.regularizers import build_regularizers
 
-    teachers: dict[str, str] = {}
+    setup = ReferenceSetup(recipe=recipe, out=out, init_paths=init_paths, console=console,
+                           train_sft=lambda spec, key: train_teacher(recipe, spec, out, console, key))
+    prepared: dict[str, Any] = {}
     for i, reg in enumerate(build_regularizers(recipe.regularizers)):
         ref = reg.cfg.reference
-        if ref.type != "teacher":
-            continue
-        spec = ref.model_dump()
-        key = f"regularizers[{i}].reference"
-        path = train_teacher(recipe, spec, out, console, key) if ref.model == TEACHER_SFT else ref.model
-        check_same_vocabulary(init_paths[0], path, f"{key}.model")
-        teachers[teacher_id(spec)] = path
-    return teachers
+        kind = reference_type(ref.type)
+        result = kind.prepare(ref, setup, f"regularizers[{i}].reference")
+        if result is not None:
+            prepared[kind.identity(ref)] = result
+    return prepared
 
 
 def train_teacher(recipe: Recipe, ref: dict, out: Path, console, key: str = "reference") -> str:
@@ -85,50 +85,3 @@ def _load(path):
     from rlkit.models.loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(path)[0]
-
-
-def _tokenizer_source(path: str) -> str:
-    """Where a model path's tokenizer lives (a LoRA adapter directory: its base model)."""
-    from rlkit.models.lora import ADAPTER_CONFIG, is_adapter_dir
-
-    if is_adapter_dir(path):
-        return json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or path
-    return path
-
-
-def _vocab_width(path: str) -> int | None:
-    from rlkit.models.loading import TINY_NAMES
-
-    if path in TINY_NAMES:
-        from rlkit.models.tiny import VOCAB
-
-        return len(VOCAB)
-    try:
-        from transformers import AutoConfig
-
-        return getattr(AutoConfig.from_pretrained(path), "vocab_size", None)
-    except (OSError, ValueError):
-        return None
-
-
-def check_same_vocabulary(policy_path: str, teacher_path: str, key: str) -> None:
-    """Refuse a teacher whose tokenizer maps tokens to ids differently from the policy's, or whose output layer
-    has another width; :class:`ConfigError` naming ``key`` and the first differing token."""
-    from rlkit.models.loading import load_tokenizer
-
-    teacher_path = _tokenizer_source(teacher_path)
-    try:
-        t_vocab = load_tokenizer(teacher_path).get_vocab()
-    except (OSError, ValueError) as err:
-        raise ConfigError(key, f"cannot load the teacher's tokenizer from {teacher_path!r}: {err}") from None
-    p_vocab = load_tokenizer(_tokenizer_source(policy_path)).get_vocab()
-    if t_vocab != p_vocab:
-        diff = sorted(set(t_vocab.items()) ^ set(p_vocab.items()), key=str)
-        tok = diff[0][0]
-        raise ConfigError(key, f"the teacher {teacher_path!r} does not share the policy's tokenizer ({len(t_vocab)} vs "
-                               f"{len(p_vocab)} tokens; e.g. {tok!r} has id {t_vocab.get(tok)} in the teacher's and "
-                               f"{p_vocab.get(tok)} in the policy's): a teacher reference needs the same vocabulary")
-    tw, pw = _vocab_width(teacher_path), _vocab_width(_tokenizer_source(policy_path))
-    if tw is not None and pw is not None and tw != pw:
-        raise ConfigError(key, f"the teacher {teacher_path!r} has vocab_size {tw}, the policy {pw}: their logits "
-                               "cannot be compared token by token")

@@ -129,15 +129,13 @@ def check_recipe_sources(recipe: Recipe, rows: int = 100) -> None:
 
 
 def sft_runs_needed(recipe: Recipe) -> int:
-    """How many SFT warm starts the recipe asks for (``sft:<i>`` references count)."""
-    n = 1
+    """How many SFT warm starts the recipe asks for (``sft:<i>`` references count: each reference type says how
+    many it names, :meth:`rlkit.references.ReferenceType.sft_runs`)."""
+    from rlkit.references import reference_type
     from rlkit.regularizers import build_regularizers
 
-    for reg in build_regularizers(recipe.regularizers):
-        for ck in reg.cfg.reference.checkpoints:
-            if ck.startswith("sft:"):
-                n = max(n, int(ck.split(":", 1)[1]) + 1)
-    return n
+    refs = [reg.cfg.reference for reg in build_regularizers(recipe.regularizers)]
+    return max([1] + [reference_type(ref.type).sft_runs(ref) for ref in refs])
 
 
 class PromptEncoder:

@@ -22,6 +22,7 @@ from rlkit.models.forward import collate, completion_logits, entropy_from_logits
 from rlkit.objectives import reward_penalty, tis_weights
 from rlkit.objectives.aggregation import masked_mean
 from rlkit.models.prefix import SharedPrefix
+from rlkit.references import reference_type
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 from rlkit.types import ReferenceOutput, RehearsalBatch, TrainBatch
@@ -122,7 +123,7 @@ class LearnerCore:
                 "rehearsal": [r.label for r in self.rehearsal_regs],
                 "ref_hidden": sorted(logits) if big_vocab else [],
                 "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
-                               if r.reference_key != "proxy"},
+                               if not reference_type(r.cfg.reference.type).learner_side},
                 # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
                 "served": ["initial"] if self.lora else []}
 

@@ -1,7 +1,8 @@
 """ReferenceWorker: serves reference log-probs, and for exact divergences either full logits or (``hidden=True``)
 the final hidden states at the completion positions plus, once per weights version, its lm_head.
 
-The reference is the frozen initial policy, a soup of checkpoints (SALSA) or a teacher model. Any path may be a
+The reference is the frozen initial policy, a soup of checkpoints (SALSA), a teacher model, or any registered
+reference type (``kind``, :meth:`rlkit.references.ReferenceType.load_model` builds it). Any path may be a
 peft LoRA adapter directory: it is loaded as its base model with the adapter merged in, so a soup of adapters is the
 average of the merged models, ``W0 + mean_i(s_i B_i A_i)`` for adapters on one base (not the product of averaged
 factors). :meth:`ReferenceWorker.refresh` moves the reference toward the policy (TR-DPO).
@@ -30,15 +31,15 @@ def load_model(path: str, dtype: str = "float32"):
 class ReferenceWorker:
     def __init__(self, kind: str, paths: list[str], weights: list[float] | None = None, dtype: str = "float32",
                  temperature: float = 1.0, torch_threads: int = 1, name: str | None = None,
-                 shared_prefix: bool = True):
-        """``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.models.prefix`)."""
+                 shared_prefix: bool = True, load_options: dict | None = None):
+        """``kind``, ``paths``, ``weights``, ``load_options``: the :class:`rlkit.references.ReferenceSource` its
+        registered type resolved (the type builds the model: one checkpoint, or for a soup the average of several).
+        ``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.models.prefix`)."""
         setup_process(torch_threads)
-        if kind == "soup":  # checkpoints or LoRA adapter directories, averaged in float32
-            from rlkit.references.soup import load_soup_model
+        from rlkit.references import ReferenceSource, reference_type
 
-            self.model, self.tokenizer = load_soup_model(paths, weights, dtype)
-        else:
-            self.model, self.tokenizer = load_model(paths[0], dtype)
+        source = ReferenceSource(kind, list(paths), weights, dict(load_options or {}))
+        self.model, self.tokenizer = reference_type(kind).load_model(source, dtype)
         self.model.eval()
         self.temperature = temperature
         self.pad_id = self.tokenizer.pad_token_id
