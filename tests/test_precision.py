@@ -86,6 +86,19 @@ def test_native_sampler_drives_a_bf16_mixed_model(capsys):
     assert len(out) == 2 and "cannot drive" not in capsys.readouterr().out
 
 
+def test_bf16_mixed_forwards_are_checked_with_the_bfloat16_tolerance():
+    """The shared-prompt forward's one-time check takes its tolerance from the compute dtype: float32 weights
+    under bf16 autocast round like bfloat16 weights (at 35M parameters the two forwards differ by ~1e-2 of the
+    largest logit, which the float32 tolerance refused, switching the shared-prompt forward off)."""
+    from rlkit.models.precision import compute_dtype
+    from rlkit.models.prefix import agreement_tolerance
+
+    mixed, tok = load_model_and_tokenizer("tiny", dtype="bf16-mixed")
+    plain, _ = load_model_and_tokenizer("tiny")
+    assert compute_dtype(mixed) == torch.bfloat16 and compute_dtype(plain) == torch.float32
+    assert agreement_tolerance(mixed) == 2e-2 and agreement_tolerance(plain) == 1e-4
+
+
 def test_precision_names():
     assert weights_dtype("bf16-mixed") == "float32" and engine_dtype("bf16-mixed") == "bfloat16"  # vLLM's dtype
     assert weights_dtype("bfloat16") == engine_dtype("bfloat16") == "bfloat16"

@@ -63,6 +63,13 @@ def enable_autocast(model, dtype: str = "bfloat16"):
     return model
 
 
+def compute_dtype(model):
+    """The dtype ``model``'s matmuls run in: the autocast dtype of :func:`enable_autocast` (on the model or a peft
+    wrapper's base), else its parameters' dtype."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    dtype = getattr(base, "rlkit_autocast_dtype", None) or getattr(model, "rlkit_autocast_dtype", None)
+    return dtype if dtype is not None else next(model.parameters()).dtype
+
 
 def autocast_region(model):
     """``torch.autocast`` with the dtype :func:`enable_autocast` set on ``model`` (or on a peft wrapper's base),

@@ -65,6 +65,16 @@ def shared_prefix_outputs(model, batch: dict, group: torch.Tensor, *, logits: bo
 
 
 @torch.no_grad()
+def agreement_tolerance(model) -> float:
+    """Relative tolerance of :func:`shared_prefix_agrees`: 1e-4 where the matmuls run in float32/64, 2e-2 where
+    they round to 16 bits, by the weights' dtype or by autocast (``model.dtype: bf16-mixed`` keeps float32
+    weights, yet its forwards round like bfloat16 ones: two forwards that split the sequence differently differ by
+    about 1e-2 of the largest logit there, and that must not switch the shared-prompt forward off)."""
+    from .precision import compute_dtype
+
+    return 1e-4 if compute_dtype(model) in (torch.float32, torch.float64) else 2e-2
+
+
 def shared_prefix_agrees(model, batch: dict, group: torch.Tensor, plain, rows: int = 4) -> str | None:
     """One-time guard: on the first ``rows`` rows (in eval mode), :func:`shared_prefix_outputs` equals ``plain(model,
     sub_batch)``, the plain forward. ``None`` when it does, else the reason (an exception's message included)."""
@@ -82,8 +92,7 @@ def shared_prefix_agrees(model, batch: dict, group: torch.Tensor, plain, rows: i
     if got.shape != want.shape:
         return f"output shape {tuple(got.shape)} != {tuple(want.shape)}"
     err = float((got - want).abs().max())
-    exact = next(model.parameters()).dtype in (torch.float32, torch.float64)
-    tol = (1e-4 if exact else 2e-2) * max(1.0, float(want.abs().max()))
+    tol = agreement_tolerance(model) * max(1.0, float(want.abs().max()))
     return None if err <= tol else f"outputs differ from the plain forward by {err:.2e} (tolerance {tol:.2e})"
 
 
