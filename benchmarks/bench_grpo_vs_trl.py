@@ -1,7 +1,8 @@
 """GRPO step time and peak memory: rlkit's Ray GRPO driver vs TRL's ``GRPOTrainer``, same job on CPU.
 
-    python benchmarks/bench_grpo_vs_trl.py                         # 20 steps, 16 prompts x 8, 12 new tokens
-    python benchmarks/bench_grpo_vs_trl.py --steps 4 --prompts 4 --group 4    # a quick smoke run
+    python benchmarks/bench_grpo_vs_trl.py                         # 3 interleaved repeats of every variant
+    python benchmarks/bench_grpo_vs_trl.py --sizes tiny --variants rlkit-default,trl-2t --repeats 2 \
+        --steps 3 --prompts 2 --group 2                            # a quick smoke run
 
 The same job on both sides: the tiny model (built once, saved to a directory; TRL reloads its reference model
 from that path), the arithmetic ``a+b`` task and its training prompts from ``recipes/quickstart.yaml`` (loaded with
@@ -21,9 +22,14 @@ turned off, as rlkit does not recompute activations; ``--trl-gradient-checkpoint
   ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (generation, reward, reference log-probs, loss,
   backward, optimizer step).
 
-Each side runs in its own subprocess (this script with ``--worker``; rlkit's starts its own local Ray cluster, so
-the Ray processes and actors are its descendants). The first 2 steps are warm-up; the median of the rest is
-reported. Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
+Each run is a subprocess of its own (this script with ``--worker``; rlkit's actor variant starts its own local Ray
+cluster, so the Ray processes and actors are its descendants). The first 2 steps are warm-up; a run's step time is
+the median of the rest. Every variant runs ``--repeats`` times (default 3), the variants interleaved round-robin
+(v1, v2, ..., v1, v2, ...) so that a slow phase of the host hits all of them; a variant's s/step is the median of its
+runs' (with the min and max), its peak memory the median of its runs' peaks, and each ratio against TRL's fastest
+median comes with its spread (per round, and the min/max bounds). The environment (library versions, CPU, cores,
+torch threads per variant, load average) is printed first and stored; ``--markdown PATH`` writes the tables.
+Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
 RSS of the worker's process tree and keeps the maximum (PSS every 5 s only: reading it stalls the process).
 This user's ``ray::`` processes outside that tree started
 after the worker are counted and reported, and summed too with ``--count-foreign-ray`` (they belong to other Ray
