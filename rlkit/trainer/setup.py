@@ -222,14 +222,12 @@ LEAN_SYSTEM_CONFIG = {"enable_metrics_collection": False, "prestart_worker_first
                       "enable_worker_prestart": False}
 
 
-class _NoTokenAuthDefaultNotice:
+def _no_token_auth_default_notice(record) -> bool:
     """A logging filter: drops Ray's one-line notice that a new local cluster enabled token authentication by
     default (``RAY_AUTH_MODE`` unset). Authentication stays on, as Ray chose (the token is in ``~/.ray/auth_token``,
-    generated once); the notice says only that, on every start. An explicit ``RAY_AUTH_MODE`` is respected."""
-
-    @staticmethod
-    def filter(record) -> bool:
-        return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+    generated once); the notice says only that, on every start. An explicit ``RAY_AUTH_MODE`` is respected (Ray
+    prints nothing then)."""
+    return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
 def start_ray(cfg: RayConfig, console) -> None:
@@ -240,7 +238,7 @@ def start_ray(cfg: RayConfig, console) -> None:
     has no switch for them), no usage stats (``ray.init`` turns them off itself), :data:`LEAN_SYSTEM_CONFIG`, and
     Ray's default object store (mapped lazily: its size costs no memory until weights pass through it). Its workers
     get ``TOKENIZERS_PARALLELISM=false`` and this process's ``HF_HUB_OFFLINE``. Ray's default token authentication
-    stays on; its notice about it is not printed (:class:`_NoTokenAuthDefaultNotice`)."""
+    stays on; its notice about it is not printed (:func:`_no_token_auth_default_notice`)."""
     import logging
 
     import ray
@@ -257,14 +255,14 @@ def start_ray(cfg: RayConfig, console) -> None:
     else:
         num_cpus = cfg.num_cpus or os.cpu_count() or 2
         auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-        auth_log.addFilter(_NoTokenAuthDefaultNotice)
+        auth_log.addFilter(_no_token_auth_default_notice)
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,  # new cluster, never a stale one
                      log_to_driver=True, _system_config=dict(LEAN_SYSTEM_CONFIG),
                      runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
                                                os.environ.get("HF_HUB_OFFLINE", "0")}})
         finally:
-            auth_log.removeFilter(_NoTokenAuthDefaultNotice)
+            auth_log.removeFilter(_no_token_auth_default_notice)
         _start_reaper()
         console.print(f"Ray: started a local cluster with {num_cpus} CPUs")
 
