@@ -1,7 +1,8 @@
 """GRPO step time and peak memory: rlkit's Ray GRPO driver vs TRL's ``GRPOTrainer``, same job on CPU.
 
-    python benchmarks/bench_grpo_vs_trl.py                         # 20 steps, 16 prompts x 8, 12 new tokens
-    python benchmarks/bench_grpo_vs_trl.py --steps 4 --prompts 4 --group 4    # a quick smoke run
+    python benchmarks/bench_grpo_vs_trl.py                         # 3 interleaved repeats of every variant
+    python benchmarks/bench_grpo_vs_trl.py --sizes tiny --variants rlkit-default,trl-2t --repeats 2 \
+        --steps 3 --prompts 2 --group 2                            # a quick smoke run
 
 The same job on both sides: the tiny model (built once, saved to a directory; TRL reloads its reference model
 from that path), the arithmetic ``a+b`` task and its training prompts from ``recipes/quickstart.yaml`` (loaded with
@@ -21,9 +22,14 @@ turned off, as rlkit does not recompute activations; ``--trl-gradient-checkpoint
   ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (generation, reward, reference log-probs, loss,
   backward, optimizer step).
 
-Each side runs in its own subprocess (this script with ``--worker``; rlkit's starts its own local Ray cluster, so
-the Ray processes and actors are its descendants). The first 2 steps are warm-up; the median of the rest is
-reported. Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
+Each run is a subprocess of its own (this script with ``--worker``; rlkit's actor variant starts its own local Ray
+cluster, so the Ray processes and actors are its descendants). The first 2 steps are warm-up; a run's step time is
+the median of the rest. Every variant runs ``--repeats`` times (default 3), the variants interleaved round-robin
+(v1, v2, ..., v1, v2, ...) so that a slow phase of the host hits all of them; a variant's s/step is the median of its
+runs' (with the min and max), its peak memory the median of its runs' peaks, and each ratio against TRL's fastest
+median comes with its spread (per round, and the min/max bounds). The environment (library versions, CPU, cores,
+torch threads per variant, load average) is printed first and stored; ``--markdown PATH`` writes the tables.
+Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
 RSS of the worker's process tree and keeps the maximum (PSS every 5 s only: reading it stalls the process).
 This user's ``ray::`` processes outside that tree started
 after the worker are counted and reported, and summed too with ``--count-foreign-ray`` (they belong to other Ray
@@ -216,18 +222,9 @@ def worker_rlkit(a, work: Path) -> dict:
 
     from rlkit.trainer.grpo import run_grpo
 
-    # A fresh local cluster of our own: with address=None, ray.init (and so rlkit's start_ray) joins any Ray cluster
-    # already running on this machine. run_grpo then finds Ray initialised and uses this one.
-    recipe = recipe_for(a, work)
-    actors = recipe.ray.mode == "actors"  # ray.mode=inprocess: no Ray at all
-    if actors:
-        import ray  # only for the actor placement: an in-process job never imports Ray
-
-        ray.init(address="local", num_cpus=recipe.ray.num_cpus or os.cpu_count() or 2, include_dashboard=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
-    run_grpo(recipe, console=Console(soft_wrap=True))
-    if actors:
-        ray.shutdown()
+    # ray.mode=actors: run_grpo starts a fresh local cluster itself (rlkit.trainer.setup.start_ray, address="local",
+    # never a cluster already running on the machine), so the benchmark measures rlkit's own Ray start-up
+    run_grpo(recipe_for(a, work), console=Console(soft_wrap=True))
     metrics = work / ("rlkit_run_" + a.label) / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     return {"step_times_s": [r["time/step"] for r in rows]}
@@ -305,17 +302,19 @@ VARIANTS = {
 }
 
 
-def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None) -> dict:
-    """Run one variant in a fresh interpreter while sampling its memory; returns its result with the peaks."""
+def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repeat: int = 0) -> dict:
+    """Run one variant once in a fresh interpreter while sampling its memory; returns its result with the peaks.
+    ``repeat`` names the run's files (``<label>.r<repeat>``), so every repeat starts from a new output directory."""
     side, threads, extra = VARIANTS[label]
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--label", label, "--work-dir", str(work),
+    run_id = f"{label}.r{repeat}"
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--label", run_id, "--work-dir", str(work),
            "--model-dir", str(model_dir), "--steps", str(a.steps), "--prompts", str(a.prompts), "--group",
            str(a.group), "--max-new-tokens", str(a.max_new_tokens), "--threads", str(threads)]
     cmd += ["--data", str(data)] if data else []
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
     cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
     cmd += ["--trl-bf16"] if side == "trl" and "bf16" in extra else []
-    log = work / f"{label}.log"
+    log = work / f"{run_id}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -327,47 +326,155 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None) -> d
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         raise RuntimeError(f"{label} worker failed (rc {rc}); log {log}:\n{tail}")
-    res = json.loads((work / f"{label}.json").read_text())
+    res = json.loads((work / f"{run_id}.json").read_text())
     times = res["step_times_s"][WARMUP_STEPS:] or res["step_times_s"]
-    res.update(side=side, threads=threads, overrides=extra, median_step_s=statistics.median(times),
+    res.update(side=side, threads=threads, overrides=extra, repeat=repeat, median_step_s=statistics.median(times),
                steps_timed=len(times), process_wall_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_rss / 2**20,
                peak_pss_mb=(mem.peak_pss / 2**20) or None, max_processes=mem.max_procs,
-               max_ray_outside_tree=mem.max_outside, log=str(log))
+               max_ray_outside_tree=mem.max_outside, log=str(log), loadavg_after=_loadavg())
     return res
 
 
+def _loadavg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def aggregate(label: str, repeats: list[dict]) -> dict:
+    """One variant over its repeats: the median (and min, max) of the per-run median step times, median peaks."""
+    step = [r["median_step_s"] for r in repeats]
+    pss = [r["peak_pss_mb"] for r in repeats if r["peak_pss_mb"]]
+    first = repeats[0]
+    return {"side": first["side"], "threads": first["threads"], "overrides": first["overrides"],
+            "repeats": len(repeats), "median_step_s": statistics.median(step), "min_step_s": min(step),
+            "max_step_s": max(step), "step_s_per_repeat": step,
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in repeats),
+            "peak_pss_mb": statistics.median(pss) if len(pss) == len(repeats) else None,
+            "max_processes": max(r["max_processes"] for r in repeats),
+            "max_ray_outside_tree": max(r["max_ray_outside_tree"] for r in repeats), "runs": repeats}
+
+
 def summarize(runs: dict[str, dict]) -> dict:
-    """Ratios against TRL's fastest thread setting: rlkit's default placement and rlkit's fastest variant."""
+    """Ratios against TRL's fastest variant (by median step time): rlkit's default placement and rlkit's fastest.
+
+    ``step_time`` is median / median. Its spread is given two ways: ``step_time_paired`` is the min and max over the
+    repeats of rlkit's time over TRL's fastest time *in the same round* (the rounds are interleaved, so a slow
+    phase of the host hits both); ``step_time_bounds`` is the worst-case pair, rlkit's min / TRL's max and rlkit's
+    max / TRL's min."""
     trl_label, trl = min(((k, r) for k, r in runs.items() if r["side"] == "trl"), key=lambda kr: kr[1]["median_step_s"])
     mine = [(k, r) for k, r in runs.items() if r["side"] == "rlkit"]
     best_label, best = min(mine, key=lambda kr: kr[1]["median_step_s"])
     out = {"trl_best": trl_label, "rlkit_best": best_label}
     for name, r in (("default", runs.get("rlkit-default")), ("best", best)):
         if r is not None:
+            paired = [x / y for x, y in zip(r["step_s_per_repeat"], trl["step_s_per_repeat"])]
             out[name] = {"step_time": r["median_step_s"] / trl["median_step_s"],
+                         "step_time_paired": [min(paired), max(paired)],
+                         "step_time_bounds": [r["min_step_s"] / trl["max_step_s"], r["max_step_s"] / trl["min_step_s"]],
                          "peak_rss": r["peak_rss_mb"] / trl["peak_rss_mb"],
                          "peak_pss": (r["peak_pss_mb"] / trl["peak_pss_mb"]) if r["peak_pss_mb"] and trl["peak_pss_mb"]
                          else None}
     return out
 
 
-def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict) -> None:
-    print(f"\n{size}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab_size']}, {a.prompts} prompts x "
-          f"{a.group}, {a.max_new_tokens} new tokens, {a.steps} steps (first {WARMUP_STEPS} excluded), "
-          f"{os.cpu_count()} cores")
-    print(head := f"{'variant':<16} {'threads':>7} {'s/step':>8} {'RSS MB':>8} {'PSS MB':>8} {'procs':>5}")
+def environment() -> dict:
+    """What the numbers depend on: library versions, the CPU, its cores and how loaded the machine was."""
+    import platform
+
+    import torch
+    import transformers
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+           "platform": platform.platform(), "cpus": os.cpu_count(),
+           "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+           "cpu_model": platform.processor() or None, "loadavg_start": _loadavg()}
+    for mod in ("trl", "ray"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
+    try:
+        flags = set()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                env["cpu_model"] = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+        env["cpu_bf16"] = sorted(f for f in flags if f in ("amx_bf16", "avx512_bf16"))
+    except OSError:
+        pass
+    return env
+
+
+def env_line(env: dict) -> str:
+    bf16 = f" ({', '.join(env['cpu_bf16'])})" if env.get("cpu_bf16") else ""
+    return (f"torch {env['torch']}, transformers {env['transformers']}, TRL {env['trl']}, Ray {env['ray']}, "
+            f"Python {env['python']}; CPU {env['cpu_model']}{bf16}, {env['cpus']} cores ({env['cpus_usable']} "
+            f"usable), load average {env['loadavg_start']:.2f} at the start")
+
+
+def _ratio_text(q: dict) -> str:
+    lo, hi = q["step_time_paired"]
+    blo, bhi = q["step_time_bounds"]
+    pss = f"{q['peak_pss']:.2f}" if q["peak_pss"] else "-"
+    return (f"step time {q['step_time']:.2f}x (per round {lo:.2f}-{hi:.2f}x, min/max bounds {blo:.2f}-{bhi:.2f}x), "
+            f"peak RSS {q['peak_rss']:.2f}x, peak PSS {pss}x")
+
+
+def _ratio_lines(ratios: dict) -> list[str]:
+    lines = []
+    for name in ("default", "best"):
+        if name in ratios and not (name == "best" and ratios["rlkit_best"] == "rlkit-default"):
+            label = "rlkit-default" if name == "default" else ratios["rlkit_best"]
+            lines.append(f"{label} / {ratios['trl_best']}: {_ratio_text(ratios[name])}")
+    return lines
+
+
+def size_line(size: str, info: dict, a, repeats: int) -> str:
+    return (f"{size}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab_size']}, {a.prompts} prompts x "
+            f"{a.group}, {a.max_new_tokens} new tokens, {a.steps} steps (first {WARMUP_STEPS} excluded), "
+            f"{repeats} interleaved repeat(s) per variant")
+
+
+def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict, repeats: int = 1) -> None:
+    print("\n" + size_line(size, info, a, repeats))
+    print(head := f"{'variant':<20} {'threads':>7} {'s/step':>8} {'min-max':>15} {'RSS MB':>8} {'PSS MB':>8} "
+                  f"{'procs':>5}")
     print("-" * len(head))
     for label, r in runs.items():
         pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
-        print(f"{label:<16} {r['threads']:>7} {r['median_step_s']:>8.3f} {r['peak_rss_mb']:>8.0f} {pss:>8} "
-              f"{r['max_processes']:>5}")
-    for name in ("default", "best"):
-        if name in ratios and not (name == "best" and ratios["rlkit_best"] == "rlkit-default"):
-            q = ratios[name]
-            label = "rlkit-default" if name == "default" else ratios["rlkit_best"]
-            pss = f"{q['peak_pss']:.2f}" if q["peak_pss"] else "-"
-            print(f"{label} / {ratios['trl_best']}: step time {q['step_time']:.2f}x, peak RSS {q['peak_rss']:.2f}x, "
-                  f"peak PSS {pss}x")
+        spread = f"{r['min_step_s']:.3f}-{r['max_step_s']:.3f}"
+        print(f"{label:<20} {r['threads']:>7} {r['median_step_s']:>8.3f} {spread:>15} {r['peak_rss_mb']:>8.0f} "
+              f"{pss:>8} {r['max_processes']:>5}")
+    for line in _ratio_lines(ratios):
+        print(line)
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    """The result as a Markdown section: environment, one table per size (medians, min-max), the ratios."""
+    env = result["environment"]
+    lines = [f"# bench_grpo_vs_trl, {result['date']}", "", f"Environment: {env_line(env)}. Threads per side: the "
+             "variant's `threads` column (torch threads per process; rlkit's `ray.torch_threads`).", "",
+             f"Each variant ran {result['repeats']} time(s), each run a fresh process, the variants interleaved "
+             "round-robin. s/step: the median over the runs of each run's median step time (warm-up excluded), "
+             "with the min and max; memory: the median over the runs of each run's peak, summed over the "
+             "processes. Ratios: median over TRL's fastest median; per round: the min and max over the rounds "
+             "of the ratio within one round; bounds: rlkit's min / TRL's max to rlkit's max / TRL's min.", ""]
+    for size, sr in result["sizes"].items():
+        a = argparse.Namespace(**{k: sr[k] for k in ("prompts", "group", "max_new_tokens", "steps")})
+        lines += [f"## {size_line(size, sr['model'], a, result['repeats'])}", "",
+                  "| variant | threads | s/step (median) | min-max | peak RSS MB | peak PSS MB | processes |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, r in sr["runs"].items():
+            pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
+            lines.append(f"| {label} | {r['threads']} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f}-"
+                         f"{r['max_step_s']:.3f} | {r['peak_rss_mb']:.0f} | {pss} | {r['max_processes']} |")
+        lines += [""] + [f"- {line}" for line in _ratio_lines(sr["ratios_rlkit_over_trl_best"])] + [""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> dict | None:
@@ -376,6 +483,8 @@ def main(argv=None) -> dict | None:
                    "12 new tokens), medium (35M parameters, vocab 32000, 64-token prompts, --medium-new-tokens)")
     p.add_argument("--variants", default=",".join(k for k in VARIANTS if k != "rlkit-actors"),
                    help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved round-robin (v1, v2, ..., "
+                   "v1, v2, ...), each a fresh process; the median is reported with the min and max")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
     p.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO group size)")
@@ -391,6 +500,7 @@ def main(argv=None) -> dict | None:
                    "outside the worker's tree (started after it): counts other Ray jobs running meanwhile")
     p.add_argument("--work-dir", default=None, help="where models, runs and logs go (default: a new temp dir)")
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_grpo_vs_trl.json)")
+    p.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as Markdown to PATH")
     p.add_argument("--rlkit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra rlkit recipe override for every rlkit variant (repeatable)")
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
@@ -401,6 +511,8 @@ def main(argv=None) -> dict | None:
     a = p.parse_args(argv)
     if min(a.steps, a.medium_steps) <= WARMUP_STEPS:
         p.error(f"--steps and --medium-steps must be > {WARMUP_STEPS} (the first {WARMUP_STEPS} steps are warm-up)")
+    if a.repeats < 1:
+        p.error("--repeats must be >= 1")
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="bench_grpo_vs_trl_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if a.worker:
@@ -409,35 +521,39 @@ def main(argv=None) -> dict | None:
         return None
     from transformers.utils.logging import disable_progress_bar
 
-    import torch
-    import transformers
-
     disable_progress_bar()
     variants = [v for v in a.variants.split(",") if v]
     if bad := [v for v in variants if v not in VARIANTS]:
         p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
-    result = {"benchmark": "bench_grpo_vs_trl", "config": {k: v for k, v in vars(a).items() if k not in (
-        "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS,
-        "cpus": os.cpu_count(),
-        "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
-                        "python": sys.version.split()[0]}, "sizes": {}, "work_dir": str(work)}
+    env = environment()
+    print(f"environment: {env_line(env)}")
+    print("threads per side: " + ", ".join(f"{v} {VARIANTS[v][1]}" for v in variants))
+    result = {"benchmark": "bench_grpo_vs_trl", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "config": {k: v for k, v in vars(a).items() if k not in (
+                  "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS,
+              "repeats": a.repeats, "cpus": os.cpu_count(), "environment": env, "sizes": {}, "work_dir": str(work)}
     for size in a.sizes.split(","):
         sa = argparse.Namespace(**vars(a))
         if size == "medium":
             sa.steps, sa.prompts, sa.group, sa.max_new_tokens = (a.medium_steps, a.medium_prompts, a.medium_group,
                                                                  a.medium_new_tokens)
         model_dir, data, info = build_size(size, work / size)
-        runs = {}
-        for label in variants:
-            print(f"{size}: running {label} ({sa.steps} steps, {sa.prompts} prompts x {sa.group}, "
-                  f"{sa.max_new_tokens} new tokens)...", flush=True)
-            runs[label] = run_side(sa, label, work / size, model_dir, data)
+        per_variant: dict[str, list[dict]] = {label: [] for label in variants}
+        for i in range(a.repeats):  # round-robin: a slow phase of the host hits every variant alike
+            for label in variants:
+                print(f"{size}: repeat {i + 1}/{a.repeats}, running {label} ({sa.steps} steps, {sa.prompts} prompts "
+                      f"x {sa.group}, {sa.max_new_tokens} new tokens)...", flush=True)
+                per_variant[label].append(run_side(sa, label, work / size, model_dir, data, repeat=i))
+        runs = {label: aggregate(label, reps) for label, reps in per_variant.items()}
         ratios = summarize(runs) if any(r["side"] == "trl" for r in runs.values()) else {}
-        print_size(size, info, sa, runs, ratios)
+        print_size(size, info, sa, runs, ratios, a.repeats)
         result["sizes"][size] = {"model": info, "steps": sa.steps, "prompts": sa.prompts, "group": sa.group,
                                  "max_new_tokens": sa.max_new_tokens, "runs": runs,
                                  "ratios_rlkit_over_trl_best": ratios}
+    result["environment"]["loadavg_end"] = _loadavg()
     write_result("bench_grpo_vs_trl", result, a.out, f" (logs and runs in {work})")
+    if a.markdown:
+        write_markdown(Path(a.markdown), result)
     return result
 
 

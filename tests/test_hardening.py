@@ -85,11 +85,28 @@ def test_ray_worker_lines_are_not_coloured_in_a_pipe(tmp_path):
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
     env.pop("RAY_COLOR_PREFIX", None)
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default: token auth turned on, with a notice start_ray filters out
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "hello from a worker" in proc.stdout + proc.stderr
     assert "\x1b[" not in proc.stdout + proc.stderr
+    assert "Token authentication is enabled" not in proc.stdout + proc.stderr
+
+
+def test_start_ray_drops_only_rays_token_auth_default_notice():
+    import logging
+
+    from rlkit.trainer.setup import _no_token_auth_default_notice
+
+    def record(msg):
+        return logging.LogRecord("ray._private.authentication.authentication_token_setup", logging.WARNING, "", 0,
+                                 msg, None, None)
+
+    assert not _no_token_auth_default_notice(record("Token authentication is enabled for this Ray cluster. Set "
+                                                    "RAY_AUTH_MODE=disabled to opt out."))
+    assert _no_token_auth_default_notice(record("Token authentication is enabled but no token was found."))
+    assert _no_token_auth_default_notice(record("Failed to start GCS."))
 
 
 def test_non_finite_floats_are_refused_in_nested_models_and_on_assignment():

@@ -231,7 +231,33 @@ def build_once(path: Path, build: Callable[[Path], None]) -> bool:
         return True
 
 
+#: ``_system_config`` of a local cluster started by :func:`start_ray`: no metrics export from every worker to the
+#: node's agent every few seconds (rlkit records its own metrics; nothing reads Ray's without a dashboard), and no
+#: idle workers started ahead of demand (Ray starts one per CPU for the first driver; an rlkit job asks for its
+#: actors right away, and each actor gets a process of its own, so a prestarted worker sat idle, ~45 MB PSS)
+LEAN_SYSTEM_CONFIG = {"enable_metrics_collection": False, "prestart_worker_first_driver": False,
+                      "enable_worker_prestart": False}
+
+
+def _no_token_auth_default_notice(record) -> bool:
+    """A logging filter: drops Ray's one-line notice that a new local cluster enabled token authentication by
+    default (``RAY_AUTH_MODE`` unset). Authentication stays on, as Ray chose (the token is in ``~/.ray/auth_token``,
+    generated once); the notice says only that, on every start. An explicit ``RAY_AUTH_MODE`` is respected (Ray
+    prints nothing then)."""
+    return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
 def start_ray(cfg: RayConfig, console) -> None:
+    """Join the cluster at ``cfg.address``, or start a local one for this job that holds only what the job needs.
+
+    A local cluster has ``cfg.num_cpus`` CPUs (default: the machine's), no dashboard (Ray still runs its API server
+    head, autoscaler monitor, log monitor, and per node the raylet's dashboard and runtime-env agents: ``ray.init``
+    has no switch for them), no usage stats (``ray.init`` turns them off itself), :data:`LEAN_SYSTEM_CONFIG`, and
+    Ray's default object store (mapped lazily: its size costs no memory until weights pass through it). Its workers
+    get ``TOKENIZERS_PARALLELISM=false`` and this process's ``HF_HUB_OFFLINE``. Ray's default token authentication
+    stays on; its notice about it is not printed (:func:`_no_token_auth_default_notice`)."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
@@ -245,10 +271,15 @@ def start_ray(cfg: RayConfig, console) -> None:
         console.print(f"Ray: joined cluster at {cfg.address}")
     else:
         num_cpus = cfg.num_cpus or os.cpu_count() or 2
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,  # new cluster, never a stale one
-                 log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
-                                           os.environ.get("HF_HUB_OFFLINE", "0")}})
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        auth_log.addFilter(_no_token_auth_default_notice)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,  # new cluster, never a stale one
+                     log_to_driver=True, _system_config=dict(LEAN_SYSTEM_CONFIG),
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
+                                               os.environ.get("HF_HUB_OFFLINE", "0")}})
+        finally:
+            auth_log.removeFilter(_no_token_auth_default_notice)
         _start_reaper()
         console.print(f"Ray: started a local cluster with {num_cpus} CPUs")
 
