@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rlkit._config import ConfigError
+from rlkit._extras import require
 from rlkit.config import Recipe, RayConfig
 
 
@@ -98,12 +99,15 @@ def make_output_dir(path: str, key: str = "output_dir") -> Path:
 
 def check_recipe_sources(recipe: Recipe, rows: int = 100) -> None:
     """What ``rlkit check`` looks at beyond the schema, without creating or downloading anything: ``output_dir``
-    can be created, local model directories exist with a ``config.json`` (hub ids are not looked up), and each
-    data file exists and its first ``rows`` rows parse with the configured columns. Raises :class:`ConfigError`
-    naming the key."""
+    can be created, the optional packages the recipe uses are installed (else
+    :class:`~rlkit._extras.MissingExtraError`), local model directories exist with a ``config.json`` (hub ids are
+    not looked up), and each data file exists and its first ``rows`` rows parse with the configured columns.
+    Raises :class:`ConfigError` naming the key."""
+    from rlkit._extras import require_recipe
     from rlkit.data.loading import BUILTIN, peek_prompt_dataset
 
     check_output_dir(recipe.output_dir)
+    require_recipe(recipe)
     check_model_source(recipe)
     if recipe.algorithm == "dpo" and recipe.dpo.reference_model:
         check_model_path(recipe.dpo.reference_model, "dpo.reference_model")
@@ -214,8 +218,10 @@ def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
     return paths
 
 
-def start_ray(cfg: RayConfig, console) -> None:
-    import ray
+def start_ray(cfg: RayConfig, console, why: str = "ray.mode=actors") -> None:
+    """Start (or join, with ``ray.address``) the Ray cluster the actor placement runs on; ``why`` names what
+    asked for Ray in the error when Ray is not installed."""
+    ray = require("ray", why=why)
 
     if ray.is_initialized():
         return
