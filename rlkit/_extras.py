@@ -83,14 +83,15 @@ def require(name: str, why: str, extra: str | None = None) -> ModuleType:
 def _recipe_needs(recipe) -> list[tuple[str, str]]:
     """``(import name, why)`` for every optional package ``recipe`` uses."""
     needs = []
-    if recipe.ray.mode == "actors":
+    online = recipe.algorithm != "dpo"  # the DPO loop runs in this process, without Ray or a rollout engine
+    if online and recipe.ray.mode == "actors":
         needs.append(("ray", "ray.mode=actors"))
     if recipe.sft.enabled:
         needs.append(("trl", "sft.enabled (the SFT warm start)"))
     needs.append(("datasets", f"data.source={recipe.data.source}"))
     if recipe.model.lora is not None:
         needs.append(("peft", "model.lora"))
-    if recipe.algorithm != "dpo" and recipe.rollout.engine == "vllm":
+    if online and recipe.rollout.engine == "vllm":
         needs.append(("vllm", "rollout.engine=vllm"))
     if recipe.logging.plot:
         needs.append(("matplotlib", "logging.plot"))
