@@ -10,7 +10,9 @@ naming the pip extra.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -122,6 +124,21 @@ class WandbBackend:
         self.run.finish()
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise the ``logging`` level of ``names`` to WARNING for the block (their INFO lines would interleave with
+    the run's progress), restoring it after."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _mlflow_key(name: str) -> str:
     """MLflow accepts letters, digits, ``_ - . / :`` and spaces in a metric name: anything else (``pass@1``)
     becomes ``_``."""
@@ -155,7 +172,8 @@ class MLflowBackend:
 
         out, s = Path(output_dir).resolve(), dict(settings or {})
         uri = s.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
-        self.client = MlflowClient(tracking_uri=uri)
+        with _quiet_loggers("mlflow.store.db.utils", "alembic"):  # no "Creating initial MLflow database tables"
+            self.client = MlflowClient(tracking_uri=uri)
         experiment = self._experiment_id(s.get("experiment") or "rlkit")
         tags = {str(k): str(v) for k, v in (s.get("tags") or {}).items()}
         self.run_id = self.client.create_run(experiment, run_name=s.get("run_name") or out.name,
