@@ -7,6 +7,7 @@ import os
 import sys
 
 from rlkit._config import ConfigError
+from rlkit._extras import MissingExtraError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_recipe(recipe)
         return 0
-    except ConfigError as err:
+    except (ConfigError, MissingExtraError) as err:
         print(f"rlkit: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

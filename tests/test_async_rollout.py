@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ray  # the actor placement: the rollout actor generates while the learner actor trains
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["sft.enabled=false", "grpo.steps=4", "grpo.prompts_per_step=4", "grpo.group_size=4", "eval.before=false",
         "eval.num_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]", "logging.print_every=1", "logging.plot=false",

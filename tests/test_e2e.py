@@ -29,6 +29,7 @@ def quickstart(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_quickstart_outputs(quickstart):
     out, proc = quickstart
     log = proc.stdout + proc.stderr
@@ -54,6 +55,7 @@ def test_quickstart_outputs(quickstart):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["grpo_kl_k3", "grpo_forward_kl", "grpo_js", "grpo_lp_reg", "grpo_dads"])
+@pytest.mark.ray
 def test_catalogue_recipes_run(quickstart, recipe, tmp_path):
     q, _ = quickstart
     proc = rlkit("train", f"recipes/{recipe}.yaml", f"output_dir={tmp_path}", *SMALL, "sft.enabled=false",
@@ -66,6 +68,7 @@ def test_catalogue_recipes_run(quickstart, recipe, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_soup_reference_recipe(tmp_path):
     proc = rlkit("train", "recipes/grpo_soup.yaml", f"output_dir={tmp_path}", *SMALL, "sft.max_steps=20",
                  "eval.before=false", home=tmp_path)

@@ -41,6 +41,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_distributed_example_joins_a_ray_head_with_two_rollout_workers(tmp_path):
     port = _free_port()
     env = {**_env(tmp_path), "RAY_PORT": str(port), "OUT": str(tmp_path / "run"), "NUM_CPUS": "4"}

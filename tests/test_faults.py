@@ -88,6 +88,7 @@ def _weights(path: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     cache = tmp_path / "sft"
     full = _run(_args(tmp_path / "full", cache), tmp_path)
@@ -112,6 +113,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "run.log"
@@ -129,6 +131,7 @@ def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_killed_reward_worker_is_restarted_and_reported(tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "run.log"
@@ -146,6 +149,7 @@ def test_a_killed_reward_worker_is_restarted_and_reported(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_non_finite_steps_are_skipped_and_stop_the_job(tmp_path):
     # a KL coefficient beyond float32's range (the recipe refuses inf itself) makes every loss non-finite: it is
     # inf in float32, and inf * KL or inf * 0 = nan; the weights never move

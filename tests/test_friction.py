@@ -156,6 +156,7 @@ def test_eval_placement_is_in_process_unless_asked_or_needed(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_eval_in_process_and_through_ray_give_the_same_numbers(tmp_path):
     from rlkit.models.tiny import save_tiny
 

@@ -65,6 +65,7 @@ def test_no_colour_codes_in_pipes(tmp_path, args):
     assert "\x1b[" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.ray
 def test_ray_worker_lines_are_not_coloured_in_a_pipe(tmp_path):
     """Ray prefixes worker lines with colour codes whatever stdout is; start_ray turns them off in a pipe."""
     script = textwrap.dedent("""

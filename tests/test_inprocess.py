@@ -46,6 +46,7 @@ def test_local_actor_calls_like_a_ray_handle():
         get(bad)
 
 
+@pytest.mark.ray
 def test_spawn_unwraps_ray_remote_classes_without_starting_ray():
     import ray
 
@@ -145,6 +146,7 @@ def metrics(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("async_rollout", [False, True])
+@pytest.mark.ray
 def test_inprocess_trains_exactly_like_ray_actors_and_resumes(tmp_path, async_rollout):
     """Synchronous: the engine shares the learner's module. Async: the engine has its own copy and generates the next
     batch in a thread while the learner trains; in both placements that batch comes from the previous weights."""

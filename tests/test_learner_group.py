@@ -145,6 +145,7 @@ def runs(cluster, tiny_dir):
     group.shutdown()
 
 
+@pytest.mark.ray
 def test_replicas_are_bitwise_identical(runs):
     a, b = runs["replicas"]
     assert a.keys() == b.keys()
@@ -152,6 +153,7 @@ def test_replicas_are_bitwise_identical(runs):
     assert runs["group"].backend == "gloo"
 
 
+@pytest.mark.ray
 def test_two_workers_match_one_worker_on_the_same_global_batch(runs, tiny_dir):
     """Unequal token counts across the shards (see _batch): only the token-count shares make this hold."""
     from rlkit.models.loading import load_model_and_tokenizer
@@ -172,6 +174,7 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(runs, tiny_dir):
             assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
 
 
+@pytest.mark.ray
 def test_weights_and_checkpoints_come_from_rank_zero(runs, tmp_path):
     group = runs["group"]
     weights = ray.get(group.get_weights.remote())
@@ -183,6 +186,7 @@ def test_weights_and_checkpoints_come_from_rank_zero(runs, tmp_path):
     assert ray.get(group.load_training_state.remote(path)) == {"step": STEPS}
 
 
+@pytest.mark.ray
 def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(runs):
     group = runs["group"]
     before = ray.get([w.parameters_digest.remote() for w in group.workers])
@@ -198,6 +202,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_cli_run_with_two_learner_workers(tmp_path):
     small = ["sft.max_steps=60", "sft.num_examples=600", "grpo.steps=2", "grpo.prompts_per_step=4",
              "grpo.group_size=4", "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1",

@@ -224,6 +224,7 @@ def _rows(out):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ppo_salsa_recipe(sft_cache, tmp_path):
     proc = cli("train", "recipes/ppo_salsa.yaml", f"output_dir={tmp_path}", *SMALL, f"sft.cache_dir={sft_cache}",
                  home=tmp_path)
@@ -238,6 +239,7 @@ def test_ppo_salsa_recipe(sft_cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ppo_kl_adaptive_recipe_and_resume(sft_cache, tmp_path):
     args = ["train", "recipes/ppo_kl_adaptive.yaml", f"output_dir={tmp_path}", *SMALL, f"sft.cache_dir={sft_cache}",
             "checkpoint.save_every=1"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 
 def _greedy_local(model, tokenizer, prompts, max_new_tokens=6):

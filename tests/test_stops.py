@@ -38,7 +38,7 @@ def _wait_for(cond, proc, timeout=600):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,mode", [(signal.SIGTERM, "inprocess"), (signal.SIGINT, "inprocess"),
-                                      (signal.SIGTERM, "actors")])
+                                      pytest.param(signal.SIGTERM, "actors", marks=pytest.mark.ray)])
 def test_signal_writes_a_checkpoint_and_resume_continues(tmp_path, sig, mode):
     from rlkit.utils.checkpoint import checkpoint_problem
     from rlkit.utils.train_state import read_state
@@ -144,6 +144,7 @@ _DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_sigkill_of_the_driver_leaves_no_ray_process_behind(tmp_path):
     """Ray fate-shares its GCS and raylet with the driver, but its dashboard and runtime-env agents outlive a
     SIGKILLed driver by about a minute (~180 MB); rlkit's reaper ends them within seconds."""

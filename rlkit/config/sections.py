@@ -323,9 +323,48 @@ class RayConfig(StrictModel):
 
 
 class LoggingConfig(StrictModel):
+    """Where each step's metrics go. ``backends`` (:mod:`rlkit.utils.loggers`): ``jsonl`` (``metrics.jsonl``, which
+    the plot, ``rlkit ablate`` and resume read), ``tensorboard`` (``tensorboard/``), ``wandb``, ``mlflow``, or a
+    name registered with ``register_backend``; a backend whose package is missing fails at run start with one line
+    naming the pip extra. ``tensorboard: false`` drops ``tensorboard`` from ``backends`` (the older switch).
+
+    ``wandb``: ``wandb.init`` settings (keys: ``rlkit.utils.loggers.WANDB_KEYS``); ``mode`` defaults to ``offline``
+    (nothing leaves the machine until ``mode: online``), ``project`` to ``rlkit``, ``dir`` to ``output_dir``,
+    ``name`` to its last component. ``mlflow`` (keys: ``MLFLOW_KEYS``): ``tracking_uri`` defaults to
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<output_dir>/mlflow.db``; ``experiment`` to ``rlkit``; ``run_name`` to
+    the last component of ``output_dir``."""
+
+    backends: list[str] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
     tensorboard: bool = True
     plot: bool = True
     print_every: int = Field(5, gt=0)
+    wandb: dict[str, Any] = Field(default_factory=dict)
+    mlflow: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_backends(self):
+        from rlkit.utils.loggers import MLFLOW_KEYS, WANDB_KEYS, available_backends
+
+        known = available_backends()
+        for name in self.backends:
+            if name not in known:
+                raise ValueError(f"backends: {name!r} is not a logging backend (known: {', '.join(known)})")
+        if len(set(self.backends)) != len(self.backends):
+            raise ValueError(f"backends lists a backend twice: {self.backends}")
+        if self.plot and "jsonl" not in self.backends:
+            raise ValueError("plot draws metrics.jsonl: keep jsonl in backends or set logging.plot=false")
+        for section, allowed in (("wandb", WANDB_KEYS), ("mlflow", MLFLOW_KEYS)):
+            unknown = sorted(set(getattr(self, section)) - set(allowed))
+            if unknown:
+                raise ValueError(f"{section}.{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
+        mode = self.wandb.get("mode", "offline")
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb.mode must be offline, online or disabled, got {mode!r}")
+        return self
+
+    def selected_backends(self) -> list[str]:
+        """``backends`` in order, less ``tensorboard`` when ``tensorboard`` is false."""
+        return [b for b in self.backends if b != "tensorboard" or self.tensorboard]
 
 
 class CheckpointConfig(StrictModel):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import operator
 import random
 
+from rlkit._extras import require
+
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
@@ -55,9 +57,8 @@ def _split(seed: int, n_eval: int, task: dict) -> tuple[list[tuple[str, str]], l
 
 
 def _dataset(rows: list[tuple[str, str]], names=("prompt", "answer")):
-    from datasets import Dataset
-
-    return Dataset.from_dict({names[0]: [r[0] for r in rows], names[1]: [r[1] for r in rows]})
+    datasets = require("datasets", why="the arithmetic task (data.source=arithmetic)")
+    return datasets.Dataset.from_dict({names[0]: [r[0] for r in rows], names[1]: [r[1] for r in rows]})
 
 
 def make_arithmetic_splits(n_train: int | None = 2000, n_eval: int = 200, seed: int = 0, *,

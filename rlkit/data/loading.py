@@ -9,6 +9,8 @@ import logging
 import os
 from pathlib import Path
 
+from rlkit._extras import require
+
 #: file suffix -> ``datasets`` packaged builder
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN = ("arithmetic",)
@@ -33,7 +35,7 @@ def load_prompt_dataset(source, split: str = "train", prompt_column: str = "prom
     directory -> ``FileNotFoundError`` naming it; a missing column -> ``ValueError`` naming the column, the
     source and the columns present; no rows -> ``ValueError`` naming the source.
     """
-    import datasets
+    datasets = require("datasets", why="data.source")
 
     src = os.fspath(source)
     if src in BUILTIN:
@@ -63,7 +65,7 @@ def peek_prompt_dataset(source, prompt_column: str = "prompt", answer_column: st
     ``None`` for what is not read here: the built-in task and hub ids (no download)."""
     import itertools
 
-    import datasets
+    datasets = require("datasets", why="data.source")
     from datasets.exceptions import DatasetGenerationError
 
     src = os.fspath(source)

@@ -13,6 +13,8 @@ import os
 import random
 from pathlib import Path
 
+from rlkit._extras import require
+
 from .arithmetic import dropped_carry, format_completion, make_arithmetic_splits
 
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -25,9 +27,9 @@ def load_preference_dataset(source, prompt_column: str = "prompt", chosen_column
 
     Errors: a missing file/directory -> ``FileNotFoundError`` naming it; a missing column -> ``ValueError`` naming
     the column, the source and the columns present; no rows -> ``ValueError``."""
-    import datasets
-
     from .loading import FILE_FORMATS, _from_directory, _from_hub, _load, _pick_split
+
+    datasets = require("datasets", why="dpo preference data (data.source)")
 
     src = os.fspath(source)
     path = Path(src).expanduser()
@@ -103,7 +105,7 @@ def make_synthetic_pairs(n: int = 2000, seed: int = 0, rejected: str = "neighbor
     ``make_arithmetic_splits(n_train, n_eval, split_seed, **task)`` (the problems SFT draws from); ``held_out``:
     one pair per held-out problem (the first ``n_eval_pairs``), so no held-out prompt is ever trained on.
     Deterministic given the arguments."""
-    from datasets import Dataset
+    Dataset = require("datasets", why="the arithmetic preference task").Dataset
 
     train, held = make_arithmetic_splits(n_train, n_eval, split_seed, **task)
     problems = list(zip(train["prompt"], train["answer"]))

@@ -30,6 +30,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from rlkit._extras import require
+
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -37,20 +39,19 @@ ADAPTER_CONFIG = "adapter_config.json"
 def peft_config(lora: dict, base_path: str | None = None):
     """A ``peft.LoraConfig`` from rlkit's ``model.lora`` section (``r``, ``alpha``, ``dropout``,
     ``target_modules``); ``base_path`` is recorded in the adapter's config so the adapter can be reloaded alone."""
-    from peft import LoraConfig
-
-    return LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora.get("dropout", 0.0)),
-                      target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
-                      base_model_name_or_path=base_path, bias="none")
+    peft = require("peft", why="model.lora")
+    return peft.LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
+                           lora_dropout=float(lora.get("dropout", 0.0)),
+                           target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
+                           base_model_name_or_path=base_path, bias="none")
 
 
 def wrap_lora(model, lora: dict, base_path: str | None = None):
     """``model`` wrapped by ``peft.get_peft_model``: base weights frozen (``requires_grad=False``), fresh adapters
     (``A`` random, ``B`` zero). A ``target_modules`` entry that matches nothing is a ``ValueError`` naming the key."""
-    from peft import get_peft_model
-
+    peft = require("peft", why="model.lora")
     try:
-        wrapped = get_peft_model(model, peft_config(lora))
+        wrapped = peft.get_peft_model(model, peft_config(lora))
     except ValueError as err:
         raise ValueError(f"model.lora.target_modules {lora.get('target_modules')!r}: {err}") from None
     if base_path:  # set after wrapping: peft would replace it by the model's own name_or_path ("" for ``tiny``)
@@ -64,10 +65,9 @@ def load_lora_policy(model_path: str, lora: dict, dtype: str = "float32"):
     The frozen base comes from ``lora["base_path"]`` (the initial policy; default ``model_path``). When
     ``model_path`` is a checkpoint with an ``adapter/`` directory (a resumed run), the trained adapter is loaded
     from there (trainable) on top of that base; otherwise fresh adapters are created."""
-    from peft import PeftModel
-
     from rlkit.models.loading import load_model_and_tokenizer
 
+    PeftModel = require("peft", why="model.lora").PeftModel
     base_path = str(lora.get("base_path") or model_path)
     model, tokenizer = load_model_and_tokenizer(base_path, dtype=dtype)
     adapter = Path(model_path) / ADAPTER_DIR

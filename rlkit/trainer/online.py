@@ -261,14 +261,14 @@ class OnlineTrainer:
             self.stops.in_loop = False
 
     def _metrics_logger(self):
-        from rlkit.utils.metrics import MetricsLogger
+        from rlkit.utils.metrics import metrics_logger
 
         r, needs = self.recipe, self.needs
         progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]),
                          *(f"rehearsal/{label}/value" for label in needs.get("rehearsal", ())), "kl_initial/k3",
                          "entropy")
-        return MetricsLogger(self.out, tensorboard=r.logging.tensorboard, progress_total=self.cfg.steps,
-                             progress_keys=progress_keys, print_every=r.logging.print_every)
+        return metrics_logger(self.out, r.logging, config=r.model_dump(mode="json"), progress_total=self.cfg.steps,
+                              progress_keys=progress_keys)
 
     def next_batch(self, step: int) -> StepBatch:
         """This step's batch: the prefetched one (its refreshing references score it now, after the refresh that

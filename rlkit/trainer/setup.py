@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlkit._config import ConfigError
+from rlkit._extras import require
 from rlkit.config import Recipe, RayConfig
 
 
@@ -99,12 +100,15 @@ def make_output_dir(path: str, key: str = "output_dir") -> Path:
 
 def check_recipe_sources(recipe: Recipe, rows: int = 100) -> None:
     """What ``rlkit check`` looks at beyond the schema, without creating or downloading anything: ``output_dir``
-    can be created, local model directories exist with a ``config.json`` (hub ids are not looked up), and each
-    data file exists and its first ``rows`` rows parse with the configured columns. Raises :class:`ConfigError`
-    naming the key."""
+    can be created, the optional packages the recipe uses are installed (else
+    :class:`~rlkit._extras.MissingExtraError`), local model directories exist with a ``config.json`` (hub ids are
+    not looked up), and each data file exists and its first ``rows`` rows parse with the configured columns.
+    Raises :class:`ConfigError` naming the key."""
+    from rlkit._extras import require_recipe
     from rlkit.data.loading import BUILTIN, peek_prompt_dataset
 
     check_output_dir(recipe.output_dir)
+    require_recipe(recipe)
     check_model_source(recipe)
     if recipe.algorithm == "dpo" and recipe.dpo.reference_model:
         check_model_path(recipe.dpo.reference_model, "dpo.reference_model")
@@ -247,7 +251,7 @@ def _no_token_auth_default_notice(record) -> bool:
     return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
-def start_ray(cfg: RayConfig, console) -> None:
+def start_ray(cfg: RayConfig, console, why: str = "ray.mode=actors") -> None:
     """Join the cluster at ``cfg.address``, or start a local one for this job that holds only what the job needs.
 
     A local cluster has ``cfg.num_cpus`` CPUs (default: the machine's), no dashboard (Ray still runs its API server
@@ -255,10 +259,11 @@ def start_ray(cfg: RayConfig, console) -> None:
     has no switch for them), no usage stats (``ray.init`` turns them off itself), :data:`LEAN_SYSTEM_CONFIG`, and
     Ray's default object store (mapped lazily: its size costs no memory until weights pass through it). Its workers
     get ``TOKENIZERS_PARALLELISM=false`` and this process's ``HF_HUB_OFFLINE``. Ray's default token authentication
-    stays on; its notice about it is not printed (:func:`_no_token_auth_default_notice`)."""
+    stays on; its notice about it is not printed (:func:`_no_token_auth_default_notice`). ``why`` names what asked
+    for Ray in the error when Ray is not installed."""
     import logging
 
-    import ray
+    ray = require("ray", why=why)
 
     if ray.is_initialized():
         return

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlkit._extras import require
 from rlkit.config import Recipe
 
 #: about this many progress lines (and ``sft_metrics.jsonl`` rows) per warm start, unless ``logging.print_every``
@@ -30,12 +31,12 @@ def sft_log_every(max_steps: int, print_every: int) -> int:
 def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
     import torch
     from rich.console import Console
-    from trl import SFTConfig, SFTTrainer
 
     from rlkit.models.loading import load_model_and_tokenizer
     from rlkit.utils.checkpoint import save_hf_checkpoint
     from rlkit.workers.common import quiet_libraries
 
+    trl = require("trl", why="sft.enabled (the SFT warm start)")
     quiet_libraries()  # no per-dataset-map or per-shard progress bars: the warm start has its own progress
     console = console or Console(soft_wrap=True)
     torch.manual_seed(seed)
@@ -44,15 +45,15 @@ def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
     s = recipe.sft
     every = sft_log_every(s.max_steps, recipe.logging.print_every)
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(
+        args = trl.SFTConfig(
             output_dir=tmp, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
             learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, s.max_steps // 20),
             logging_steps=every, logging_first_step=True, save_strategy="no", report_to=[], seed=seed,
             use_cpu=True, bf16=False, fp16=False, completion_only_loss=True, dataloader_num_workers=0,
             disable_tqdm=True, log_level="error", log_level_replica="error", max_length=128,
-            **no_checkpointing(SFTConfig),
+            **no_checkpointing(trl.SFTConfig),
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         progress = SFTProgress(s.max_steps, console)
         quiet_trainer(trainer, progress)
         try:

@@ -1,7 +1,8 @@
 """Output utilities of a training run: crash-safe checkpoints, metrics logging, pass@k evaluation, plots.
 
 Importing ``rlkit.utils`` is cheap: the names below are loaded from their submodule on first access, and the
-submodules import torch, transformers, TensorBoard, matplotlib or rich only inside the functions that use them.
+submodules import torch, transformers, TensorBoard, wandb, MLflow, matplotlib or rich only inside the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import importlib
 _EXPORTS = {
     "checkpoint": ["atomic_write_bytes", "atomic_write_json", "list_complete_checkpoints", "load_state_dict",
                    "save_hf_checkpoint", "save_state_dict"],
-    "metrics": ["MetricsLogger", "read_metrics"],
+    "metrics": ["MetricsLogger", "metrics_logger", "read_metrics"],
+    "loggers": ["Backend", "available_backends", "register_backend"],
     "evaluation": ["pass_at_k", "print_summary_table", "summarize_correctness"],
     "plotting": ["plot_pass_at_k", "plot_training_curves"],
 }

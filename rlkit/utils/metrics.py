@@ -1,4 +1,5 @@
-"""Training metrics: JSONL file + TensorBoard + a live ``rich`` progress bar (or compact lines when not a TTY)."""
+"""Training metrics: the recipe's backends (``metrics.jsonl``, TensorBoard, wandb, MLflow: :mod:`rlkit.utils.loggers`)
++ a live ``rich`` progress bar (or compact lines when not a TTY)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import numbers
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["MetricsLogger", "match_progress_key", "read_metrics", "to_float"]
+from rlkit.utils.loggers import Backend, BackendContext, jsonl_record, make_backend
+
+__all__ = ["MetricsLogger", "match_progress_key", "metrics_logger", "read_metrics", "to_float"]
 
 RESERVED = ("step", "time")
 
@@ -55,14 +58,20 @@ def _fmt(v: float) -> str:
 
 
 class MetricsLogger:
-    """Log scalar metrics per step to ``output_dir/metrics.jsonl``, TensorBoard and the console.
+    """Log scalar metrics per step to the selected backends and the console.
 
-    ``log(step, metrics)`` appends one JSON object per call, ``{"step": int, "time": float, **metrics}``, where
-    ``time`` is wall-clock seconds since this logger was created, and flushes the line. Values are converted to
-    Python floats (tensors, NumPy scalars, ints, bools); non-scalars raise ``TypeError``; the names ``step`` and
-    ``time`` are reserved (``ValueError``). **Non-finite values (NaN, +-inf) are written as JSON ``null``** so the
-    file stays strict JSON (:func:`read_metrics` gives them back as ``float('nan')``); TensorBoard gets the raw value.
-    The file is opened in append mode, so a resumed run continues it.
+    Backends (:mod:`rlkit.utils.loggers`): ``backends`` names (``jsonl``, ``tensorboard``, ``wandb``, ``mlflow`` or a
+    registered one) or :class:`~rlkit.utils.loggers.Backend` objects, in order; ``None`` (the default) means
+    ``jsonl`` plus ``tensorboard`` unless ``tensorboard=False`` (``tensorboard`` is read only then).
+    ``settings[name]`` are a backend's options (``logging.wandb``, ``logging.mlflow``), ``config`` the run's
+    configuration for the trackers that record it. :func:`metrics_logger` builds one from a recipe's ``logging``.
+
+    ``log(step, metrics)`` sends every backend the same floats and returns the ``metrics.jsonl`` record,
+    ``{"step": int, "time": float, **metrics}``, where ``time`` is wall-clock seconds since this logger was created.
+    Values are converted to Python floats (tensors, NumPy scalars, ints, bools); non-scalars raise ``TypeError``; the
+    names ``step`` and ``time`` are reserved (``ValueError``). **Non-finite values (NaN, +-inf) are written to the
+    JSONL file as JSON ``null``** so it stays strict JSON (:func:`read_metrics` gives them back as ``float('nan')``);
+    the other backends get the raw value. The file is opened in append mode, so a resumed run continues it.
 
     Console: if ``enabled_progress`` and the console is a terminal, a live ``rich`` progress bar shows the step (of
     ``progress_total`` if given) and the ``progress_keys`` present in the current call (matching rule:
@@ -73,7 +82,8 @@ class MetricsLogger:
 
     def __init__(self, output_dir: str | os.PathLike, tensorboard: bool = True, progress_total: int | None = None,
                  progress_keys: tuple[str, ...] = ("reward", "kl", "entropy"), enabled_progress: bool = True,
-                 print_every: int = 10, console=None):
+                 print_every: int = 10, console=None, backends: Sequence[str | Backend] | None = None,
+                 settings: Mapping[str, Mapping[str, Any]] | None = None, config: Mapping[str, Any] | None = None):
         if print_every < 1:
             raise ValueError(f"print_every must be >= 1, got {print_every}")
         self.output_dir = Path(output_dir)
@@ -84,17 +94,23 @@ class MetricsLogger:
         self.enabled_progress = enabled_progress
         self.print_every = print_every
         self._start = time.monotonic()
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+        self._elapsed = 0.0
         self._console = console
         self._progress = None
         self._task = None
         self._last_printed: int | None = None
         self._closed = False
+        if backends is None:
+            backends = ["jsonl", *(["tensorboard"] if tensorboard else [])]
+        self.backends: list[Backend] = []
+        try:
+            for b in backends:
+                ctx = BackendContext(self.output_dir, dict((settings or {}).get(b, {})) if isinstance(b, str) else {},
+                                     config, clock=lambda: self._elapsed)
+                self.backends.append(make_backend(b, ctx) if isinstance(b, str) else b)
+        except BaseException:
+            self._close_backends()  # those already open (a file, a tracker run) are not left behind
+            raise
 
     @property
     def console(self):
@@ -126,17 +142,12 @@ class MetricsLogger:
             if name in RESERVED:
                 raise ValueError(f"metric name {name!r} is reserved")
             values[name] = to_float(value, name)
-        elapsed = time.monotonic() - self._start
-        record: dict[str, Any] = {"step": step, "time": round(elapsed, 6)}
-        record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
-        if self._writer is not None:
-            for name, v in values.items():
-                self._writer.add_scalar(name, v, global_step=step)
+        self._elapsed = elapsed = time.monotonic() - self._start
+        for backend in self.backends:
+            backend.log(step, values)
         if self.enabled_progress:
             self._show(step, values, elapsed)
-        return record
+        return jsonl_record(step, elapsed, values)
 
     def _show(self, step: int, values: Mapping[str, float], elapsed: float) -> None:
         summary = self._summary(values)
@@ -162,21 +173,40 @@ class MetricsLogger:
             self._last_printed = step
 
     def close(self) -> None:
-        """Stop the progress bar, flush and close TensorBoard and the JSONL file. Idempotent."""
+        """Stop the progress bar and close every backend (each one even if another fails; the first error is
+        raised after). Idempotent."""
         if self._closed:
             return
         self._closed = True
         if self._progress is not None:
             self._progress.stop()
-        if self._writer is not None:
-            self._writer.close()
-        self._file.close()
+        self._close_backends()
+
+    def _close_backends(self) -> None:
+        error = None
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception as err:  # noqa: BLE001 - the others are closed first
+                error = error or err
+        if error is not None:
+            raise error
 
     def __enter__(self) -> "MetricsLogger":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def metrics_logger(output_dir: str | os.PathLike, logging, config: Mapping[str, Any] | None = None,
+                   **kwargs) -> MetricsLogger:
+    """A :class:`MetricsLogger` for a recipe's ``logging`` section: its selected backends
+    (``logging.selected_backends()``), their ``logging.wandb`` / ``logging.mlflow`` settings and ``print_every``;
+    ``kwargs`` (``progress_total``, ``progress_keys``, ...) go to :class:`MetricsLogger`."""
+    settings = {"wandb": logging.wandb, "mlflow": logging.mlflow}
+    kwargs.setdefault("print_every", logging.print_every)
+    return MetricsLogger(output_dir, backends=logging.selected_backends(), settings=settings, config=config, **kwargs)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from rlkit._extras import require
 from rlkit.utils.checkpoint import atomic_write_bytes
 from rlkit.utils.metrics import read_metrics
 
@@ -166,6 +167,7 @@ def default_plot_keys(rows: list[dict], limit: int = MAX_DEFAULT_KEYS) -> list[s
 
 
 def _new_figure(nrows: int, ncols: int, width: float, height: float):
+    require("matplotlib", why="plots (logging.plot, rlkit ablate's report)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
