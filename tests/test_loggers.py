@@ -130,14 +130,23 @@ def test_tensorboard_false_drops_it_from_the_default_backends():
         "tensorboard"]
 
 
-def test_dpo_refuses_backends_its_loop_does_not_write(tmp_path):
-    from rlkit.trainer import run_recipe
+def test_dpo_logs_to_the_recipes_backends(tmp_path):
+    """The DPO loop builds its logger from ``logging`` like the online loop: jsonl and MLflow here, no TensorBoard."""
+    pytest.importorskip("mlflow")
+    import io
 
-    recipe = load_recipe(ROOT / "recipes" / "dpo.yaml", [f"output_dir={tmp_path / 'run'}",
-                                                         "logging.backends=[jsonl,mlflow]"])
-    with pytest.raises(ConfigError, match="^logging.backends: algorithm 'dpo' logs to jsonl and tensorboard only"):
-        run_recipe(recipe)
-    assert not (tmp_path / "run").exists()
+    from rich.console import Console
+
+    from rlkit.trainer.dpo import run_dpo
+
+    out = tmp_path / "run"
+    recipe = load_recipe(ROOT / "recipes" / "dpo.yaml", [
+        f"output_dir={out}", "sft.enabled=false", "model.name_or_path=tiny", "dpo.num_pairs=12", "dpo.eval_pairs=6",
+        "dpo.batch_size=12", "dpo.steps=2", "dpo.task_eval=false", "logging.plot=false", "checkpoint.save_final=false",
+        "logging.backends=[jsonl,mlflow]"])
+    run_dpo(recipe, Console(file=io.StringIO()))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert (out / "mlflow.db").is_file() and not (out / "tensorboard").exists()
 
 
 # ---------------------------------------------------------------- wandb (offline) and MLflow (sqlite)

@@ -21,20 +21,7 @@ def run_recipe(recipe, console=None) -> dict:
     if recipe.algorithm == "dpo":
         from .dpo import run_dpo
 
-        _check_dpo_backends(recipe)
-
         return run_dpo(recipe, console)
     from .grpo import run_grpo  # GRPO and PPO share the online loop
 
     return run_grpo(recipe, console)
-
-
-def _check_dpo_backends(recipe) -> None:
-    """The DPO loop builds its logger from ``logging.tensorboard`` alone (``metrics.jsonl`` always, TensorBoard if
-    on): any other ``logging.backends`` choice would be silently ignored there, so it is refused, naming the key."""
-    from rlkit._config import ConfigError
-
-    extra = [b for b in recipe.logging.backends if b not in ("jsonl", "tensorboard")]
-    if extra or "jsonl" not in recipe.logging.backends:
-        raise ConfigError("logging.backends", f"algorithm 'dpo' logs to jsonl and tensorboard only for now, not "
-                                              f"{recipe.logging.backends}: use grpo/ppo for {extra or 'no jsonl'}")

@@ -372,16 +372,15 @@ def _train(run: DPORun, stops) -> LoopResult:
     """AdamW on the DPO loss for ``dpo.steps`` (or ``dpo.epochs``) steps, a log line per step, held-out metrics
     every ``dpo.eval_every`` steps and the full evaluation after the last one. A signal: the step in progress is
     finished and logged, then :func:`_save_stopped` raises :class:`.faults.Stop`."""
-    from rlkit.utils.metrics import MetricsLogger
+    from rlkit.utils.metrics import metrics_logger
 
     cfg = run.cfg
     total = cfg.steps or cfg.epochs * math.ceil(len(run.train_pairs) / cfg.batch_size)
     optimizer = torch.optim.AdamW([p for p in run.policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     batches = epoch_batches(len(run.train_pairs), cfg.batch_size, run.recipe.seed)
-    logger = MetricsLogger(run.out, tensorboard=run.recipe.logging.tensorboard, progress_total=total,
-                           progress_keys=("loss", "accuracy", "margin"), print_every=run.recipe.logging.print_every,
-                           console=run.console)
+    logger = metrics_logger(run.out, run.recipe.logging, config=run.recipe.model_dump(mode="json"),
+                            progress_total=total, progress_keys=("loss", "accuracy", "margin"), console=run.console)
     t_loop, skipped = time.time(), 0
     try:
         stops.in_loop = True  # a signal from here on: finish the step, save the weights, stop
