@@ -8,6 +8,7 @@ tensor fields (reference outputs) are typed ``Any``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -100,6 +101,24 @@ class RehearsalBatch:
     completion_ids: list[list[int]]
     ref_logprobs: list[list[float]]
     prompts: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LearnerNeeds:
+    """What a learner's regularizers read, from which the driver plans its references once
+    (:meth:`rlkit.trainer.reference_plan.ReferencePlan.from_needs`): reference keys whose sampled-token log-probs
+    (``ref_logprobs``) or full logits (``ref_logits``) it needs, those of the latter sent as hidden states
+    (``ref_hidden``, where ``V > H``), the spec of each reference by key (``references``), the references it computes
+    itself (``served``; LoRA: ``initial``), and its regularizers' metric labels (``labels``; ``rehearsal``: those
+    acting on DPH-RL's stored rows)."""
+
+    ref_logprobs: tuple[str, ...] = ()
+    ref_logits: tuple[str, ...] = ()
+    ref_hidden: tuple[str, ...] = ()
+    references: Mapping[str, dict] = field(default_factory=dict)
+    served: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    rehearsal: tuple[str, ...] = ()
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rlkit._config import ConfigError
+from rlkit.types import LearnerNeeds
 
 
 @pytest.fixture
@@ -100,8 +101,7 @@ def test_a_new_reference_type_is_one_file_and_one_registry_line(module_from, mon
 
     # set-up -> resolve -> load, as the online trainer runs them
     prepared = prepare_references(Recipe(regularizers=[spec]), tmp_path, ["tiny"], console=None)
-    needs = {"ref_logprobs": ["perturbed"], "ref_logits": [], "served": [],
-             "references": {"perturbed": reg.cfg.reference.model_dump()}}
+    needs = LearnerNeeds(ref_logprobs=("perturbed",), references={"perturbed": reg.cfg.reference.model_dump()})
     plan = ReferencePlan.from_needs(needs, kl_to_initial=False)
     assert plan.spawned == ("perturbed",) and plan.fixed == ("perturbed",)
     src = resolve_reference(plan.specs["perturbed"], ["tiny"], tmp_path, prepared)

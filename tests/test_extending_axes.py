@@ -133,7 +133,7 @@ def test_a_plugin_reaches_a_ray_actor(plugin, cluster, tiny_dir):
     path = plugin("half_square_actor", DIVERGENCE.replace('"half_square"', '"half_square_actor"'))
     recipe = build_recipe({"plugins": [path], "regularizers": [{"name": "half_square_actor"}]})
     learner = Learner.remote(tiny_dir, recipe.grpo, recipe.regularizers)
-    assert ray.get(learner.needs.remote())["labels"] == ["half_square_actor"]
+    assert ray.get(learner.needs.remote()).labels == ("half_square_actor",)
 
 
 # ---- advantage estimator ------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_weights_and_checkpoints_come_from_rank_zero(runs, tmp_path):
     assert all(torch.equal(weights[k], params[k]) for k in params)
     path = ray.get(group.save.remote(str(tmp_path / "ck"), {"step": STEPS}))
     assert (Path(path) / "model.safetensors").exists() and (Path(path) / "trainer_state.json").exists()
-    assert ray.get(group.needs.remote())["ref_logprobs"] == ["initial"]
+    assert ray.get(group.needs.remote()).ref_logprobs == ("initial",)
     assert ray.get(group.load_training_state.remote(path)) == {"step": STEPS}
 
 

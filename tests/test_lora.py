@@ -57,7 +57,7 @@ def test_only_adapter_parameters_train(lora_learner):
     metrics = learner.train_step(_batch_data(learner.tokenizer))
     # the learner served "initial" itself: the k3 term and the kl_initial diagnostic are there
     assert "kl_k3/value" in metrics and "kl_initial/k3" in metrics
-    assert learner.needs()["served"] == ["initial"]
+    assert learner.needs().served == ("initial",)
     base_after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
                   for k, v in learner.model.state_dict().items() if "lora_" not in k}
     assert all(torch.equal(base_after[k], base_before[k]) for k in base_before)  # W0 frozen
@@ -114,7 +114,7 @@ def test_full_model_learner_is_unchanged():
     from rlkit.workers.learner import LearnerCore
 
     learner = LearnerCore("tiny", GRPO, ["kl_k3"])
-    assert learner.needs()["served"] == []
+    assert learner.needs().served == ()
     assert all(p.requires_grad for p in learner.model.parameters())
     with pytest.raises(ValueError, match="no LoRA adapter"):
         learner.get_adapter_weights()

@@ -3,6 +3,7 @@ the reference plan, the prompt stream's checkpoint position, the weight-sync str
 
 import pickle
 import random
+from dataclasses import replace
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import torch
 from rlkit.trainer.data_stream import PromptStream
 from rlkit.trainer.reference_plan import ReferencePlan
 from rlkit.trainer.weight_sync import LearnerGroupSync, ObjectStoreSync, SharedModuleSync, make_weight_sync
-from rlkit.types import ReferenceOutput, RehearsalBatch, RolloutBatch, ScoredBatch, TrainBatch
+from rlkit.types import LearnerNeeds, ReferenceOutput, RehearsalBatch, RolloutBatch, ScoredBatch, TrainBatch
 from rlkit.utils.train_state import python_random_from_json
 from rlkit.workers.local import LocalActor
 
@@ -48,11 +49,11 @@ def test_rollout_batch_groups_completions_by_prompt():
     assert metrics["reward/m"] == 0.5 and metrics["reward/failures/m"] == 1.0
 
 
-NEEDS = {"ref_logprobs": ["soup", "initial"], "ref_logits": ["teacher"], "ref_hidden": ["teacher"],
-         "labels": ["a", "b", "c"], "served": [],
-         "references": {"initial": {"type": "initial", "refresh_every": None},
-                        "soup": {"type": "soup", "refresh_every": 2, "refresh_rate": 0.5},
-                        "teacher": {"type": "teacher", "model": "x"}}}
+NEEDS = LearnerNeeds(ref_logprobs=("soup", "initial"), ref_logits=("teacher",), ref_hidden=("teacher",),
+                     labels=("a", "b", "c"),
+                     references={"initial": {"type": "initial", "refresh_every": None},
+                                 "soup": {"type": "soup", "refresh_every": 2, "refresh_rate": 0.5},
+                                 "teacher": {"type": "teacher", "model": "x"}})
 
 
 def test_reference_plan_decides_once_what_each_reference_sends():
@@ -61,14 +62,14 @@ def test_reference_plan_decides_once_what_each_reference_sends():
     assert [plan.sends(k) for k in plan.spawned] == ["logprobs", "logprobs", "hidden"]
     assert plan.due(1) == {} and plan.due(2) == {"soup": 0.5} and plan.initial_source() == "worker"
     # eval.kl_to_initial adds "initial" without a regularizer asking for it; the needs are not modified
-    needs = {**NEEDS, "ref_logprobs": ["soup"], "ref_logits": [], "ref_hidden": [],
-             "references": {"soup": NEEDS["references"]["soup"]}}
+    needs = replace(NEEDS, ref_logprobs=("soup",), ref_logits=(), ref_hidden=(),
+                    references={"soup": NEEDS.references["soup"]})
     plan = ReferencePlan.from_needs(needs, kl_to_initial=True)
     assert plan.spawned == ("initial", "soup") and plan.specs["initial"] == {"type": "initial"}
-    assert "initial" not in needs["references"]
+    assert "initial" not in needs.references
     assert ReferencePlan.from_needs(needs, kl_to_initial=False).initial_source() is None
     # a LoRA learner serves "initial" itself: no worker for it
-    lora = ReferencePlan.from_needs({**needs, "served": ["initial"]}, kl_to_initial=True)
+    lora = ReferencePlan.from_needs(replace(needs, served=("initial",)), kl_to_initial=True)
     assert lora.spawned == ("soup",) and lora.initial_source() == "learner"
 
 

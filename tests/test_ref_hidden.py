@@ -112,7 +112,7 @@ def test_learner_steps_agree_with_reference_hidden_or_logits_and_cache_the_head(
     ref = actor_class(ReferenceWorker)("initial", [narrow_dir], temperature=0.8)
     cores = {f: LearnerCore(narrow_dir, {**GRPO, "fused_head": fused}, REGS, temperature=0.8)
              for f in ("hidden", "logits")}
-    assert cores["hidden"].needs()["ref_hidden"] == ["initial"]
+    assert cores["hidden"].needs().ref_hidden == ("initial",)
     for step in range(2):
         prompts, comps = batch_ids(seed=step)
         data = {f: learner_data(step, ref, prompts, comps, f) for f in ("hidden", "logits")}
@@ -135,7 +135,7 @@ def test_wide_models_keep_reference_logits(tmp_path):
     from rlkit.workers.learner import LearnerCore
 
     path = str(save_tiny(tmp_path, num_hidden_layers=1))  # hidden 128 > vocab 54: logits are the smaller transfer
-    assert LearnerCore(path, GRPO, REGS).needs()["ref_hidden"] == []
+    assert LearnerCore(path, GRPO, REGS).needs().ref_hidden == ()
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def validate_reference(value: Any) -> ReferenceConfig:
 
 
 def as_reference_config(spec: Mapping[str, Any], path: str = "regularizers.reference") -> ReferenceConfig:
-    """A spec dict (``model_dump`` of a config, e.g. a learner's ``needs()["references"]``) as its type's config;
+    """A spec dict (``model_dump`` of a config, e.g. a learner's ``needs().references``) as its type's config;
     :class:`ConfigError` at ``path`` for an unknown type or a bad field."""
     from rlkit._config import validate_model
 

@@ -264,8 +264,8 @@ class OnlineTrainer:
         from rlkit.utils.metrics import metrics_logger
 
         r, needs = self.recipe, self.needs
-        progress_keys = ("reward", *(f"{label}/value" for label in needs["labels"]),
-                         *(f"rehearsal/{label}/value" for label in needs.get("rehearsal", ())), "kl_initial/k3",
+        progress_keys = ("reward", *(f"{label}/value" for label in needs.labels),
+                         *(f"rehearsal/{label}/value" for label in needs.rehearsal), "kl_initial/k3",
                          "entropy")
         return metrics_logger(self.out, r.logging, config=r.model_dump(mode="json"), progress_total=self.cfg.steps,
                               progress_keys=progress_keys)

@@ -1,6 +1,7 @@
 """Which reference models a run serves, and how: decided once, from the learner's needs, before the first step.
 
-The learner says what its regularizers read (:meth:`rlkit.workers.learner.LearnerCore.needs`): log-probs or full
+The learner says what its regularizers read (:class:`rlkit.types.LearnerNeeds`, from
+:meth:`rlkit.workers.learner.LearnerCore.needs`): log-probs or full
 logits of each reference, the spec of each reference, and which references it computes itself (LoRA: ``initial``,
 its adapters disabled). :class:`ReferencePlan` turns that into fixed answers the loop only looks up: which reference
 workers to spawn, what each sends (log-probs, full logits, or hidden states for the learner's fused head), and
@@ -17,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from rlkit.references import ReferenceSource, as_reference_config, reference_type
+from rlkit.types import LearnerNeeds
 
 
 @dataclass(frozen=True)
@@ -35,20 +37,20 @@ class ReferencePlan:
     refresh: Mapping[str, tuple[int, float]]
 
     @classmethod
-    def from_needs(cls, needs: dict, kl_to_initial: bool) -> ReferencePlan:
-        """The plan for a learner's :meth:`needs` (not modified) and the recipe's ``eval.kl_to_initial``. A
+    def from_needs(cls, needs: LearnerNeeds, kl_to_initial: bool) -> ReferencePlan:
+        """The plan for a learner's :class:`~rlkit.types.LearnerNeeds` and the recipe's ``eval.kl_to_initial``. A
         reference whose type the learner computes itself (``learner_side``: Lp-Reg's proxy) has no spec here."""
-        specs = {k: s for k, s in needs["references"].items()
+        specs = {k: s for k, s in needs.references.items()
                  if not reference_type((s or {}).get("type", "initial")).learner_side}
-        keys = set(needs["ref_logprobs"]) | set(needs["ref_logits"])
+        keys = set(needs.ref_logprobs) | set(needs.ref_logits)
         if kl_to_initial:
             keys.add("initial")
             specs.setdefault("initial", {"type": "initial"})
-        served = frozenset(needs.get("served", ()))
+        served = frozenset(needs.served)
         refresh = {k: (s["refresh_every"], s.get("refresh_rate") or 1.0) for k, s in specs.items()
                    if (s or {}).get("refresh_every")}
         return cls(specs=MappingProxyType(specs), spawned=tuple(sorted(keys - served)), served=served,
-                   logits=frozenset(needs["ref_logits"]), hidden=frozenset(needs.get("ref_hidden", ())),
+                   logits=frozenset(needs.ref_logits), hidden=frozenset(needs.ref_hidden),
                    refresh=MappingProxyType(refresh))
 
     @property

@@ -25,7 +25,7 @@ from rlkit.models.prefix import SharedPrefix
 from rlkit.references import reference_type
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
-from rlkit.types import ReferenceOutput, RehearsalBatch, TrainBatch
+from rlkit.types import LearnerNeeds, ReferenceOutput, RehearsalBatch, TrainBatch
 
 from .common import cpu_state_dict, load_model, setup_process
 from .local import remote_actor
@@ -106,8 +106,8 @@ class LearnerCore:
         self._prefix = SharedPrefix(self.cfg.shared_prefix, "Learner")
         self._ref_heads: dict[str, dict] = {}  # lm_heads of references sent as hidden states, by key
 
-    def needs(self) -> dict:
-        """What the driver must fetch: reference keys for log-probs and for full logits."""
+    def needs(self) -> LearnerNeeds:
+        """What the driver must serve this learner: reference keys for log-probs and for full logits."""
         lp, logits = set(), set()
         for r in self.regs:
             req = r.requires()
@@ -119,13 +119,13 @@ class LearnerCore:
         # exact divergences: the reference sends hidden states (+ its lm_head once per version) where they are the
         # smaller transfer, V > H, instead of [B, T, V] logits
         big_vocab = getattr(cfg, "vocab_size", 0) > getattr(cfg, "hidden_size", float("inf"))
-        return {"ref_logprobs": sorted(lp), "ref_logits": sorted(logits), "labels": [r.label for r in self.regs],
-                "rehearsal": [r.label for r in self.rehearsal_regs],
-                "ref_hidden": sorted(logits) if big_vocab else [],
-                "references": {r.reference_key: r.cfg.reference.model_dump() for r in self.regs
-                               if not reference_type(r.cfg.reference.type).learner_side},
-                # references this learner computes itself (LoRA: "initial" = the adapter-disabled model)
-                "served": ["initial"] if self.lora else []}
+        return LearnerNeeds(
+            ref_logprobs=tuple(sorted(lp)), ref_logits=tuple(sorted(logits)),
+            ref_hidden=tuple(sorted(logits)) if big_vocab else (),
+            references={r.reference_key: r.cfg.reference.model_dump() for r in self.regs
+                        if not reference_type(r.cfg.reference.type).learner_side},
+            served=("initial",) if self.lora else (),  # LoRA: "initial" = the adapter-disabled model
+            labels=tuple(r.label for r in self.regs), rehearsal=tuple(r.label for r in self.rehearsal_regs))
 
     # --- one step: inputs -> advantages -> old policy -> minibatch updates -> metrics ---------------------------
     def train_step(self, data: TrainBatch) -> dict:
@@ -336,8 +336,8 @@ class LearnerCore:
         if not self.lora:
             return refs
         need = self.needs()
-        if self.lora.kl_to_initial or "initial" in need["ref_logprobs"] + need["ref_logits"]:
-            own = self.compute(batch=batch, want_logits="initial" in need["ref_logits"])
+        if self.lora.kl_to_initial or "initial" in need.ref_logprobs + need.ref_logits:
+            own = self.compute(batch=batch, want_logits="initial" in need.ref_logits)
             return {**refs, "initial": ReferenceOutput.from_dict(own)}
         return refs
 
