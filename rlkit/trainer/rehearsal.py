@@ -178,6 +178,26 @@ def presample(rollout, reward, reference, rows: Sequence[dict], encode, k: int, 
     return correct, stored
 
 
+def _load_cached(path: Path, key: dict, console) -> RehearsalSet:
+    """A resumed run's rehearsal set, from ``path``: it must exist (it came from the initial policy, which the
+    resumed weights no longer are) and have been made with the same settings (``key``)."""
+    import json
+
+    from .faults import TrainingError
+
+    if not path.exists():
+        raise TrainingError(f"rehearsal: resuming, but the pre-sampled set {path} is missing; it must come from "
+                            "the initial policy, which the resumed weights no longer are: start a new run")
+    found = RehearsalSet.from_json(json.loads(path.read_text()))
+    if found.key != key:
+        diff = sorted(k for k in key if found.key.get(k) != key[k])
+        raise TrainingError(f"rehearsal: the cached pre-sampled set {path} was made with other settings "
+                            f"({', '.join(diff)} differ); resume with the recipe that made it, or start a new run")
+    console.print(f"rehearsal: loaded the pre-sampled set from {path}: D_pef {len(found.perfect)} prompts "
+                  f"({len(found.responses)} responses), D_exp {len(found.explore)} prompts")
+    return found
+
+
 def prepare_rehearsal(recipe, out: Path, train, encode, rollout, reward, reference, init_path: str, resume: bool,
                       console, on_restart=None, version: int | None = None) -> RehearsalSet:
     """The rehearsal split for a run: loaded from ``<out>/rehearsal/presample.json`` when resuming (its key must
@@ -192,19 +212,7 @@ def prepare_rehearsal(recipe, out: Path, train, encode, rollout, reward, referen
     key = cache_key(recipe, init_path, [r["prompt"] for r in rows])
     path = Path(out) / CACHE_FILE
     if resume:
-        if not path.exists():
-            raise TrainingError(f"rehearsal: resuming, but the pre-sampled set {path} is missing; it must come from "
-                                "the initial policy, which the resumed weights no longer are: start a new run")
-        import json
-
-        found = RehearsalSet.from_json(json.loads(path.read_text()))
-        if found.key != key:
-            diff = sorted(k for k in key if found.key.get(k) != key[k])
-            raise TrainingError(f"rehearsal: the cached pre-sampled set {path} was made with other settings "
-                                f"({', '.join(diff)} differ); resume with the recipe that made it, or start a new run")
-        console.print(f"rehearsal: loaded the pre-sampled set from {path}: D_pef {len(found.perfect)} prompts "
-                      f"({len(found.responses)} responses), D_exp {len(found.explore)} prompts")
-        return found
+        return _load_cached(path, key, console)
     if reference is None:
         raise TrainingError("rehearsal: no worker serves the initial policy's log-probs")
     console.print(f"rehearsal: pre-sampling {n} of {len(train)} training prompts x {rh.k} with the initial policy")
