@@ -123,6 +123,7 @@ def test_a_new_divergence_is_one_module(plugin):
         build_recipe({"regularizers": [{"name": "half_square_typo"}]})
 
 
+@pytest.mark.ray
 def test_a_plugin_reaches_a_ray_actor(plugin, cluster, tiny_dir):
     """The driver exports the recipe's plugins; an actor started afterwards imports them before its regularizers
     are built (the cluster was started before the plugin existed)."""
