@@ -39,7 +39,9 @@ def peft_config(lora: dict, base_path: str | None = None):
     ``target_modules``); ``base_path`` is recorded in the adapter's config so the adapter can be reloaded alone."""
     from peft import LoraConfig
 
-    return LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora.get("dropout", 0.0)),
+    # peft annotates lora_alpha as int, but reads it as a number (scaling = alpha / r): a float alpha is kept
+    return LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),  # type: ignore[arg-type]
+                      lora_dropout=float(lora.get("dropout", 0.0)),
                       target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
                       base_model_name_or_path=base_path, bias="none")
 

@@ -39,7 +39,7 @@ class _Method:
     def remote(self, *args, **kwargs) -> LocalRef:
         # as with Ray: futures passed as arguments are resolved, and one actor runs one call at a time (a rollout
         # thread's generate and the driver's weight update never overlap)
-        args = [get(a) if isinstance(a, LocalRef) else a for a in args]
+        args = tuple(get(a) if isinstance(a, LocalRef) else a for a in args)
         kwargs = {k: get(v) if isinstance(v, LocalRef) else v for k, v in kwargs.items()}
         with self.lock:
             try:
