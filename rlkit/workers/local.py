@@ -135,7 +135,7 @@ def with_plugins(options: dict) -> dict:
     return {**options, "runtime_env": runtime_env}
 
 
-def remote_actor(cls):
+def remote_actor(cls: type) -> _LazyActorClass:
     """Class decorator: ``cls`` as a Ray actor class, created lazily (see :class:`_LazyActorClass`)."""
     return _LazyActorClass(cls)
 
