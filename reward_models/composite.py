@@ -244,6 +244,7 @@ class CompositeReward(Reward):
             try:
                 limit = c.timeout_s
                 if deadline is not None:
+                    assert c.timeout_s is not None  # the deadline is only set with a timeout
                     limit = min(c.timeout_s, deadline - time.monotonic())
                     if limit <= 0:
                         raise TimeoutError(f"per-sample fallback budget ({FALLBACK_BUDGET_FACTOR:g} x timeout_s) spent")

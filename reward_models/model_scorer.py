@@ -92,6 +92,7 @@ class ModelScorer(Reward):
                 from transformers import AutoModelForSequenceClassification
 
                 kwargs = {"dtype": self.dtype} if self.dtype is not None else {}
+                assert self.path is not None  # __init__ requires a path when no model is given
                 self.model = AutoModelForSequenceClassification.from_pretrained(self.path, **kwargs)
                 self.model.to(self.device or "cpu")
             elif self.device is not None:

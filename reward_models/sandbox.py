@@ -197,7 +197,7 @@ _PROBE_CODE = ("import importlib\nmissing = []\nfor m in %r:\n    try:\n        
 def _probe() -> IsolationProbe:
     if not sys.platform.startswith("linux"):
         return IsolationProbe("none", "", ("not Linux",))
-    notes = []
+    notes: list[str] = []
     limits = _limits(10, 512, 1 << 20)
     plain = _run_once(_PROBE_CODE, "", 30.0, limits, 1 << 16, "none", 1 << 20, "as")
     baseline = set(plain.stdout.split()[1:]) if plain.ok else set()
@@ -313,9 +313,9 @@ def _run_once(
                     proc = subprocess.Popen([*cmd, str(status_fd)], stdin=fin, stdout=fout, stderr=ferr, cwd=root,
                                             env=_child_env(root), start_new_session=True, close_fds=True,
                                             pass_fds=(status_fd,))
-                except OSError as err:
-                    return SandboxResult("error", None, "", f"{MARKER} could not start: {err}", 0.0,
-                                         setup_error=f"could not start: {err}")
+                except OSError as exc:  # not `err`: that name holds the child's stderr below
+                    return SandboxResult("error", None, "", f"{MARKER} could not start: {exc}", 0.0,
+                                         setup_error=f"could not start: {exc}")
                 finally:
                     os.close(status_fd)
                     status_fd = -1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,7 +34,10 @@ def _join(prefix: str, loc: tuple) -> str:
     return path
 
 
-def validate_model(model: type[BaseModel], data: Any, path: str = "") -> BaseModel:
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_model(model: type[ModelT], data: Any, path: str = "") -> ModelT:
     """Validate ``data`` into ``model``; raise :class:`ConfigError` for the first problem, naming its key path."""
     try:
         return model.model_validate(data)

@@ -30,6 +30,7 @@ def import_plugin(spec: str):
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
+            assert module_spec.loader is not None  # a file location always gets a source loader
             module_spec.loader.exec_module(module)
         except BaseException:
             del sys.modules[name]

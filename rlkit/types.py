@@ -149,8 +149,9 @@ class TrainBatch:
 
         t = max(1, max(len(self.completion_ids[i]) for i in rows))
         index = torch.tensor(rows, dtype=torch.long)
-        per_sample = {f: [getattr(self, f)[i] for i in rows] for f in ("prompt_ids", "completion_ids", "scores",
-                                                                       "correct", "rollout_logprobs")}
+        per_sample: dict[str, Any] = {
+            f: [getattr(self, f)[i] for i in rows]
+            for f in ("prompt_ids", "completion_ids", "scores", "correct", "rollout_logprobs")}
         if self.group is not None:
             per_sample["group"] = [self.group[i] for i in rows]
 

@@ -64,7 +64,9 @@ def value_label(value: Any) -> str:
 
 def split_values(text: str) -> list[str]:
     """Split ``a,b,[1,2],{k: v}`` on top-level commas only."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in text:
         if ch in "[{(":
             depth += 1

@@ -7,11 +7,18 @@ lists the registered ones."""
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from rlkit._config import ConfigError
 
-T = TypeVar("T")
+
+class _Named(Protocol):
+    """What a registered class has: the ``name`` class attribute :meth:`Registry.register` sets."""
+
+    name: ClassVar[str]
+
+
+T = TypeVar("T", bound=_Named)
 
 
 class Registry(Generic[T]):

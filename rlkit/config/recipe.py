@@ -90,7 +90,7 @@ def _check_algorithm(recipe: Recipe) -> None:
     POLICY_LOSSES.get(cfg.policy_loss, f"{alg}.policy_loss").check(cfg, alg)
 
 
-def resolve_placement(recipe: Recipe) -> str:
+def resolve_placement(recipe: Recipe) -> Literal["actors", "inprocess"]:
     """What ``ray.mode: auto`` becomes: ``inprocess`` when every role fits this process (the conditions
     :func:`_check_inprocess` enforces), else ``actors``."""
     return "actors" if any(bad for _, bad, _ in _inprocess_conflicts(recipe)) else "inprocess"

@@ -16,9 +16,9 @@ class LoRAConfig(StrictModel):
     the ``initial`` reference is the adapter-disabled model inside the learner; rollouts get merged weights;
     checkpoints hold the merged model plus ``adapter/``. GRPO only."""
 
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
 
     @model_validator(mode="after")
@@ -57,8 +57,8 @@ class DataConfig(StrictModel):
     eval_source: str | None = None
     prompt_column: str = "prompt"
     answer_column: str = "answer"
-    max_train_prompts: int | None = Field(None, gt=0)
-    max_eval_prompts: int | None = Field(None, gt=0)
+    max_train_prompts: int | None = Field(default=None, gt=0)
+    max_eval_prompts: int | None = Field(default=None, gt=0)
     #: wrap each prompt as a user turn with the tokenizer's chat template (instruct models)
     chat_template: bool = False
 
@@ -67,11 +67,11 @@ class SFTConfig(StrictModel):
     """Warm start with TRL's ``SFTTrainer`` on the task's reference completions."""
 
     enabled: bool = True
-    max_steps: int = Field(300, gt=0)
-    learning_rate: float = Field(3e-3, gt=0)
-    batch_size: int = Field(32, gt=0)
-    num_examples: int = Field(4000, gt=0)
-    label_noise: float = Field(0.0, ge=0, le=1)
+    max_steps: int = Field(default=300, gt=0)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    num_examples: int = Field(default=4000, gt=0)
+    label_noise: float = Field(default=0.0, ge=0, le=1)
     noise: Literal["neighbor", "dropped_carry"] = "neighbor"
     seed: int = 0
     #: SFT data for a custom ``data.source``: a jsonl/parquet/dataset dir with prompt + completion columns
@@ -87,10 +87,10 @@ class VLLMOptions(StrictModel):
     the KV cache; GPU: ``gpu_memory_utilization``, ``tensor_parallel_size``, and ``sleep`` to free the KV cache
     between rollouts when the learner shares the GPU (colocated)."""
 
-    tensor_parallel_size: int = Field(1, gt=0)
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    max_model_len: int | None = Field(None, gt=0)
-    kv_cache_gb: int = Field(1, gt=0)
+    tensor_parallel_size: int = Field(default=1, gt=0)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    max_model_len: int | None = Field(default=None, gt=0)
+    kv_cache_gb: int = Field(default=1, gt=0)
     enforce_eager: bool | None = None
     sleep: bool = False
     placement: Literal["colocated", "separate"] = "colocated"
@@ -109,27 +109,27 @@ class RolloutConfig(StrictModel):
     #: finished rows leave the batch) or "generate" (transformers' generate); vLLM ignores it
     sampler: Literal["native", "generate"] = "native"
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
-    num_workers: int = Field(1, gt=0)
-    max_new_tokens: int = Field(16, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    batch_size: int = Field(256, gt=0)
+    num_workers: int = Field(default=1, gt=0)
+    max_new_tokens: int = Field(default=16, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=256, gt=0)
 
 
 class GRPOConfig(StrictModel):
-    steps: int = Field(40, gt=0)
-    prompts_per_step: int = Field(16, gt=0)
-    group_size: int = Field(8, ge=2)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.28, ge=0)
+    steps: int = Field(default=40, gt=0)
+    prompts_per_step: int = Field(default=16, gt=0)
+    group_size: int = Field(default=8, ge=2)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    clip_low: float = Field(default=0.2, ge=0, lt=1)
+    clip_high: float = Field(default=0.28, ge=0)
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo"] = "token-mean"
     #: Dr. GRPO's constant length ``L`` of aggregation ``drgrpo`` (``sum(v m) / (B L)``); ``None``: the driver
     #: sets it to ``rollout.max_new_tokens`` (the paper's generation budget), the same for every batch
-    norm_length: int | None = Field(None, gt=0)
+    norm_length: int | None = Field(default=None, gt=0)
     #: advantage estimator, a name in :data:`rlkit.algorithms.ADVANTAGES`: ``grpo`` (std-scaled group advantage),
     #: ``drgrpo`` (unscaled), ``rloo`` (leave-one-out), or one registered by a plugin
     advantage: str = "grpo"
@@ -138,15 +138,15 @@ class GRPOConfig(StrictModel):
     #: APO's STCR (arXiv 2506.21655): scale the advantage of each incorrect response longer than its group's mean
     #: correct length ``L+`` by ``1 + w``, ``w = 1 - stcr_base^-(L - L+)`` (rlkit.advantages.stcr_scale)
     stcr: bool = False
-    stcr_base: float = Field(1.00001, gt=1)
-    epochs: int = Field(1, gt=0)
-    minibatches: int = Field(1, gt=0)
+    stcr_base: float = Field(default=1.00001, gt=1)
+    epochs: int = Field(default=1, gt=0)
+    minibatches: int = Field(default=1, gt=0)
     #: stop after this many consecutive steps in which every update had a non-finite loss or gradient (0: never)
-    max_bad_steps: int = Field(5, ge=0)
-    entropy_coef: float = Field(0.0, ge=0)
+    max_bad_steps: int = Field(default=5, ge=0)
+    entropy_coef: float = Field(default=0.0, ge=0)
     #: truncated importance sampling (Yao et al. 2025): weight each token's policy-gradient term by
     #: ``min(pi_learner / pi_rollout, tis_cap)`` to correct the rollout engine's log-prob mismatch (None: off)
-    tis_cap: float | None = Field(None, gt=0)
+    tis_cap: float | None = Field(default=None, gt=0)
     #: generate step t+1 while the learner trains on step t (one-step off-policy; the clipped ratio is taken
     #: against the rollout policy's log-probs). Faster where rollout and learner have their own cores/GPUs.
     async_rollout: bool = False
@@ -168,19 +168,19 @@ class PPOConfig(GRPOConfig):
     ``critic_learning_rate`` (``None``: ``learning_rate``) applies to the head, and to the trunk of a separate critic.
     """
 
-    group_size: int = Field(1, ge=1)
-    clip_high: float = Field(0.2, ge=0)
+    group_size: int = Field(default=1, ge=1)
+    clip_high: float = Field(default=0.2, ge=0)
     #: a critic-based estimator of :data:`rlkit.algorithms.ADVANTAGES` (``gae``)
     advantage: str = "gae"
-    epochs: int = Field(2, gt=0)
-    minibatches: int = Field(2, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    vf_coef: float = Field(0.1, ge=0)
+    epochs: int = Field(default=2, gt=0)
+    minibatches: int = Field(default=2, gt=0)
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    vf_coef: float = Field(default=0.1, ge=0)
     #: clip of the value update around the old values (None: unclipped squared error)
-    value_clip: float | None = Field(0.2, gt=0)
+    value_clip: float | None = Field(default=0.2, gt=0)
     critic: Literal["value_head", "separate"] = "value_head"
-    critic_learning_rate: float | None = Field(None, gt=0)
+    critic_learning_rate: float | None = Field(default=None, gt=0)
     whiten_advantages: bool = True
     #: off for PPO: the value head reads the trunk's output of the policy's full forward (and groups are usually 1)
     shared_prefix: bool = False
@@ -206,29 +206,29 @@ class DPOConfig(StrictModel):
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     #: synthetic pairs: how many, and the rejected answer's error (dropped_carry falls back to neighbor)
-    num_pairs: int = Field(2000, gt=0)
+    num_pairs: int = Field(default=2000, gt=0)
     rejected: Literal["neighbor", "dropped_carry"] = "neighbor"
-    eval_pairs: int = Field(200, gt=0)
+    eval_pairs: int = Field(default=200, gt=0)
     divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = "reverse_kl"
     #: alpha-divergence parameter (0: reverse KL, 1: forward KL)
-    alpha: float = Field(0.5, ge=0, le=1)
-    beta: float = Field(0.1, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    beta: float = Field(default=0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     #: cDPO: the assumed fraction of flipped labels (sigmoid loss only)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     #: optimizer steps; ``None``: ``epochs`` passes over the pairs
-    steps: int | None = Field(None, gt=0)
-    epochs: int = Field(1, gt=0)
-    batch_size: int = Field(32, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    steps: int | None = Field(default=None, gt=0)
+    epochs: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
     #: precomputed: reference log-probs computed once before training; live: recomputed each batch
     reference: Literal["precomputed", "live"] = "precomputed"
     #: frozen reference model; ``None``: the initial (SFT) policy
     reference_model: str | None = None
     #: held-out preference metrics every N steps (0: only before and after training)
-    eval_every: int = Field(0, ge=0)
+    eval_every: int = Field(default=0, ge=0)
     #: greedy accuracy / pass@k on the task's held-out prompts before and after; ``None``: when the pairs are
     #: the synthetic arithmetic ones or ``data.source`` is not the built-in task
     task_eval: bool | None = None
@@ -243,7 +243,7 @@ class DPOConfig(StrictModel):
 class LearnerConfig(StrictModel):
     """Learner placement: ``num_workers`` data-parallel learner actors in one torch.distributed group."""
 
-    num_workers: int = Field(1, gt=0)
+    num_workers: int = Field(default=1, gt=0)
 
 
 class RehearsalConfig(StrictModel):
@@ -256,14 +256,14 @@ class RehearsalConfig(StrictModel):
     only, one learner."""
 
     #: samples per prompt; a prompt is in the rehearsal set when all k are correct (the reference code: 4 of 8)
-    k: int = Field(8, gt=0)
+    k: int = Field(default=8, gt=0)
     #: stored responses in each step's rehearsal batch; ``None``: one per 8 GRPO rows (prompts_per_step x
     #: group_size / 8), the reference code's 256 next to 128 prompts x 16 samples
-    responses_per_step: int | None = Field(None, gt=0)
+    responses_per_step: int | None = Field(default=None, gt=0)
     #: pre-sample only the first N training prompts (the others are for exploration); ``None``: all of them
-    max_prompts: int | None = Field(None, gt=0)
+    max_prompts: int | None = Field(default=None, gt=0)
     #: prompts per pre-sampling call (each generates ``k`` samples of each)
-    presample_batch: int = Field(64, gt=0)
+    presample_batch: int = Field(default=64, gt=0)
 
 
 class RewardSpec(StrictModel):
@@ -277,14 +277,14 @@ class RewardSpec(StrictModel):
     #: what a sample gets when this reward raises or times out: ``zero`` (score 0, counted in metrics) or ``fail``
     on_error: Literal["zero", "fail"] = "zero"
     #: wall-clock limit per call in seconds (None: no limit)
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 class EvalConfig(StrictModel):
-    num_prompts: int = Field(64, gt=0)
-    n_samples: int = Field(8, gt=0)
+    num_prompts: int = Field(default=64, gt=0)
+    n_samples: int = Field(default=8, gt=0)
     ks: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     before: bool = True
     #: measure KL(policy || initial policy) on the eval samples and log its k3 estimate at every training step
     #: (starts a reference worker for the initial model if no regularizer has one)
@@ -312,14 +312,14 @@ class RayConfig(StrictModel):
 
     mode: Literal["auto", "actors", "inprocess"] = "auto"
     address: str | None = None
-    num_cpus: int | None = Field(None, gt=0)
-    cpus_per_rollout_worker: float = Field(0.5, ge=0)
+    num_cpus: int | None = Field(default=None, gt=0)
+    cpus_per_rollout_worker: float = Field(default=0.5, ge=0)
     #: GPUs per rollout actor (vLLM on GPU needs > 0; a fraction shares a GPU with the learner)
-    gpus_per_rollout_worker: float = Field(0, ge=0)
-    cpus_per_learner: float = Field(0.5, ge=0)
-    cpus_per_reference: float = Field(0.25, ge=0)
-    cpus_per_reward: float = Field(0.25, ge=0)
-    torch_threads: int = Field(2, gt=0)
+    gpus_per_rollout_worker: float = Field(default=0, ge=0)
+    cpus_per_learner: float = Field(default=0.5, ge=0)
+    cpus_per_reference: float = Field(default=0.25, ge=0)
+    cpus_per_reward: float = Field(default=0.25, ge=0)
+    torch_threads: int = Field(default=2, gt=0)
 
 
 class LoggingConfig(StrictModel):
@@ -337,7 +337,7 @@ class LoggingConfig(StrictModel):
     backends: list[str] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
     tensorboard: bool = True
     plot: bool = True
-    print_every: int = Field(5, gt=0)
+    print_every: int = Field(default=5, gt=0)
     wandb: dict[str, Any] = Field(default_factory=dict)
     mlflow: dict[str, Any] = Field(default_factory=dict)
 
@@ -371,8 +371,8 @@ class CheckpointConfig(StrictModel):
     """``save_every``: a full training checkpoint (weights, optimizer, RNG, data position, controller state) every
     N steps into ``<output_dir>/checkpoints/step_<N>``, the last ``keep`` kept; ``--resume`` continues from it."""
 
-    save_every: int = Field(0, ge=0)
-    keep: int = Field(2, gt=0)
+    save_every: int = Field(default=0, ge=0)
+    keep: int = Field(default=2, gt=0)
     save_final: bool = True
 
 
@@ -384,7 +384,7 @@ class SweepConfig(StrictModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0])
-    parallel: int = Field(1, gt=0)
+    parallel: int = Field(default=1, gt=0)
 
     @model_validator(mode="after")
     def _non_empty(self):

@@ -86,7 +86,7 @@ def wrong_answer(prompt: str, answer: str, rng: random.Random, kind: str = "neig
 
 
 def _pairs(problems: list[tuple[str, str]], rng: random.Random, kind: str) -> dict[str, list[str]]:
-    rows = {c: [] for c in (*COLUMNS, "answer")}
+    rows: dict[str, list[str]] = {c: [] for c in (*COLUMNS, "answer")}
     for prompt, answer in problems:
         rows["prompt"].append(prompt)
         rows["chosen"].append(format_completion(answer))

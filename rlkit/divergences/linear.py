@@ -249,6 +249,7 @@ def linear_f_divergence(
         except RuntimeError:
             ref = ref_logits
     else:
+        assert ref_hidden is not None and ref_weight is not None  # refused above otherwise
         if ref_weight.dim() != 2 or ref_hidden.dim() < 1:
             raise ValueError(f"ref_weight must be [V, H_ref], got {tuple(ref_weight.shape)}")
         _check("ref_hidden", ref_hidden, lead + (ref_weight.shape[1],), ref_weight.dtype)

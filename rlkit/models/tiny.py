@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 TAGS = ["<answer>", "</answer>"]
@@ -57,7 +58,8 @@ def build_tiny_model(seed: int = 0, **overrides):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = dict(TINY_CONFIG, vocab_size=len(VOCAB), pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID)
+    cfg: dict[str, Any] = dict(TINY_CONFIG, vocab_size=len(VOCAB), pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                               bos_token_id=BOS_ID)
     cfg.update(overrides)
     config = LlamaConfig(**cfg)
     head_dim = config.hidden_size // config.num_attention_heads

@@ -25,13 +25,13 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from rlkit._config import ConfigError, StrictModel
 
-_REGISTRY: dict[str, type[ReferenceType]] = {}
+_REGISTRY: dict[str, type[ReferenceType[Any]]] = {}
 
 
 class ReferenceConfig(StrictModel):
@@ -116,9 +116,16 @@ class ReferenceSource:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-class ReferenceType:
+#: the config type a :class:`ReferenceType` subclass's steps receive (its ``Config``)
+RefCfgT = TypeVar("RefCfgT", bound=ReferenceConfig)
+
+
+class ReferenceType(Generic[RefCfgT]):
     """One kind of reference. Subclasses set ``Config`` and override the steps that differ from the defaults:
-    no set-up, served from the initial policy's checkpoint, loaded as one model, no refresh."""
+    no set-up, served from the initial policy's checkpoint, loaded as one model, no refresh.
+
+    Generic in its config type for the checker only (``class SoupReference(ReferenceType[SoupConfig])``); a bare
+    ``ReferenceType`` base means ``ReferenceType[Any]``."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[ReferenceConfig]] = ReferenceConfig
@@ -128,28 +135,28 @@ class ReferenceType:
     learner_side: ClassVar[bool] = False
 
     @classmethod
-    def check_use(cls, cfg: ReferenceConfig, regularizer: str, path: str) -> None:
+    def check_use(cls, cfg: RefCfgT, regularizer: str, path: str) -> None:
         """Refuse a regularizer (by registered name) that cannot use this reference: raise :class:`ConfigError`
         at ``path`` (``regularizers[i].reference``)."""
 
     @classmethod
-    def sft_runs(cls, cfg: ReferenceConfig) -> int:
+    def sft_runs(cls, cfg: RefCfgT) -> int:
         """How many of the run's SFT warm starts this reference names (``sft:<i>`` needs ``i + 1``); the trainer
         trains at least one (the initial policy) whatever this says."""
         return 0
 
     @classmethod
-    def identity(cls, cfg: ReferenceConfig) -> str:
+    def identity(cls, cfg: RefCfgT) -> str:
         """A stable name of the spec: what :meth:`prepare`'s result is stored under."""
         return json.dumps(cfg.model_dump(), sort_keys=True, default=str)
 
     @classmethod
-    def prepare(cls, cfg: ReferenceConfig, setup: ReferenceSetup, path: str) -> Any:
+    def prepare(cls, cfg: RefCfgT, setup: ReferenceSetup, path: str) -> Any:
         """Driver-side set-up before any worker starts; the result reaches :meth:`source` (None: nothing)."""
         return None
 
     @classmethod
-    def source(cls, cfg: ReferenceConfig, init_paths: list[str], prepared: Any = None) -> ReferenceSource:
+    def source(cls, cfg: RefCfgT, init_paths: list[str], prepared: Any = None) -> ReferenceSource:
         """The checkpoints a reference worker loads for this spec (default: the initial policy's)."""
         if cls.learner_side:
             raise ConfigError("regularizers.reference", f"reference type {cfg.type!r} has no model to serve")

@@ -35,7 +35,7 @@ class SoupConfig(ReferenceConfig):
         return self
 
 
-class SoupReference(ReferenceType):
+class SoupReference(ReferenceType[SoupConfig]):
     """Resolved to its checkpoints' paths (``sft:<i>`` -> the run's i-th warm start), loaded as their average in
     the worker; it has the policy's architecture, so it may refresh (TR-DPO)."""
 

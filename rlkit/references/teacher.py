@@ -60,7 +60,7 @@ def teacher_id(ref: dict) -> str:
     return json.dumps({k: ref.get(k) for k in ("model", "tiny_config", "sft")}, sort_keys=True, default=str)
 
 
-class TeacherReference(ReferenceType):
+class TeacherReference(ReferenceType[TeacherConfig]):
     """Set-up: an ``sft:tiny`` teacher is trained (or reused) through the trainer's ``train_sft``; every teacher's
     tokenizer is checked against the policy's. Served from the resulting model path; never refreshed (it is not
     the policy's architecture in general)."""
@@ -75,6 +75,7 @@ class TeacherReference(ReferenceType):
     def prepare(cls, cfg: TeacherConfig, setup: ReferenceSetup, path: str) -> str:
         """The teacher's model path, its tokenizer checked: ``sft:tiny`` trained (or reused) first."""
         model = cfg.model
+        assert model is not None  # TeacherConfig's validator refuses a teacher without a model
         if model == TEACHER_SFT:
             if setup.train_sft is None:
                 raise ConfigError(path, "an 'sft:tiny' teacher is trained by the job, which gave no SFT trainer")
@@ -84,6 +85,7 @@ class TeacherReference(ReferenceType):
 
     @classmethod
     def source(cls, cfg: TeacherConfig, init_paths: list[str], prepared: Any = None) -> ReferenceSource:
+        assert cfg.model is not None  # TeacherConfig's validator refuses a teacher without a model
         return ReferenceSource("teacher", [prepared or cfg.model])
 
 

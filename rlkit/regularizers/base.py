@@ -7,7 +7,7 @@ coefficient and per-sample weights) plus metrics. No models, no I/O: the trainer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import Field, SerializeAsAny, field_validator
@@ -72,7 +72,9 @@ class PolicyBatch:
         when ``logits`` is None and ``hidden`` is set, from ``hidden`` + ``lm_head``
         (:func:`rlkit.functional.linear_f_divergence`, the policy logits divided by the same temperature). A
         reference in ``ref_hidden`` enters as hidden states too: no ``[B, T, V]`` tensor on the fused path."""
-        ref_logits, ref_kw, ref_temperature = None, {}, None
+        ref_logits: torch.Tensor | None = None
+        ref_kw: dict[str, Any] = {}
+        ref_temperature: Any = None  # an element of an untyped ``ref_hidden`` tuple
         if self.ref_hidden and key in self.ref_hidden:
             h, w, b, ref_temperature = self.ref_hidden[key]
             ref_kw = {"ref_hidden": h, "ref_weight": w, "ref_bias": b}
@@ -88,6 +90,7 @@ class PolicyBatch:
                                        **ref_kw)
         if ref_kw:  # the logits learner: the reference logits are built here
             ref_logits = torch.nn.functional.linear(h, w, b) / ref_temperature
+        assert ref_logits is not None  # set by one of the branches above (``reference`` raises when missing)
         return f_divergence(self.require("logits", owner), ref_logits, divergence, alpha=alpha, mask=self.mask,
                             chunk_size=chunk_size)
 
@@ -133,19 +136,27 @@ class RegularizerConfig(StrictModel):
         return validate_weighting(v)
 
 
-class Regularizer:
-    """Base class. Subclasses set ``Config`` and implement :meth:`divergence` (and :meth:`requires`)."""
+#: the config type a :class:`Regularizer` subclass reads through ``self.cfg`` (its ``Config``)
+CfgT = TypeVar("CfgT", bound=RegularizerConfig)
+
+
+class Regularizer(Generic[CfgT]):
+    """Base class. Subclasses set ``Config`` and implement :meth:`divergence` (and :meth:`requires`).
+
+    Generic in its config type for the checker only: ``class KL(Regularizer[KLConfig])`` types ``self.cfg``
+    and :meth:`check`'s ``cfg`` as ``KLConfig``; a bare ``Regularizer`` base means ``Regularizer[Any]``."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[RegularizerConfig]] = RegularizerConfig
+    cfg: CfgT
 
-    def __init__(self, cfg: RegularizerConfig):
+    def __init__(self, cfg: CfgT):
         self.cfg = cfg
         self.weighting = build_weighting(cfg.weighting, cfg.coef)
 
     # --- configuration -------------------------------------------------------------------------------------
     @classmethod
-    def check(cls, cfg: RegularizerConfig, path: str) -> None:
+    def check(cls, cfg: CfgT, path: str) -> None:
         """Refuse combinations that cannot work, with the reason (raise :class:`ConfigError`)."""
         reference_type(cfg.reference.type).check_use(cfg.reference, cls.name, f"{path}.reference")
         if cfg.placement == "reward" and weighting_class(cfg.weighting.type).needs_rewards:

@@ -61,7 +61,7 @@ class AlphaConfig(FDivConfig):
     alpha: float = 0.2  # DPH-RL's code default
 
 
-class _FDiv(Regularizer):
+class _FDiv(Regularizer[FDivConfig]):
     divergence_name = ""
 
     @classmethod

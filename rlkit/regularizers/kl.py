@@ -21,7 +21,7 @@ weights ``prod u`` enter. ``mode: exact`` sums over the vocabulary at each visit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from pydantic import Field
@@ -33,7 +33,7 @@ from rlkit.divergences.gradients import exact_sequence_penalty, sampled_penalty
 from .base import PolicyBatch, Regularizer, RegularizerConfig
 
 Estimator = Literal["k1", "k2", "k3", "abs", "k1+", "k3+"]
-assert set(Estimator.__args__) == set(KL_ESTIMATORS)
+assert set(get_args(Estimator)) == set(KL_ESTIMATORS)
 
 #: what each estimator's value is on policy samples
 ESTIMATOR_VALUE = {"k1": "k1 (unbiased)", "k2": "k2 = d^2/2 (biased)", "k3": "k3 (unbiased)",
@@ -67,7 +67,7 @@ class KLConfig(RegularizerConfig):
     chunk_size: int | None = Field(1024, gt=0)
 
 
-class KL(Regularizer):
+class KL(Regularizer[KLConfig]):
     """Reverse KL toward the reference. See :func:`rlkit.functional.kl_penalty` for the estimators."""
 
     name = "kl"

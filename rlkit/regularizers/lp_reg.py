@@ -47,7 +47,7 @@ def _lowest_fraction(logprobs: torch.Tensor, candidates: torch.Tensor, rho: floa
     return candidates & (logprobs.detach() <= cut)
 
 
-class LpReg(Regularizer):
+class LpReg(Regularizer[LpRegConfig]):
     name = "lp_reg"
     Config = LpRegConfig
 

@@ -10,7 +10,7 @@ from rlkit._config import ConfigError, validate_model
 
 from .base import Regularizer
 
-_REGISTRY: dict[str, type[Regularizer]] = {}
+_REGISTRY: dict[str, type[Regularizer[Any]]] = {}
 
 #: one-word presets; a dict spec may start from one with ``name: <preset>`` and override any key. Every preset's
 #: value estimate and delivered gradient are listed by ``rlkit regularizers`` (:func:`catalogue`).

@@ -28,7 +28,7 @@ class PromptStream:
         self.rng = random.Random(seed)
         self._before_draw = self.position()
 
-    def restore(self, order: list[int], cursor: int, py_random: dict) -> None:
+    def restore(self, order: list[int], cursor: int, py_random: list) -> None:
         """Continue from a checkpoint's position (:meth:`state`)."""
         self.order, self.cursor = order, cursor
         self.rng.setstate(python_random_from_json(py_random))
@@ -46,7 +46,7 @@ class PromptStream:
         self.cursor += self.per_step
         return [self.rows[i] for i in self.order[self.cursor - self.per_step:self.cursor]]
 
-    def state(self, prefetched: bool) -> tuple[list[int], int, dict]:
+    def state(self, prefetched: bool) -> tuple[list[int], int, list]:
         """``(order, cursor, py_random)`` for a checkpoint: with a batch ``prefetched`` (drawn, not yet trained
         on), the position before it."""
         order, cursor, rng = self._before_draw if prefetched else (self.order, self.cursor, self.rng.getstate())

@@ -211,6 +211,7 @@ class DPORun:
 
     def evaluate(self, with_task: bool) -> dict:
         """Held-out preference metrics, and with ``with_task`` the task's pass@k / greedy accuracy."""
+        assert self.ref_held is not None  # set by _attach_reference, before the first evaluation
         result = preference_eval(self.policy, self.held_pairs, *self.ref_held, self.cfg, self.device, self.pad_id,
                                  self.eval_batch_size)
         if with_task and self.task_rows:
@@ -344,7 +345,8 @@ def _attach_reference(run: DPORun) -> None:
 def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Indices of the pairs of each step, without end: a fresh permutation of ``range(n)`` (``random.Random(seed)``)
     is appended whenever fewer than ``batch_size`` are left, so a batch may span two epochs."""
-    rng, order = random.Random(seed), []
+    rng = random.Random(seed)
+    order: list[int] = []
     while True:
         if len(order) < batch_size:  # next epoch: a fresh permutation after what is left of this one
             idx = list(range(n))

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from rlkit.utils.checkpoint import atomic_write_bytes, list_complete_checkpoints
 
@@ -68,12 +69,13 @@ class StopSignals:
             return  # the loop checkpoints after this step
         raise Stop(signum)
 
-    def exit(self, stop: BaseException, out: Path) -> None:
+    def exit(self, stop: BaseException, out: Path) -> NoReturn:
         """Report the stop on stderr, shut Ray down (if this process started or joined it) and exit."""
         for sig in self.SIGNALS:  # nothing is being written any more: further signals change nothing
             signal.signal(sig, signal.SIG_IGN)
         self._old.clear()
-        signum = self.received or getattr(stop, "signum", signal.SIGTERM)
+        stop_signum: int = getattr(stop, "signum", signal.SIGTERM)  # a Stop's signal; SIGTERM for other errors
+        signum = self.received or stop_signum
         name = signal.Signals(signum).name
         resume = ", resume with --resume"
         if isinstance(stop, Stop) and stop.checkpoint is not None:

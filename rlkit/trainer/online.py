@@ -71,7 +71,7 @@ class OnlineTrainer:
         self.sampling = dict(n=self.cfg.group_size, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                              top_p=ro.top_p, top_k=ro.top_k)
         self.prefetch: Prefetch | None = None
-        self.heads_sent: dict[str, int] = {}  # lm_head version the learner holds, per hidden-state reference
+        self.heads_sent: dict[str, int | None] = {}  # lm_head version the learner holds, per hidden-state reference
 
     def run(self) -> dict:
         self.setup()

@@ -56,7 +56,8 @@ def split_by_correctness(correct: Sequence[Sequence[bool]]) -> tuple[list[int], 
     """``(perfect, explore)`` positions of prompts given the correctness of each prompt's k samples: a prompt is
     perfect (rehearsal set ``D_pef``) when all its samples are correct, else it is for exploration (``D_exp``).
     A prompt with no samples is refused (there is nothing to judge it by)."""
-    perfect, explore = [], []
+    perfect: list[int] = []
+    explore: list[int] = []
     for i, oks in enumerate(correct):
         if len(oks) == 0:
             raise ValueError(f"prompt {i} has no samples: cannot tell whether the initial policy solves it")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rlkit._config import ConfigError
 from rlkit._extras import require
@@ -303,7 +303,8 @@ def _start_reaper() -> None:
     try:
         import ray
 
-        procs = ray._private.worker._global_node.all_processes
+        node: Any = ray._private.worker._global_node  # Ray's internals: checked at run time (except below)
+        procs = node.all_processes
         raylet = procs["raylet"][0].process.pid
         others = [str(info.process.pid) for kind, infos in procs.items() if kind != "raylet" for info in infos
                   if getattr(info, "process", None) is not None]

@@ -13,9 +13,13 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rlkit._extras import require
 from rlkit.config import Recipe
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 #: about this many progress lines (and ``sft_metrics.jsonl`` rows) per warm start, unless ``logging.print_every``
 #: asks for fewer steps between lines
@@ -107,8 +111,10 @@ class SFTProgress:
         self.total, self.console = total, console
         self.rows: list[dict] = []
         self._start: float | None = None
-        self._bar = self._task = None
-        self._loss = self._lr = None
+        self._bar: Progress | None = None
+        self._task: Any = None  # rich's TaskID of the bar, set with it
+        self._loss: float | None = None
+        self._lr: float | None = None
         self._first: tuple[int, float] | None = None  # (step, elapsed) at the first step end: the ETA's origin
 
     # -- events (called through quiet_trainer's TrainerCallback)
@@ -132,7 +138,7 @@ class SFTProgress:
 
     def log(self, step: int, logs: dict) -> None:
         elapsed = self.elapsed()
-        row = {"step": int(step), "time": round(elapsed, 6)}
+        row: dict[str, float | None] = {"step": int(step), "time": round(elapsed, 6)}
         for k, v in logs.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "total_flos":
                 row[k] = float(v) if math.isfinite(v) else None
@@ -163,7 +169,7 @@ class SFTProgress:
         return (self.elapsed() - t0) / (step - s0) * (self.total - step)
 
     def _summary(self) -> str:
-        parts = []
+        parts: list[str] = []
         if self._loss is not None:
             parts.append(f"loss={_fmt(self._loss)}")
         if self._lr is not None:

@@ -116,6 +116,7 @@ def print_summary_table(before: Mapping[str, float], after: Mapping[str, float],
         delta = "-"
         numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (a, b))
         if numeric:
+            assert a is not None and b is not None  # numeric: both are real numbers
             d = float(a) - float(b)
             delta = f"{d:+.4f}"
             if name.startswith("pass@") and d != 0:

@@ -191,7 +191,10 @@ class MLflowBackend:
         try:
             return self.client.create_experiment(name)
         except MlflowException:  # created meanwhile by a parallel run (rlkit ablate --parallel)
-            return self.client.get_experiment_by_name(name).experiment_id
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric

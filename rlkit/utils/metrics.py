@@ -96,8 +96,8 @@ class MetricsLogger:
         self._start = time.monotonic()
         self._elapsed = 0.0
         self._console = console
-        self._progress = None
-        self._task = None
+        self._progress: Any = None  # a rich Progress once the first line is shown on a terminal
+        self._task: Any = None
         self._last_printed: int | None = None
         self._closed = False
         if backends is None:
@@ -153,9 +153,10 @@ class MetricsLogger:
         summary = self._summary(values)
         if self.console.is_terminal:
             if self._progress is None:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                           TimeElapsedColumn)
 
-                columns = [TextColumn("[bold]step {task.completed}")]
+                columns: list[ProgressColumn] = [TextColumn("[bold]step {task.completed}")]
                 if self.progress_total:
                     columns += [BarColumn(), MofNCompleteColumn()]
                 columns += [TimeElapsedColumn(), TextColumn("{task.fields[summary]}")]

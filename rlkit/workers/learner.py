@@ -245,8 +245,11 @@ class LearnerCore:
     def _minibatch_loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy, rollout_lp: torch.Tensor
                         ) -> tuple[torch.Tensor, dict]:
         """The policy loss with ``grpo.tis_cap``'s truncated importance weights against the rollout log-probs."""
-        tis, tis_m = (tis_weights(pb.old_logprobs, rollout_lp, sub["completion_mask"], self.cfg.tis_cap)
-                      if self.cfg.tis_cap else (None, {}))
+        tis: torch.Tensor | None = None
+        tis_m: dict[str, float] = {}
+        if self.cfg.tis_cap:
+            assert pb.old_logprobs is not None  # _policy_batch always sets it
+            tis, tis_m = tis_weights(pb.old_logprobs, rollout_lp, sub["completion_mask"], self.cfg.tis_cap)
         loss, m = self._loss(pb, sub, idx, entropy=entropy, token_weights=tis)
         m.update(tis_m)
         return loss, m
@@ -440,7 +443,9 @@ class LearnerCore:
             raise ValueError("compute: only a LoRA learner serves a reference (model.lora is not set)")
         from rlkit.models.lora import base_model_outputs
 
-        batch = batch if batch is not None else collate(prompts, completions, self.pad_id)
+        if batch is None:
+            assert prompts is not None and completions is not None  # called with prompts + completions, or a batch
+            batch = collate(prompts, completions, self.pad_id)
         group = self._prefix.group(self.model, batch)
         if not want_logits and self._fused(batch):  # fused head: no [B, T, V] logits for the reference either
             out = fused_base_logprobs(self.model, batch, self.temperature, group)
@@ -454,7 +459,7 @@ class LearnerCore:
         from rlkit.utils import train_state as ts
         from rlkit.utils.checkpoint import save_hf_checkpoint
 
-        extra = None
+        extra: dict[str, bytes | str] | None = None
         if driver_state is not None:
             blob, opt_meta = ts.optimizer_to_files(self.opt.state_dict())
             state = {"version": self.version, "bad_steps": self.bad_steps, "optimizer": opt_meta,

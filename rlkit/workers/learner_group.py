@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -50,6 +51,9 @@ from rlkit.types import TrainBatch
 from .common import setup_process
 from .learner import LearnerCore
 from .local import with_plugins
+
+if TYPE_CHECKING:
+    from rlkit.regularizers import Regularizer
 
 BUCKET_BYTES = 32 << 20
 
@@ -127,7 +131,9 @@ class GradSync:
 
 def _buckets(params: list) -> list[list]:
     """Consecutive parameters of one dtype and device, up to ``BUCKET_BYTES`` per bucket."""
-    out, cur, size = [], [], 0
+    out: list[list] = []
+    cur: list = []
+    size = 0
     for p in params:
         if cur and (p.dtype != cur[0].dtype or p.device != cur[0].device or size + p.numel() * p.element_size()
                     > BUCKET_BYTES):
@@ -140,6 +146,11 @@ def _buckets(params: list) -> list[list]:
 
 class DataParallelMixin:
     """Process-group set-up for a learner core running as one rank of a :class:`LearnerGroup`."""
+
+    # set by the learner core this is mixed into (:func:`data_parallel_actor`)
+    model: torch.nn.Module
+    regs: list[Regularizer]
+    cfg: GRPOConfig
 
     def __init__(self, *args, dp_rank: int = 0, torch_threads: int = 1, **kwargs):
         setup_process(torch_threads)
@@ -174,10 +185,10 @@ class DataParallelMixin:
         return {k: v.detach().cpu().clone() for k, v in self.model.named_parameters()}
 
 
-_ACTOR_CLASSES: dict[type, type] = {}
+_ACTOR_CLASSES: dict[type, Any] = {}  # core -> its Ray actor class
 
 
-def data_parallel_actor(core: type = LearnerCore):
+def data_parallel_actor(core: type[LearnerCore] = LearnerCore):
     """The Ray actor class for one rank of ``core`` (a :class:`LearnerCore` subclass)."""
     if core not in _ACTOR_CLASSES:
         cls = type(f"DataParallel{core.__name__}", (DataParallelMixin, core), {"__module__": __name__})
@@ -242,8 +253,8 @@ class LearnerGroup:
     result, or the ref of the first rank that failed, so ``ray.get`` raises that rank's error."""
 
     def __init__(self, num_workers: int, model_path: str, grpo: GRPOConfig | dict, regularizers, *,
-                 num_cpus: float = 0.5, num_gpus: float = 0, core: type = LearnerCore, timeout_s: float = 1800.0,
-                 **kwargs):
+                 num_cpus: float = 0.5, num_gpus: float = 0, core: type[LearnerCore] = LearnerCore,
+                 timeout_s: float = 1800.0, **kwargs):
         grpo = grpo if isinstance(grpo, core.Section) else core.Section.model_validate(dict(grpo))
         self.num_workers, self.group_size, self.minibatches = num_workers, grpo.group_size, grpo.minibatches
         actor = data_parallel_actor(core)

@@ -39,7 +39,7 @@ class _Method:
     def remote(self, *args, **kwargs) -> LocalRef:
         # as with Ray: futures passed as arguments are resolved, and one actor runs one call at a time (a rollout
         # thread's generate and the driver's weight update never overlap)
-        args = [get(a) if isinstance(a, LocalRef) else a for a in args]
+        args = tuple(get(a) if isinstance(a, LocalRef) else a for a in args)
         kwargs = {k: get(v) if isinstance(v, LocalRef) else v for k, v in kwargs.items()}
         with self.lock:
             try:
@@ -135,7 +135,7 @@ def with_plugins(options: dict) -> dict:
     return {**options, "runtime_env": runtime_env}
 
 
-def remote_actor(cls):
+def remote_actor(cls: type) -> _LazyActorClass:
     """Class decorator: ``cls`` as a Ray actor class, created lazily (see :class:`_LazyActorClass`)."""
     return _LazyActorClass(cls)
 

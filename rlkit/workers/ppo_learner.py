@@ -103,6 +103,7 @@ class PPOLearnerCore(LearnerCore):
     """
 
     Section = PPOConfig
+    cfg: PPOConfig  # validated by Section
 
     def __init__(self, model_path: str, ppo: PPOConfig | dict, regularizers, temperature: float = 1.0,
                  dtype: str = "float32", seed: int = 0, **kwargs):
@@ -112,7 +113,8 @@ class PPOLearnerCore(LearnerCore):
         self.opt.add_param_group({"params": list(self.critic.parameters()),
                                   "lr": cfg.critic_learning_rate or cfg.learning_rate})
         self.opt.register_step_pre_hook(self._clip_critic)
-        self._old_values = self._returns = None
+        self._old_values: torch.Tensor | None = None
+        self._returns: torch.Tensor | None = None
         self._step_metrics: dict[str, float] = {}
         self._critic_norms: list[float] = []
 
@@ -143,6 +145,7 @@ class PPOLearnerCore(LearnerCore):
               ) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         policy = partial(self.policy_loss, entropy=entropy, token_weights=token_weights)
+        assert self._old_values is not None and self._returns is not None  # set by _advantages earlier in the step
         return ppo_loss(pb, self.critic(sub), self._old_values[idx], self._returns[idx], self.regs,
                         vf_coef=cfg.vf_coef, value_clip=cfg.value_clip, aggregation=cfg.aggregation,
                         norm_length=cfg.norm_length, policy=policy)

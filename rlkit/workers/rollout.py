@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 from rlkit.rollout import SamplingParams
 
 from .common import load_model, restarted_by_ray, setup_process
 from .local import remote_actor
 
+if TYPE_CHECKING:
+    from rlkit.rollout.base import RolloutEngine
+
 
 @remote_actor
 class RolloutWorker:
+    engine: RolloutEngine
+
     def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
                  batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
                  vllm_options: dict | None = None, model=None, tokenizer=None, sampler: str = "native"):
@@ -62,6 +69,7 @@ class RolloutWorker:
 
     def update_weights(self, state_dict: dict | None, version: int) -> int:
         if not self.shared:
+            assert state_dict is not None  # None is only sent to a shared engine (SharedModuleSync)
             self.engine.update_weights(state_dict)
         self.version = version
         return version
@@ -86,7 +94,8 @@ def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restart
     opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
     if rc.gpus_per_rollout_worker:
         opts["num_gpus"] = rc.gpus_per_rollout_worker
-    return [RolloutWorker.options(**opts).remote(
+    # @remote_actor made the class a lazy Ray actor class; mypy ignores what a class decorator returns
+    return [RolloutWorker.options(**opts).remote(  # type: ignore[attr-defined]
         model_path, rank=i, engine=ro.engine, dtype=recipe.model.dtype, batch_size=ro.batch_size,
         torch_threads=rc.torch_threads, seed=recipe.seed, version=version, sampler=ro.sampler,
         vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None) for i in range(ro.num_workers)]

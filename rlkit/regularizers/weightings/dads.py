@@ -24,6 +24,7 @@ class DadsWeighting(WeightingConfig):
 
 class Dads(Weighting):
     Config = DadsWeighting
+    cfg: DadsWeighting  # the instance of ``Config`` the base stores
     needs_rewards = True
 
     def weights(self, batch) -> torch.Tensor:

@@ -25,6 +25,7 @@ class PacedWeighting(WeightingConfig):
 
 class Paced(Weighting):
     Config = PacedWeighting
+    cfg: PacedWeighting  # the instance of ``Config`` the base stores
     needs_rewards = True
 
     def weights(self, batch) -> torch.Tensor:

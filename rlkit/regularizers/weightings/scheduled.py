@@ -25,6 +25,7 @@ class Scheduled(Weighting):
     """One class for both shapes, registered under both names; ``cfg.type`` picks the curve."""
 
     Config = ScheduledWeighting
+    cfg: ScheduledWeighting  # the instance of ``Config`` the base stores
 
     def coef(self, step: int) -> float:
         c = self.cfg
