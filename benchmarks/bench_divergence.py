@@ -135,8 +135,13 @@ def worker(a) -> dict:
         t0 = time.perf_counter()
         forward_backward(a.worker, leaves, ref, a.divergence, a.chunk)
         times.append(time.perf_counter() - t0)
-    return {"time_s": statistics.median(times), "times_s": times, "peak_mb": max_rss_mb() - base,
-            "baseline_mb": base, "threads": torch.get_num_threads()}
+    return {
+        "time_s": statistics.median(times),
+        "times_s": times,
+        "peak_mb": max_rss_mb() - base,
+        "baseline_mb": base,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def check(a) -> dict:
@@ -157,25 +162,50 @@ def check(a) -> dict:
             v_rlkit = linear_f_divergence(leaves[0], leaves[1], ref, a.divergence, chunk_size=a.chunk)
     diffs = {n: float((g - t.grad).abs().max()) for n, g, t in zip(names, g_naive, leaves)}
     rel = {n: diffs[n] / max(float(g.abs().max()), 1e-30) for n, g in zip(names, g_naive)}
-    return {"value_max_abs_diff": float((v_naive - v_rlkit).abs().max()), "sum_abs_diff": total_diff,
-            "grad_max_abs_diff": max(diffs.values()),
-            "grad_max_abs_diff_by_input": diffs, "grad_max_rel_diff_by_input": rel,
-            "value_mean": float(v_naive.mean())}
+    return {
+        "value_max_abs_diff": float((v_naive - v_rlkit).abs().max()),
+        "sum_abs_diff": total_diff,
+        "grad_max_abs_diff": max(diffs.values()),
+        "grad_max_abs_diff_by_input": diffs,
+        "grad_max_rel_diff_by_input": rel,
+        "value_mean": float(v_naive.mean()),
+    }
 
 
 def spawn(a, mode: str, variant: str, divergence: str, seq_len: int) -> dict:
     """Run one worker in a fresh interpreter and return its JSON result (last stdout line)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--divergence", divergence,
-           "--seq-len", str(seq_len), "--vocab", str(a.vocab), "--batch", str(a.batch), "--chunk", str(a.chunk),
-           "--repeats", str(a.repeats), "--threads", str(a.threads), "--input", mode,
-           "--hidden-size", str(a.hidden_size)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        variant,
+        "--divergence",
+        divergence,
+        "--seq-len",
+        str(seq_len),
+        "--vocab",
+        str(a.vocab),
+        "--batch",
+        str(a.batch),
+        "--chunk",
+        str(a.chunk),
+        "--repeats",
+        str(a.repeats),
+        "--threads",
+        str(a.threads),
+        "--input",
+        mode,
+        "--hidden-size",
+        str(a.hidden_size),
+    ]
     # a fixed mmap threshold: every buffer >= 1 MiB is mmap-ed and returned to the OS when freed, so RSS follows the
     # live tensors (glibc's default raises the threshold after frees, up to 32 MiB, and then keeps freed memory)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {variant} {mode} T={seq_len} {divergence} failed (rc {proc.returncode}):\n"
-                           f"{proc.stderr}")
+        raise RuntimeError(
+            f"worker {variant} {mode} T={seq_len} {divergence} failed (rc {proc.returncode}):\n{proc.stderr}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -183,29 +213,37 @@ def print_table(mode: str, divergence: str, rows: list[dict], a) -> None:
     size = f"B={a.batch}, V={a.vocab}" + (f", H={a.hidden_size}" if mode == "hidden" else "")
     print(f"\n{divergence}, input {mode}  ({size}, float32, CPU; ratio = rlkit / naive)")
     grads = ["logits"] if mode == "logits" else ["hidden", "weight"]
-    head = (f"{'T':>6} {'naive s':>9} {'rlkit s':>9} {'time x':>7} {'naive MB':>9} {'rlkit MB':>9} {'mem x':>6} "
-            f"{'floor MB':>9} {'|dvalue|':>9}" + "".join(f" {'|dgrad ' + n[0] + '|':>10}" for n in grads))
+    head = (
+        f"{'T':>6} {'naive s':>9} {'rlkit s':>9} {'time x':>7} {'naive MB':>9} {'rlkit MB':>9} {'mem x':>6} "
+        f"{'floor MB':>9} {'|dvalue|':>9}" + "".join(f" {'|dgrad ' + n[0] + '|':>10}" for n in grads)
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         c = r["check"]
-        print(f"{r['seq_len']:>6} {r['naive']['time_s']:>9.4f} {r['rlkit']['time_s']:>9.4f} {r['time_ratio']:>7.3f} "
-              f"{r['naive']['peak_mb']:>9.1f} {r['rlkit']['peak_mb']:>9.1f} {r['memory_ratio']:>6.3f} "
-              f"{r['floor_mb']:>9.1f} {c['value_max_abs_diff']:>9.2e}"
-              + "".join(f" {c['grad_max_abs_diff_by_input'][n]:>10.2e}" for n in grads))
+        print(
+            f"{r['seq_len']:>6} {r['naive']['time_s']:>9.4f} {r['rlkit']['time_s']:>9.4f} {r['time_ratio']:>7.3f} "
+            f"{r['naive']['peak_mb']:>9.1f} {r['rlkit']['peak_mb']:>9.1f} {r['memory_ratio']:>6.3f} "
+            f"{r['floor_mb']:>9.1f} {c['value_max_abs_diff']:>9.2e}"
+            + "".join(f" {c['grad_max_abs_diff_by_input'][n]:>10.2e}" for n in grads)
+        )
 
 
 def target_verdict(mode: str, divergence: str, rows: list[dict], vocab: int) -> dict:
     hit = [r for r in rows if r["seq_len"] == TARGET["seq_len"]]
     if vocab != TARGET["vocab"] or not hit:
-        print(f"target (issue: T={TARGET['seq_len']}, V={TARGET['vocab']}: memory <= 1/8 of naive, time <= 1.2x "
-              f"naive): not measured in this run")
+        print(
+            f"target (issue: T={TARGET['seq_len']}, V={TARGET['vocab']}: memory <= 1/8 of naive, time <= 1.2x "
+            f"naive): not measured in this run"
+        )
         return {"measured": False}
     r = hit[0]
     mem_ok, time_ok = r["memory_ratio"] <= TARGET["memory_ratio"], r["time_ratio"] <= TARGET["time_ratio"]
-    print(f"target (issue), input {mode}, at T={TARGET['seq_len']}, V={vocab}: memory ratio {r['memory_ratio']:.3f} "
-          f"(<= 0.125: {'PASS' if mem_ok else 'FAIL'}), time ratio {r['time_ratio']:.3f} "
-          f"(<= 1.2: {'PASS' if time_ok else 'FAIL'})")
+    print(
+        f"target (issue), input {mode}, at T={TARGET['seq_len']}, V={vocab}: memory ratio {r['memory_ratio']:.3f} "
+        f"(<= 0.125: {'PASS' if mem_ok else 'FAIL'}), time ratio {r['time_ratio']:.3f} "
+        f"(<= 1.2: {'PASS' if time_ok else 'FAIL'})"
+    )
     return {"measured": True, "memory_ok": mem_ok, "time_ok": time_ok}
 
 
@@ -216,9 +254,13 @@ def main(argv=None) -> dict | None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--chunk", type=int, default=256, help="rlkit chunk_size (positions per chunk)")
     p.add_argument("--divergences", default=",".join(DIVERGENCES), help=f"comma-separated, from {DIVERGENCES}")
-    p.add_argument("--input", choices=("logits", "hidden", "both"), default="both",
-                   help="what rlkit gets: policy logits (f_divergence), hidden states + lm_head weight "
-                        "(linear_f_divergence), or each in turn")
+    p.add_argument(
+        "--input",
+        choices=("logits", "hidden", "both"),
+        default="both",
+        help="what rlkit gets: policy logits (f_divergence), hidden states + lm_head weight "
+        "(linear_f_divergence), or each in turn",
+    )
     p.add_argument("--hidden-size", type=int, default=1024, help="H of the hidden states and weight (hidden mode)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per (variant, T), after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
@@ -238,11 +280,14 @@ def main(argv=None) -> dict | None:
     if bad or a.repeats < 1 or a.chunk < 1 or a.hidden_size < 1:
         p.error(f"divergences must be among {DIVERGENCES} (got {bad}); --repeats, --chunk, --hidden-size >= 1")
     modes = ("logits", "hidden") if a.input == "both" else (a.input,)
-    result = {"benchmark": "bench_divergence", "config": {k: v for k, v in vars(a).items()
-                                                         if k not in ("worker", "divergence", "seq_len")},
-              "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
-              "memory_method": "peak ru_maxrss growth over the inputs, fresh subprocess per (input, variant, T)",
-              "target": TARGET, "results": {}}
+    result = {
+        "benchmark": "bench_divergence",
+        "config": {k: v for k, v in vars(a).items() if k not in ("worker", "divergence", "seq_len")},
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "memory_method": "peak ru_maxrss growth over the inputs, fresh subprocess per (input, variant, T)",
+        "target": TARGET,
+        "results": {},
+    }
     for mode in modes:
         result["results"][mode] = {}
         for div in divergences:

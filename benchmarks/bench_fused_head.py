@@ -40,16 +40,23 @@ def make_data(a, step: int, ref_logits):
 
     g = torch.Generator().manual_seed(a.seed * 1000 + step)
     n_prompts = a.batch // a.group
-    prompts = [p for p in torch.randint(6, a.vocab, (n_prompts, a.prompt_len), generator=g).tolist()
-               for _ in range(a.group)]
+    prompts = [
+        p for p in torch.randint(6, a.vocab, (n_prompts, a.prompt_len), generator=g).tolist() for _ in range(a.group)
+    ]
     comps = torch.randint(6, a.vocab, (a.batch, a.completion_len), generator=g).tolist()
     scores = [float(s) for s in (torch.rand(a.batch, generator=g) < 0.5).tolist()]
     from rlkit.types import ReferenceOutput, TrainBatch
 
     ref = ReferenceOutput(logprobs=-torch.rand(a.batch, a.completion_len, generator=g) * 3 - 8, logits=ref_logits)
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores,
-                      correct=[s > 0 for s in scores], rollout_logprobs=[[-10.0] * a.completion_len for _ in comps],
-                      refs={"initial": ref})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores,
+        correct=[s > 0 for s in scores],
+        rollout_logprobs=[[-10.0] * a.completion_len for _ in comps],
+        refs={"initial": ref},
+    )
 
 
 def regularizers(name: str) -> list:
@@ -69,8 +76,14 @@ def worker(a) -> dict:
         ref_logits = torch.randn(a.batch, a.completion_len, a.vocab, generator=torch.Generator().manual_seed(1))
     data = [make_data(a, step, ref_logits) for step in range(a.steps)]
     base = rss_mb()
-    grpo = {"learning_rate": 1e-5, "group_size": a.group, "clip_low": 0.2, "clip_high": 0.28,
-            "aggregation": "token-mean", "fused_head": a.mode == "fused"}
+    grpo = {
+        "learning_rate": 1e-5,
+        "group_size": a.group,
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "aggregation": "token-mean",
+        "fused_head": a.mode == "fused",
+    }
     learner = LearnerCore(a.model_dir, grpo, regularizers(a.regularizer), seed=a.seed)
     after_load = max_rss_mb()
     times, metrics = [], []
@@ -78,11 +91,18 @@ def worker(a) -> dict:
         t0 = time.perf_counter()
         metrics.append(learner.train_step(d))
         times.append(time.perf_counter() - t0)
-    return {"mode": a.mode, "peak_growth_mb": max_rss_mb() - base, "load_growth_mb": after_load - base,
-            "baseline_mb": base, "fused_active": bool(learner._fused_ok),
-            "params": sum(p.numel() for p in learner.model.parameters()),
-            "ref_logits_mb": 0.0 if ref_logits is None else ref_logits.numel() * 4 / 2**20,
-            "step_s_median": statistics.median(times[1:] or times), "step_s": times, "metrics": metrics}
+    return {
+        "mode": a.mode,
+        "peak_growth_mb": max_rss_mb() - base,
+        "load_growth_mb": after_load - base,
+        "baseline_mb": base,
+        "fused_active": bool(learner._fused_ok),
+        "params": sum(p.numel() for p in learner.model.parameters()),
+        "ref_logits_mb": 0.0 if ref_logits is None else ref_logits.numel() * 4 / 2**20,
+        "step_s_median": statistics.median(times[1:] or times),
+        "step_s": times,
+        "metrics": metrics,
+    }
 
 
 def spawn(a, mode: str, model_dir: str) -> dict:
@@ -120,31 +140,56 @@ def main(argv=None) -> dict | None:
 
     heads = max(1, a.hidden // 64)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(save_tiny(tmp, vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
-                                  num_hidden_layers=a.layers, num_attention_heads=heads, num_key_value_heads=heads,
-                                  max_position_embeddings=max(256, a.prompt_len + a.completion_len)))
+        model_dir = str(
+            save_tiny(
+                tmp,
+                vocab_size=a.vocab,
+                hidden_size=a.hidden,
+                intermediate_size=3 * a.hidden,
+                num_hidden_layers=a.layers,
+                num_attention_heads=heads,
+                num_key_value_heads=heads,
+                max_position_embeddings=max(256, a.prompt_len + a.completion_len),
+            )
+        )
         rows = {mode: spawn(a, mode, model_dir) for mode in ("baseline", "fused")}
     base, fused = rows["baseline"], rows["fused"]
     ratio = fused["peak_growth_mb"] / base["peak_growth_mb"]
     time_ratio = fused["step_s_median"] / base["step_s_median"]
-    diff = max(abs(f[k] - b[k]) / max(abs(b[k]), 1e-4) for b, f in zip(base["metrics"], fused["metrics"]) for k in b
-               if not k.startswith("time"))
+    diff = max(
+        abs(f[k] - b[k]) / max(abs(b[k]), 1e-4)
+        for b, f in zip(base["metrics"], fused["metrics"])
+        for k in b
+        if not k.startswith("time")
+    )
     logits_mb = a.batch * a.completion_len * a.vocab * 4 / 2**20
-    print(f"model: tiny Llama V={a.vocab} hidden {a.hidden} x {a.layers} layers, {base['params'] / 1e6:.1f}M params; "
-          f"batch {a.batch} x {a.completion_len} tokens; regularizer {a.regularizer}; {a.steps} steps; "
-          f"{a.threads} thread(s)")
-    print(f"one float32 [B, T, V]: {logits_mb:.1f} MB; reference logits input: {base['ref_logits_mb']:.1f} MB "
-          "(an input of both variants)")
+    print(
+        f"model: tiny Llama V={a.vocab} hidden {a.hidden} x {a.layers} layers, {base['params'] / 1e6:.1f}M params; "
+        f"batch {a.batch} x {a.completion_len} tokens; regularizer {a.regularizer}; {a.steps} steps; "
+        f"{a.threads} thread(s)"
+    )
+    print(
+        f"one float32 [B, T, V]: {logits_mb:.1f} MB; reference logits input: {base['ref_logits_mb']:.1f} MB "
+        "(an input of both variants)"
+    )
     print(f"{'variant':<10}{'peak growth MB':>16}{'load MB':>10}{'step s':>9}")
     for mode, r in rows.items():
         print(f"{mode:<10}{r['peak_growth_mb']:>16.1f}{r['load_growth_mb']:>10.1f}{r['step_s_median']:>9.2f}")
     print(f"\npeak growth, fused / baseline: {ratio:.2f}; step time, fused / baseline: {time_ratio:.2f}")
     print(f"largest relative difference of the step metrics: {diff:.1e}; fused path active: {fused['fused_active']}")
-    result = {"config": vars(a) | {"heads": heads}, "baseline": base, "fused": fused, "ratio_peak": ratio,
-              "ratio_time": time_ratio, "max_rel_metric_diff": diff, "logits_mb": logits_mb,
-              "platform": platform.platform(), "python": sys.version.split()[0],
-              "memory_method": "ru_maxrss at the end minus VmRSS after the imports and inputs, fresh subprocess per "
-                               "variant, MALLOC_MMAP_THRESHOLD_=1MiB"}
+    result = {
+        "config": vars(a) | {"heads": heads},
+        "baseline": base,
+        "fused": fused,
+        "ratio_peak": ratio,
+        "ratio_time": time_ratio,
+        "max_rel_metric_diff": diff,
+        "logits_mb": logits_mb,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "memory_method": "ru_maxrss at the end minus VmRSS after the imports and inputs, fresh subprocess per "
+        "variant, MALLOC_MMAP_THRESHOLD_=1MiB",
+    }
     write_result("bench_fused_head", result, a.out)
     return result
 

@@ -70,9 +70,13 @@ def _proc_table() -> dict[int, dict]:
     if psutil:
         for p in psutil.process_iter(["pid", "ppid", "cmdline", "memory_info", "create_time", "uids"]):
             if (info := p.info)["memory_info"] is not None and info["uids"] is not None:
-                table[info["pid"]] = {"ppid": info["ppid"], "cmdline": " ".join(info["cmdline"] or []),
-                                      "rss": info["memory_info"].rss, "start": info["create_time"],
-                                      "uid": info["uids"].real}
+                table[info["pid"]] = {
+                    "ppid": info["ppid"],
+                    "cmdline": " ".join(info["cmdline"] or []),
+                    "rss": info["memory_info"].rss,
+                    "start": info["create_time"],
+                    "uid": info["uids"].real,
+                }
         return table
     tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
@@ -81,11 +85,16 @@ def _proc_table() -> dict[int, dict]:
             continue
         try:
             stat = open(f"/proc/{name}/stat").read()
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
             cmd = open(f"/proc/{name}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
             rss = int(open(f"/proc/{name}/statm").read().split()[1]) * page
-            table[int(name)] = {"ppid": int(fields[1]), "cmdline": cmd, "rss": rss,
-                                "start": boot + int(fields[19]) / tick, "uid": os.stat(f"/proc/{name}").st_uid}
+            table[int(name)] = {
+                "ppid": int(fields[1]),
+                "cmdline": cmd,
+                "rss": rss,
+                "start": boot + int(fields[19]) / tick,
+                "uid": os.stat(f"/proc/{name}").st_uid,
+            }
         except (OSError, ValueError, IndexError):  # the process ended while being read
             continue
     return table
@@ -120,8 +129,11 @@ class PeakMemory(threading.Thread):
             if pid in table and pid not in pids:
                 pids.add(pid)
                 todo.extend(children.get(pid, []))
-        outside = {pid for pid, info in table.items() if "ray::" in info["cmdline"] and info["uid"] == os.getuid()
-                   and info["start"] >= self.since} - pids
+        outside = {
+            pid
+            for pid, info in table.items()
+            if "ray::" in info["cmdline"] and info["uid"] == os.getuid() and info["start"] >= self.since
+        } - pids
         self.max_outside = max(self.max_outside, len(outside))
         pids |= outside if self.foreign_ray else set()
         self.peak_rss = max(self.peak_rss, sum(table[p]["rss"] for p in pids))
@@ -146,20 +158,48 @@ def recipe_for(a, work: Path):
     from rlkit.config import load_recipe
 
     data = [f"data.source={a.data}"] if a.data else []
-    return load_recipe(ROOT / "recipes" / "quickstart.yaml", [
-        f"output_dir={work / ('rlkit_run_' + a.label)}", "sft.enabled=false", f"model.name_or_path={a.model_dir}",
-        *data, f"grpo.steps={a.steps}", f"grpo.prompts_per_step={a.prompts}", f"grpo.group_size={a.group}",
-        f"rollout.max_new_tokens={a.max_new_tokens}", "rollout.engine=transformers", "rollout.num_workers=1",
-        "regularizers.0.name=kl", "regularizers.0.estimator=k3", "eval.before=false", "eval.kl_to_initial=false",
-        "eval.num_prompts=1", "eval.n_samples=1", "eval.ks=[1]", "logging.tensorboard=false", "logging.plot=false",
-        "checkpoint.save_final=false", "regularizers.0.placement=loss", f"ray.torch_threads={a.threads}",
-        *a.rlkit_set])
+    return load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [
+            f"output_dir={work / ('rlkit_run_' + a.label)}",
+            "sft.enabled=false",
+            f"model.name_or_path={a.model_dir}",
+            *data,
+            f"grpo.steps={a.steps}",
+            f"grpo.prompts_per_step={a.prompts}",
+            f"grpo.group_size={a.group}",
+            f"rollout.max_new_tokens={a.max_new_tokens}",
+            "rollout.engine=transformers",
+            "rollout.num_workers=1",
+            "regularizers.0.name=kl",
+            "regularizers.0.estimator=k3",
+            "eval.before=false",
+            "eval.kl_to_initial=false",
+            "eval.num_prompts=1",
+            "eval.n_samples=1",
+            "eval.ks=[1]",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "checkpoint.save_final=false",
+            "regularizers.0.placement=loss",
+            f"ray.torch_threads={a.threads}",
+            *a.rlkit_set,
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the two sizes
 #: ``medium``: compute, not overhead, dominates: 35M parameters, a 32k vocabulary, 64-token prompts, 64 new tokens.
-MEDIUM = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-              num_key_value_heads=6, vocab_size=32000, max_position_embeddings=512, tie_word_embeddings=False)
+MEDIUM = dict(
+    hidden_size=384,
+    intermediate_size=1024,
+    num_hidden_layers=6,
+    num_attention_heads=6,
+    num_key_value_heads=6,
+    vocab_size=32000,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 MEDIUM_PROMPT_TOKENS = 64
 
 
@@ -174,9 +214,16 @@ def medium_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"</?answer>|w\d+|."), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>", padding_side="right", model_max_length=512,
-                                   clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        padding_side="right",
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_size(size: str, work: Path) -> tuple[Path, Path | None, dict]:
@@ -200,8 +247,11 @@ def build_size(size: str, work: Path) -> tuple[Path, Path | None, dict]:
         tokenizer = medium_tokenizer()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(LlamaConfig(**MEDIUM, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-                                                                 bos_token_id=BOS_ID, initializer_range=0.02))
+            model = AutoModelForCausalLM.from_config(
+                LlamaConfig(
+                    **MEDIUM, pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID, initializer_range=0.02
+                )
+            )
         # the quickstart's arithmetic prompts behind a context of filler words: MEDIUM_PROMPT_TOKENS tokens each
         train, _ = load_task_data(load_recipe(ROOT / "recipes" / "quickstart.yaml", ["sft.enabled=false"]))
         rng, data = random.Random(0), work / "medium_prompts.jsonl"
@@ -212,8 +262,12 @@ def build_size(size: str, work: Path) -> tuple[Path, Path | None, dict]:
                 fh.write(json.dumps({"prompt": words + row["prompt"], "answer": row["answer"]}) + "\n")
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    info = {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
-            "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers}
+    info = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": model.config.vocab_size,
+        "hidden_size": model.config.hidden_size,
+        "layers": model.config.num_hidden_layers,
+    }
     return model_dir, data, info
 
 
@@ -264,18 +318,40 @@ def worker_trl(a, work: Path) -> dict:
     model, tokenizer = load_model_and_tokenizer(a.model_dir)
     g = recipe.grpo
     args = GRPOConfig(
-        output_dir=str(work / ("trl_run_" + a.label)), max_steps=a.steps, learning_rate=g.learning_rate,
-        lr_scheduler_type="constant", weight_decay=g.weight_decay, max_grad_norm=g.max_grad_norm or 0.0,
-        beta=float(reg.get("coef", 0.001)), use_bias_correction_kl=False, loss_type="bnpo",
-        epsilon=g.clip_low, epsilon_high=g.clip_high, scale_rewards="group", num_iterations=1,
-        per_device_train_batch_size=a.prompts * a.group, gradient_accumulation_steps=1, num_generations=a.group,
-        max_completion_length=a.max_new_tokens, temperature=recipe.rollout.temperature, top_p=1.0, top_k=0,
-        use_vllm=False, use_cpu=True, bf16=a.trl_bf16, seed=recipe.seed, logging_steps=1, save_strategy="no",
-        report_to=[], dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(work / ("trl_run_" + a.label)),
+        max_steps=a.steps,
+        learning_rate=g.learning_rate,
+        lr_scheduler_type="constant",
+        weight_decay=g.weight_decay,
+        max_grad_norm=g.max_grad_norm or 0.0,
+        beta=float(reg.get("coef", 0.001)),
+        use_bias_correction_kl=False,
+        loss_type="bnpo",
+        epsilon=g.clip_low,
+        epsilon_high=g.clip_high,
+        scale_rewards="group",
+        num_iterations=1,
+        per_device_train_batch_size=a.prompts * a.group,
+        gradient_accumulation_steps=1,
+        num_generations=a.group,
+        max_completion_length=a.max_new_tokens,
+        temperature=recipe.rollout.temperature,
+        top_p=1.0,
+        top_k=0,
+        use_vllm=False,
+        use_cpu=True,
+        bf16=a.trl_bf16,
+        seed=recipe.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
         gradient_checkpointing=a.trl_gradient_checkpointing,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[numeric_match], args=args, train_dataset=dataset,
-                          processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[numeric_match], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     timer = StepTimer()
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(timer)
@@ -307,9 +383,28 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
     ``repeat`` names the run's files (``<label>.r<repeat>``), so every repeat starts from a new output directory."""
     side, threads, extra = VARIANTS[label]
     run_id = f"{label}.r{repeat}"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--label", run_id, "--work-dir", str(work),
-           "--model-dir", str(model_dir), "--steps", str(a.steps), "--prompts", str(a.prompts), "--group",
-           str(a.group), "--max-new-tokens", str(a.max_new_tokens), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        side,
+        "--label",
+        run_id,
+        "--work-dir",
+        str(work),
+        "--model-dir",
+        str(model_dir),
+        "--steps",
+        str(a.steps),
+        "--prompts",
+        str(a.prompts),
+        "--group",
+        str(a.group),
+        "--max-new-tokens",
+        str(a.max_new_tokens),
+        "--threads",
+        str(threads),
+    ]
     cmd += ["--data", str(data)] if data else []
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
     cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
@@ -317,8 +412,13 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
     log = work / f"{run_id}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
         mem = PeakMemory(proc.pid, foreign_ray=a.count_foreign_ray)
         mem.start()
         rc = proc.wait()
@@ -328,10 +428,21 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
         raise RuntimeError(f"{label} worker failed (rc {rc}); log {log}:\n{tail}")
     res = json.loads((work / f"{run_id}.json").read_text())
     times = res["step_times_s"][WARMUP_STEPS:] or res["step_times_s"]
-    res.update(side=side, threads=threads, overrides=extra, repeat=repeat, median_step_s=statistics.median(times),
-               steps_timed=len(times), process_wall_s=time.perf_counter() - t0, peak_rss_mb=mem.peak_rss / 2**20,
-               peak_pss_mb=(mem.peak_pss / 2**20) or None, max_processes=mem.max_procs,
-               max_ray_outside_tree=mem.max_outside, log=str(log), loadavg_after=_loadavg())
+    res.update(
+        side=side,
+        threads=threads,
+        overrides=extra,
+        repeat=repeat,
+        median_step_s=statistics.median(times),
+        steps_timed=len(times),
+        process_wall_s=time.perf_counter() - t0,
+        peak_rss_mb=mem.peak_rss / 2**20,
+        peak_pss_mb=(mem.peak_pss / 2**20) or None,
+        max_processes=mem.max_procs,
+        max_ray_outside_tree=mem.max_outside,
+        log=str(log),
+        loadavg_after=_loadavg(),
+    )
     return res
 
 
@@ -347,13 +458,21 @@ def aggregate(label: str, repeats: list[dict]) -> dict:
     step = [r["median_step_s"] for r in repeats]
     pss = [r["peak_pss_mb"] for r in repeats if r["peak_pss_mb"]]
     first = repeats[0]
-    return {"side": first["side"], "threads": first["threads"], "overrides": first["overrides"],
-            "repeats": len(repeats), "median_step_s": statistics.median(step), "min_step_s": min(step),
-            "max_step_s": max(step), "step_s_per_repeat": step,
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in repeats),
-            "peak_pss_mb": statistics.median(pss) if len(pss) == len(repeats) else None,
-            "max_processes": max(r["max_processes"] for r in repeats),
-            "max_ray_outside_tree": max(r["max_ray_outside_tree"] for r in repeats), "runs": repeats}
+    return {
+        "side": first["side"],
+        "threads": first["threads"],
+        "overrides": first["overrides"],
+        "repeats": len(repeats),
+        "median_step_s": statistics.median(step),
+        "min_step_s": min(step),
+        "max_step_s": max(step),
+        "step_s_per_repeat": step,
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in repeats),
+        "peak_pss_mb": statistics.median(pss) if len(pss) == len(repeats) else None,
+        "max_processes": max(r["max_processes"] for r in repeats),
+        "max_ray_outside_tree": max(r["max_ray_outside_tree"] for r in repeats),
+        "runs": repeats,
+    }
 
 
 def summarize(runs: dict[str, dict]) -> dict:
@@ -370,12 +489,15 @@ def summarize(runs: dict[str, dict]) -> dict:
     for name, r in (("default", runs.get("rlkit-default")), ("best", best)):
         if r is not None:
             paired = [x / y for x, y in zip(r["step_s_per_repeat"], trl["step_s_per_repeat"])]
-            out[name] = {"step_time": r["median_step_s"] / trl["median_step_s"],
-                         "step_time_paired": [min(paired), max(paired)],
-                         "step_time_bounds": [r["min_step_s"] / trl["max_step_s"], r["max_step_s"] / trl["min_step_s"]],
-                         "peak_rss": r["peak_rss_mb"] / trl["peak_rss_mb"],
-                         "peak_pss": (r["peak_pss_mb"] / trl["peak_pss_mb"]) if r["peak_pss_mb"] and trl["peak_pss_mb"]
-                         else None}
+            out[name] = {
+                "step_time": r["median_step_s"] / trl["median_step_s"],
+                "step_time_paired": [min(paired), max(paired)],
+                "step_time_bounds": [r["min_step_s"] / trl["max_step_s"], r["max_step_s"] / trl["min_step_s"]],
+                "peak_rss": r["peak_rss_mb"] / trl["peak_rss_mb"],
+                "peak_pss": (r["peak_pss_mb"] / trl["peak_pss_mb"])
+                if r["peak_pss_mb"] and trl["peak_pss_mb"]
+                else None,
+            }
     return out
 
 
@@ -386,10 +508,16 @@ def environment() -> dict:
     import torch
     import transformers
 
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-           "platform": platform.platform(), "cpus": os.cpu_count(),
-           "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-           "cpu_model": platform.processor() or None, "loadavg_start": _loadavg()}
+    env = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": platform.processor() or None,
+        "loadavg_start": _loadavg(),
+    }
     for mod in ("trl", "ray"):
         try:
             env[mod] = __import__(mod).__version__
@@ -410,17 +538,21 @@ def environment() -> dict:
 
 def env_line(env: dict) -> str:
     bf16 = f" ({', '.join(env['cpu_bf16'])})" if env.get("cpu_bf16") else ""
-    return (f"torch {env['torch']}, transformers {env['transformers']}, TRL {env['trl']}, Ray {env['ray']}, "
-            f"Python {env['python']}; CPU {env['cpu_model']}{bf16}, {env['cpus']} cores ({env['cpus_usable']} "
-            f"usable), load average {env['loadavg_start']:.2f} at the start")
+    return (
+        f"torch {env['torch']}, transformers {env['transformers']}, TRL {env['trl']}, Ray {env['ray']}, "
+        f"Python {env['python']}; CPU {env['cpu_model']}{bf16}, {env['cpus']} cores ({env['cpus_usable']} "
+        f"usable), load average {env['loadavg_start']:.2f} at the start"
+    )
 
 
 def _ratio_text(q: dict) -> str:
     lo, hi = q["step_time_paired"]
     blo, bhi = q["step_time_bounds"]
     pss = f"{q['peak_pss']:.2f}" if q["peak_pss"] else "-"
-    return (f"step time {q['step_time']:.2f}x (per round {lo:.2f}-{hi:.2f}x, min/max bounds {blo:.2f}-{bhi:.2f}x), "
-            f"peak RSS {q['peak_rss']:.2f}x, peak PSS {pss}x")
+    return (
+        f"step time {q['step_time']:.2f}x (per round {lo:.2f}-{hi:.2f}x, min/max bounds {blo:.2f}-{bhi:.2f}x), "
+        f"peak RSS {q['peak_rss']:.2f}x, peak PSS {pss}x"
+    )
 
 
 def _ratio_lines(ratios: dict) -> list[str]:
@@ -433,21 +565,26 @@ def _ratio_lines(ratios: dict) -> list[str]:
 
 
 def size_line(size: str, info: dict, a, repeats: int) -> str:
-    return (f"{size}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab_size']}, {a.prompts} prompts x "
-            f"{a.group}, {a.max_new_tokens} new tokens, {a.steps} steps (first {WARMUP_STEPS} excluded), "
-            f"{repeats} interleaved repeat(s) per variant")
+    return (
+        f"{size}: {info['parameters'] / 1e6:.1f}M parameters, vocab {info['vocab_size']}, {a.prompts} prompts x "
+        f"{a.group}, {a.max_new_tokens} new tokens, {a.steps} steps (first {WARMUP_STEPS} excluded), "
+        f"{repeats} interleaved repeat(s) per variant"
+    )
 
 
 def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict, repeats: int = 1) -> None:
     print("\n" + size_line(size, info, a, repeats))
-    print(head := f"{'variant':<20} {'threads':>7} {'s/step':>8} {'min-max':>15} {'RSS MB':>8} {'PSS MB':>8} "
-                  f"{'procs':>5}")
+    print(
+        head := f"{'variant':<20} {'threads':>7} {'s/step':>8} {'min-max':>15} {'RSS MB':>8} {'PSS MB':>8} {'procs':>5}"
+    )
     print("-" * len(head))
     for label, r in runs.items():
         pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
         spread = f"{r['min_step_s']:.3f}-{r['max_step_s']:.3f}"
-        print(f"{label:<20} {r['threads']:>7} {r['median_step_s']:>8.3f} {spread:>15} {r['peak_rss_mb']:>8.0f} "
-              f"{pss:>8} {r['max_processes']:>5}")
+        print(
+            f"{label:<20} {r['threads']:>7} {r['median_step_s']:>8.3f} {spread:>15} {r['peak_rss_mb']:>8.0f} "
+            f"{pss:>8} {r['max_processes']:>5}"
+        )
     for line in _ratio_lines(ratios):
         print(line)
 
@@ -455,22 +592,33 @@ def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict, re
 def write_markdown(path: Path, result: dict) -> None:
     """The result as a Markdown section: environment, one table per size (medians, min-max), the ratios."""
     env = result["environment"]
-    lines = [f"# bench_grpo_vs_trl, {result['date']}", "", f"Environment: {env_line(env)}. Threads per side: the "
-             "variant's `threads` column (torch threads per process; rlkit's `ray.torch_threads`).", "",
-             f"Each variant ran {result['repeats']} time(s), each run a fresh process, the variants interleaved "
-             "round-robin. s/step: the median over the runs of each run's median step time (warm-up excluded), "
-             "with the min and max; memory: the median over the runs of each run's peak, summed over the "
-             "processes. Ratios: median over TRL's fastest median; per round: the min and max over the rounds "
-             "of the ratio within one round; bounds: rlkit's min / TRL's max to rlkit's max / TRL's min.", ""]
+    lines = [
+        f"# bench_grpo_vs_trl, {result['date']}",
+        "",
+        f"Environment: {env_line(env)}. Threads per side: the "
+        "variant's `threads` column (torch threads per process; rlkit's `ray.torch_threads`).",
+        "",
+        f"Each variant ran {result['repeats']} time(s), each run a fresh process, the variants interleaved "
+        "round-robin. s/step: the median over the runs of each run's median step time (warm-up excluded), "
+        "with the min and max; memory: the median over the runs of each run's peak, summed over the "
+        "processes. Ratios: median over TRL's fastest median; per round: the min and max over the rounds "
+        "of the ratio within one round; bounds: rlkit's min / TRL's max to rlkit's max / TRL's min.",
+        "",
+    ]
     for size, sr in result["sizes"].items():
         a = argparse.Namespace(**{k: sr[k] for k in ("prompts", "group", "max_new_tokens", "steps")})
-        lines += [f"## {size_line(size, sr['model'], a, result['repeats'])}", "",
-                  "| variant | threads | s/step (median) | min-max | peak RSS MB | peak PSS MB | processes |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {size_line(size, sr['model'], a, result['repeats'])}",
+            "",
+            "| variant | threads | s/step (median) | min-max | peak RSS MB | peak PSS MB | processes |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, r in sr["runs"].items():
             pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
-            lines.append(f"| {label} | {r['threads']} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f}-"
-                         f"{r['max_step_s']:.3f} | {r['peak_rss_mb']:.0f} | {pss} | {r['max_processes']} |")
+            lines.append(
+                f"| {label} | {r['threads']} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f}-"
+                f"{r['max_step_s']:.3f} | {r['peak_rss_mb']:.0f} | {pss} | {r['max_processes']} |"
+            )
         lines += [""] + [f"- {line}" for line in _ratio_lines(sr["ratios_rlkit_over_trl_best"])] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -479,12 +627,24 @@ def write_markdown(path: Path, result: dict) -> None:
 
 def main(argv=None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="tiny,medium", help="comma list of: tiny (the default job's 0.86M model, "
-                   "12 new tokens), medium (35M parameters, vocab 32000, 64-token prompts, --medium-new-tokens)")
-    p.add_argument("--variants", default=",".join(k for k in VARIANTS if k != "rlkit-actors"),
-                   help=f"comma list of {', '.join(VARIANTS)}")
-    p.add_argument("--repeats", type=int, default=3, help="runs per variant, interleaved round-robin (v1, v2, ..., "
-                   "v1, v2, ...), each a fresh process; the median is reported with the min and max")
+    p.add_argument(
+        "--sizes",
+        default="tiny,medium",
+        help="comma list of: tiny (the default job's 0.86M model, "
+        "12 new tokens), medium (35M parameters, vocab 32000, 64-token prompts, --medium-new-tokens)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(k for k in VARIANTS if k != "rlkit-actors"),
+        help=f"comma list of {', '.join(VARIANTS)}",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs per variant, interleaved round-robin (v1, v2, ..., "
+        "v1, v2, ...), each a fresh process; the median is reported with the min and max",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
     p.add_argument("--group", type=int, default=8, help="completions per prompt (GRPO group size)")
@@ -494,15 +654,25 @@ def main(argv=None) -> dict | None:
     p.add_argument("--medium-group", type=int, default=4)
     p.add_argument("--medium-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)  # a worker's torch threads
-    p.add_argument("--trl-gradient-checkpointing", action="store_true",
-                   help="TRL's default; off for a like-for-like run")
-    p.add_argument("--count-foreign-ray", action="store_true", help="also sum this user's 'ray::' processes "
-                   "outside the worker's tree (started after it): counts other Ray jobs running meanwhile")
+    p.add_argument(
+        "--trl-gradient-checkpointing", action="store_true", help="TRL's default; off for a like-for-like run"
+    )
+    p.add_argument(
+        "--count-foreign-ray",
+        action="store_true",
+        help="also sum this user's 'ray::' processes "
+        "outside the worker's tree (started after it): counts other Ray jobs running meanwhile",
+    )
     p.add_argument("--work-dir", default=None, help="where models, runs and logs go (default: a new temp dir)")
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_grpo_vs_trl.json)")
     p.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as Markdown to PATH")
-    p.add_argument("--rlkit-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra rlkit recipe override for every rlkit variant (repeatable)")
+    p.add_argument(
+        "--rlkit-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra rlkit recipe override for every rlkit variant (repeatable)",
+    )
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
     p.add_argument("--trl-bf16", action="store_true", help=argparse.SUPPRESS)
@@ -528,28 +698,50 @@ def main(argv=None) -> dict | None:
     env = environment()
     print(f"environment: {env_line(env)}")
     print("threads per side: " + ", ".join(f"{v} {VARIANTS[v][1]}" for v in variants))
-    result = {"benchmark": "bench_grpo_vs_trl", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "config": {k: v for k, v in vars(a).items() if k not in (
-                  "worker", "label", "model_dir", "data", "threads", "trl_bf16")}, "warmup_steps": WARMUP_STEPS,
-              "repeats": a.repeats, "cpus": os.cpu_count(), "environment": env, "sizes": {}, "work_dir": str(work)}
+    result = {
+        "benchmark": "bench_grpo_vs_trl",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "config": {
+            k: v for k, v in vars(a).items() if k not in ("worker", "label", "model_dir", "data", "threads", "trl_bf16")
+        },
+        "warmup_steps": WARMUP_STEPS,
+        "repeats": a.repeats,
+        "cpus": os.cpu_count(),
+        "environment": env,
+        "sizes": {},
+        "work_dir": str(work),
+    }
     for size in a.sizes.split(","):
         sa = argparse.Namespace(**vars(a))
         if size == "medium":
-            sa.steps, sa.prompts, sa.group, sa.max_new_tokens = (a.medium_steps, a.medium_prompts, a.medium_group,
-                                                                 a.medium_new_tokens)
+            sa.steps, sa.prompts, sa.group, sa.max_new_tokens = (
+                a.medium_steps,
+                a.medium_prompts,
+                a.medium_group,
+                a.medium_new_tokens,
+            )
         model_dir, data, info = build_size(size, work / size)
         per_variant: dict[str, list[dict]] = {label: [] for label in variants}
         for i in range(a.repeats):  # round-robin: a slow phase of the host hits every variant alike
             for label in variants:
-                print(f"{size}: repeat {i + 1}/{a.repeats}, running {label} ({sa.steps} steps, {sa.prompts} prompts "
-                      f"x {sa.group}, {sa.max_new_tokens} new tokens)...", flush=True)
+                print(
+                    f"{size}: repeat {i + 1}/{a.repeats}, running {label} ({sa.steps} steps, {sa.prompts} prompts "
+                    f"x {sa.group}, {sa.max_new_tokens} new tokens)...",
+                    flush=True,
+                )
                 per_variant[label].append(run_side(sa, label, work / size, model_dir, data, repeat=i))
         runs = {label: aggregate(label, reps) for label, reps in per_variant.items()}
         ratios = summarize(runs) if any(r["side"] == "trl" for r in runs.values()) else {}
         print_size(size, info, sa, runs, ratios, a.repeats)
-        result["sizes"][size] = {"model": info, "steps": sa.steps, "prompts": sa.prompts, "group": sa.group,
-                                 "max_new_tokens": sa.max_new_tokens, "runs": runs,
-                                 "ratios_rlkit_over_trl_best": ratios}
+        result["sizes"][size] = {
+            "model": info,
+            "steps": sa.steps,
+            "prompts": sa.prompts,
+            "group": sa.group,
+            "max_new_tokens": sa.max_new_tokens,
+            "runs": runs,
+            "ratios_rlkit_over_trl_best": ratios,
+        }
     result["environment"]["loadavg_end"] = _loadavg()
     write_result("bench_grpo_vs_trl", result, a.out, f" (logs and runs in {work})")
     if a.markdown:

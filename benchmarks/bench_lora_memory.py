@@ -50,8 +50,14 @@ def make_data(tok, step: int, prompts: int, group: int, length: int, seed: int):
     scores = [float(rng.random() < 0.5) for _ in cs]
     from rlkit.types import TrainBatch
 
-    return TrainBatch(step=step, prompt_ids=ps, completion_ids=cs, scores=scores, correct=[s > 0 for s in scores],
-                      rollout_logprobs=[[-2.3] * length for _ in cs])
+    return TrainBatch(
+        step=step,
+        prompt_ids=ps,
+        completion_ids=cs,
+        scores=scores,
+        correct=[s > 0 for s in scores],
+        rollout_logprobs=[[-2.3] * length for _ in cs],
+    )
 
 
 def worker(a) -> dict:
@@ -63,8 +69,13 @@ def worker(a) -> dict:
 
     torch.set_num_threads(a.threads)
     base = rss_mb()
-    grpo = {"learning_rate": 1e-4, "group_size": a.group, "clip_low": 0.2, "clip_high": 0.28,
-            "aggregation": "token-mean"}
+    grpo = {
+        "learning_rate": 1e-4,
+        "group_size": a.group,
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "aggregation": "token-mean",
+    }
     lora = {"r": a.r, "alpha": 2.0 * a.r, "dropout": 0.0, "target_modules": "all-linear"} if a.mode == "lora" else None
     learner = LearnerCore(a.model_dir, grpo, ["kl_k3"], lora=lora)
     after_load = max_rss_mb()
@@ -76,23 +87,52 @@ def worker(a) -> dict:
         if lora is None:  # in a real run a ReferenceWorker sends these; their values do not change the memory
             from rlkit.types import ReferenceOutput
 
-            data.refs = {"initial": ReferenceOutput(logprobs=torch.full((len(data.completion_ids), a.completion_len),
-                                                                        -2.3))}
+            data.refs = {
+                "initial": ReferenceOutput(logprobs=torch.full((len(data.completion_ids), a.completion_len), -2.3))
+            }
         t0 = time.perf_counter()
         learner.train_step(data)
         times.append(time.perf_counter() - t0)
-    opt_bytes = sum(t.numel() * t.element_size() for s in learner.opt.state.values() for t in s.values()
-                    if torch.is_tensor(t))
-    return {"mode": a.mode, "peak_growth_mb": max_rss_mb() - base, "load_growth_mb": after_load - base,
-            "baseline_mb": base, "params": n_params, "trainable_params": n_train,
-            "optimizer_state_mb": opt_bytes / 2**20, "param_mb": n_params * 4 / 2**20,
-            "step_s_median": statistics.median(times[1:] or times), "step_s": times}
+    opt_bytes = sum(
+        t.numel() * t.element_size() for s in learner.opt.state.values() for t in s.values() if torch.is_tensor(t)
+    )
+    return {
+        "mode": a.mode,
+        "peak_growth_mb": max_rss_mb() - base,
+        "load_growth_mb": after_load - base,
+        "baseline_mb": base,
+        "params": n_params,
+        "trainable_params": n_train,
+        "optimizer_state_mb": opt_bytes / 2**20,
+        "param_mb": n_params * 4 / 2**20,
+        "step_s_median": statistics.median(times[1:] or times),
+        "step_s": times,
+    }
 
 
 def spawn(a, mode: str, model_dir: str) -> dict:
-    return run_worker(__file__, mode, [
-        "--model-dir", model_dir, "--steps", str(a.steps), "--prompts", str(a.prompts), "--group", str(a.group),
-        "--completion-len", str(a.completion_len), "--r", str(a.r), "--threads", str(a.threads), "--seed", str(a.seed)])
+    return run_worker(
+        __file__,
+        mode,
+        [
+            "--model-dir",
+            model_dir,
+            "--steps",
+            str(a.steps),
+            "--prompts",
+            str(a.prompts),
+            "--group",
+            str(a.group),
+            "--completion-len",
+            str(a.completion_len),
+            "--r",
+            str(a.r),
+            "--threads",
+            str(a.threads),
+            "--seed",
+            str(a.seed),
+        ],
+    )
 
 
 def main(argv=None) -> dict | None:
@@ -119,26 +159,46 @@ def main(argv=None) -> dict | None:
 
     heads = max(1, a.hidden // 64)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(save_tiny(tmp, hidden_size=a.hidden, intermediate_size=3 * a.hidden, num_hidden_layers=a.layers,
-                                  num_attention_heads=heads, num_key_value_heads=heads))
+        model_dir = str(
+            save_tiny(
+                tmp,
+                hidden_size=a.hidden,
+                intermediate_size=3 * a.hidden,
+                num_hidden_layers=a.layers,
+                num_attention_heads=heads,
+                num_key_value_heads=heads,
+            )
+        )
         rows = {mode: spawn(a, mode, model_dir) for mode in ("full", "lora")}
     full, lora = rows["full"], rows["lora"]
     ratio = lora["peak_growth_mb"] / full["peak_growth_mb"]
-    print(f"model: tiny Llama hidden {a.hidden} x {a.layers} layers, {full['params'] / 1e6:.1f}M params; batch "
-          f"{a.prompts} x {a.group} completions x {a.completion_len} tokens; {a.steps} steps; {a.threads} thread(s)")
-    print(f"{'mode':<6}{'trainable':>12}{'optimizer MB':>14}{'peak growth MB':>16}{'reference copy MB':>19}"
-          f"{'step s':>9}")
+    print(
+        f"model: tiny Llama hidden {a.hidden} x {a.layers} layers, {full['params'] / 1e6:.1f}M params; batch "
+        f"{a.prompts} x {a.group} completions x {a.completion_len} tokens; {a.steps} steps; {a.threads} thread(s)"
+    )
+    print(
+        f"{'mode':<6}{'trainable':>12}{'optimizer MB':>14}{'peak growth MB':>16}{'reference copy MB':>19}{'step s':>9}"
+    )
     for mode, r in rows.items():
         ref = r["param_mb"] if mode == "full" else 0.0
-        print(f"{mode:<6}{r['trainable_params']:>12,}{r['optimizer_state_mb']:>14.1f}{r['peak_growth_mb']:>16.1f}"
-              f"{ref:>19.1f}{r['step_s_median']:>9.2f}")
+        print(
+            f"{mode:<6}{r['trainable_params']:>12,}{r['optimizer_state_mb']:>14.1f}{r['peak_growth_mb']:>16.1f}"
+            f"{ref:>19.1f}{r['step_s_median']:>9.2f}"
+        )
     system = (lora["peak_growth_mb"]) / (full["peak_growth_mb"] + full["param_mb"])
     print(f"\nlearner peak growth, lora / full: {ratio:.2f}")
     print(f"with full fine-tuning's reference copy counted: {system:.2f}")
-    result = {"config": vars(a) | {"heads": heads}, "full": full, "lora": lora, "ratio_learner_peak": ratio,
-              "ratio_with_reference_copy": system, "platform": platform.platform(), "python": sys.version.split()[0],
-              "memory_method": "ru_maxrss at the end minus VmRSS after the imports, fresh subprocess per mode, "
-                               "MALLOC_MMAP_THRESHOLD_=1MiB"}
+    result = {
+        "config": vars(a) | {"heads": heads},
+        "full": full,
+        "lora": lora,
+        "ratio_learner_peak": ratio,
+        "ratio_with_reference_copy": system,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "memory_method": "ru_maxrss at the end minus VmRSS after the imports, fresh subprocess per mode, "
+        "MALLOC_MMAP_THRESHOLD_=1MiB",
+    }
     write_result("bench_lora_memory", result, a.out)
     return result
 

@@ -62,8 +62,15 @@ class TreeSampler(threading.Thread):
             if pid in table and pid not in pids:
                 pids.add(pid)
                 todo.extend(children.get(pid, []))
-        rows = [{"pid": p, "name": _name(table[p]["cmdline"]), "rss_mb": table[p]["rss"] / 2**20,
-                 "pss_mb": (_pss(p) or 0) / 2**20} for p in sorted(pids)]
+        rows = [
+            {
+                "pid": p,
+                "name": _name(table[p]["cmdline"]),
+                "rss_mb": table[p]["rss"] / 2**20,
+                "pss_mb": (_pss(p) or 0) / 2**20,
+            }
+            for p in sorted(pids)
+        ]
         self.max_procs = max(self.max_procs, len(rows))
         self.peak_rss = max(self.peak_rss, sum(r["rss_mb"] for r in rows))
         if (pss := sum(r["pss_mb"] for r in rows)) > self.peak_pss:
@@ -85,11 +92,25 @@ def worker(a) -> None:
     from rlkit.config import load_recipe
     from rlkit.trainer.grpo import run_grpo
 
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", [
-        f"output_dir={a.work_dir}/run", "sft.enabled=false", "model.name_or_path=tiny", "grpo.steps=4",
-        "ray.mode=actors", "eval.before=false", "eval.kl_to_initial=false", "eval.num_prompts=1",
-        "eval.n_samples=1", "eval.ks=[1]", "logging.tensorboard=false", "logging.plot=false",
-        "checkpoint.save_final=false", *a.set])
+    recipe = load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [
+            f"output_dir={a.work_dir}/run",
+            "sft.enabled=false",
+            "model.name_or_path=tiny",
+            "grpo.steps=4",
+            "ray.mode=actors",
+            "eval.before=false",
+            "eval.kl_to_initial=false",
+            "eval.num_prompts=1",
+            "eval.n_samples=1",
+            "eval.ks=[1]",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "checkpoint.save_final=false",
+            *a.set,
+        ],
+    )
     run_grpo(recipe, console=Console(soft_wrap=True))
 
 
@@ -105,13 +126,24 @@ def main(argv=None) -> dict | None:
     if a.worker:
         worker(a)
         return None
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--work-dir", a.work_dir,
-           *[f"--set={kv}" for kv in a.set]]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--work-dir",
+        a.work_dir,
+        *[f"--set={kv}" for kv in a.set],
+    ]
     log = Path(a.work_dir) / "worker.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
         tree = TreeSampler(proc.pid)
         tree.start()
         rc = proc.wait()
@@ -125,9 +157,17 @@ def main(argv=None) -> dict | None:
         b["pss_mb"] += r["pss_mb"]
         b["rss_mb"] += r["rss_mb"]
     warnings = sorted({line.strip() for line in log.read_text().splitlines() if "WARNING" in line or "Warning" in line})
-    result = {"benchmark": "bench_ray_footprint", "overrides": a.set, "max_processes": tree.max_procs,
-              "peak_pss_mb": tree.peak_pss, "peak_rss_mb": tree.peak_rss, "wall_s": time.perf_counter() - t0,
-              "at_peak_pss": by_name, "warnings": warnings, "log": str(log)}
+    result = {
+        "benchmark": "bench_ray_footprint",
+        "overrides": a.set,
+        "max_processes": tree.max_procs,
+        "peak_pss_mb": tree.peak_pss,
+        "peak_rss_mb": tree.peak_rss,
+        "wall_s": time.perf_counter() - t0,
+        "at_peak_pss": by_name,
+        "warnings": warnings,
+        "log": str(log),
+    }
     print(f"max processes {tree.max_procs}, peak summed PSS {tree.peak_pss:.0f} MB (RSS {tree.peak_rss:.0f} MB)")
     print(f"{'process':<40} {'n':>3} {'PSS MB':>8} {'RSS MB':>8}")
     for name, b in sorted(by_name.items(), key=lambda kv: -kv[1]["pss_mb"]):

@@ -55,19 +55,26 @@ def baseline_generate(model, tokenizer, prompt_ids, n: int, max_new_tokens: int,
     tokens = 0
     with torch.no_grad():
         for s in range(0, len(prompt_ids), per_batch):
-            enc = tokenizer.pad({"input_ids": prompt_ids[s:s + per_batch]}, padding=True, return_tensors="pt")
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 num_return_sequences=n, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            tokens += count_tokens(out[:, enc["input_ids"].shape[1]:].tolist(), tokenizer.eos_token_id)
+            enc = tokenizer.pad({"input_ids": prompt_ids[s : s + per_batch]}, padding=True, return_tensors="pt")
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=n,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            tokens += count_tokens(out[:, enc["input_ids"].shape[1] :].tolist(), tokenizer.eos_token_id)
     return tokens
 
 
 def rlkit_generate(engine, prompt_ids, n: int, max_new_tokens: int, seed: int) -> int:
     from rlkit.rollout import SamplingParams
 
-    outs = engine.generate(prompt_ids, SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=1.0,
-                                                      seed=seed))
+    outs = engine.generate(prompt_ids, SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed))
     return sum(len(c.token_ids) for c in outs)  # the engine already cuts after the first EOS
 
 
@@ -98,8 +105,12 @@ def measure(fn, repeats: int) -> dict:
         rates.append(k / dt)
         times.append(dt)
         tokens.append(k)
-    return {"tokens_per_s": statistics.median(rates), "time_s": statistics.median(times), "tokens": tokens,
-            "rates": rates}
+    return {
+        "tokens_per_s": statistics.median(rates),
+        "time_s": statistics.median(times),
+        "tokens": tokens,
+        "rates": rates,
+    }
 
 
 def main(argv=None) -> dict:
@@ -111,8 +122,13 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=256, help="sequences per generate call (both engines)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per engine, after one warm-up")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--prompt-prefix", type=int, default=0, metavar="N",
-                   help="prepend N characters of a fixed instruction to every prompt (a longer prefill)")
+    p.add_argument(
+        "--prompt-prefix",
+        type=int,
+        default=0,
+        metavar="N",
+        help="prepend N characters of a fixed instruction to every prompt (a longer prefill)",
+    )
     p.add_argument("--out", default=None, help="JSON result file (default benchmarks/results/bench_rollout.json)")
     a = p.parse_args(argv)
 
@@ -127,7 +143,7 @@ def main(argv=None) -> dict:
     model, tokenizer = load_model_and_tokenizer(a.model)  # left padding, pad token set
     model.eval()
     train, _ = make_arithmetic_splits(n_train=a.prompts, n_eval=200, ops=["+"], max_operand=49)
-    prefix = ("compute the sum, then give the answer. " * (a.prompt_prefix // 39 + 1))[:a.prompt_prefix]
+    prefix = ("compute the sum, then give the answer. " * (a.prompt_prefix // 39 + 1))[: a.prompt_prefix]
     prompt_ids = [tokenizer(prefix + t)["input_ids"] for t in train["prompt"]]
     engine = TransformersEngine(model, tokenizer, batch_size=a.batch_size)
     engine_generate = TransformersEngine(model, tokenizer, batch_size=a.batch_size, sampler="generate")
@@ -136,10 +152,13 @@ def main(argv=None) -> dict:
         torch.manual_seed(seed)
         return baseline_generate(model, tokenizer, prompt_ids, a.n, a.max_new_tokens, a.batch_size)
 
-    results = {"generate": measure(plain, a.repeats),
-               "rlkit": measure(lambda s: rlkit_generate(engine, prompt_ids, a.n, a.max_new_tokens, s), a.repeats),
-               "rlkit-generate": measure(lambda s: rlkit_generate(engine_generate, prompt_ids, a.n, a.max_new_tokens,
-                                                                  s), a.repeats)}
+    results = {
+        "generate": measure(plain, a.repeats),
+        "rlkit": measure(lambda s: rlkit_generate(engine, prompt_ids, a.n, a.max_new_tokens, s), a.repeats),
+        "rlkit-generate": measure(
+            lambda s: rlkit_generate(engine_generate, prompt_ids, a.n, a.max_new_tokens, s), a.repeats
+        ),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         run, why = vllm_runner(a.model, model, tokenizer, tmp, prompt_ids, a.n, a.max_new_tokens)
         if run is None:
@@ -149,9 +168,11 @@ def main(argv=None) -> dict:
             results["vllm"] = measure(run, a.repeats)
 
     base = results["generate"]["tokens_per_s"]
-    print(f"\nrollout throughput: {a.prompts} prompts x n={a.n}, max_new_tokens={a.max_new_tokens}, "
-          f"prompt prefix {a.prompt_prefix} chars, "
-          f"model {a.model}, torch threads {torch.get_num_threads()} (ratio = engine / plain generate)")
+    print(
+        f"\nrollout throughput: {a.prompts} prompts x n={a.n}, max_new_tokens={a.max_new_tokens}, "
+        f"prompt prefix {a.prompt_prefix} chars, "
+        f"model {a.model}, torch threads {torch.get_num_threads()} (ratio = engine / plain generate)"
+    )
     head = f"{'engine':<15} {'tokens/s':>10} {'median s':>9} {'tokens':>8} {'ratio':>7}"
     print(head)
     print("-" * len(head))
@@ -160,11 +181,16 @@ def main(argv=None) -> dict:
             print(f"{name:<15} {'skipped':>10}")
             continue
         r["ratio_vs_generate"] = r["tokens_per_s"] / base
-        print(f"{name:<15} {r['tokens_per_s']:>10.1f} {r['time_s']:>9.3f} {statistics.median(r['tokens']):>8.0f} "
-              f"{r['ratio_vs_generate']:>7.3f}")
-    result = {"benchmark": "bench_rollout", "config": vars(a), "results": results,
-              "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "torch_threads": torch.get_num_threads()}}
+        print(
+            f"{name:<15} {r['tokens_per_s']:>10.1f} {r['time_s']:>9.3f} {statistics.median(r['tokens']):>8.0f} "
+            f"{r['ratio_vs_generate']:>7.3f}"
+        )
+    result = {
+        "benchmark": "bench_rollout",
+        "config": vars(a),
+        "results": results,
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
     write_result("bench_rollout", result, a.out)
     return result
 

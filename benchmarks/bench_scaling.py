@@ -36,14 +36,28 @@ ROOT = Path(__file__).resolve().parent.parent
 def overrides(a, learners: int, rollouts: int, work: Path) -> list[str]:
     prompts = a.prompts * max(learners, rollouts)
     need = learners * a.cpus_per_learner + rollouts * 0.5 + 0.25 + 0.25
-    return [f"output_dir={work / f'run_{learners}x{rollouts}'}", "sft.enabled=false",
-            f"model.name_or_path={work / 'tiny-init'}", f"grpo.steps={a.steps}", f"grpo.prompts_per_step={prompts}",
-            f"grpo.group_size={a.group}", f"rollout.max_new_tokens={a.max_new_tokens}",
-            f"learner.num_workers={learners}", f"rollout.num_workers={rollouts}",
-            f"ray.cpus_per_learner={a.cpus_per_learner}", f"ray.torch_threads={a.threads}",
-            f"ray.num_cpus={max(os.cpu_count() or 2, math.ceil(need))}", "eval.before=false",
-            "eval.kl_to_initial=false", "eval.num_prompts=1", "eval.n_samples=1", "eval.ks=[1]",
-            "logging.tensorboard=false", "logging.plot=false", "checkpoint.save_final=false"]
+    return [
+        f"output_dir={work / f'run_{learners}x{rollouts}'}",
+        "sft.enabled=false",
+        f"model.name_or_path={work / 'tiny-init'}",
+        f"grpo.steps={a.steps}",
+        f"grpo.prompts_per_step={prompts}",
+        f"grpo.group_size={a.group}",
+        f"rollout.max_new_tokens={a.max_new_tokens}",
+        f"learner.num_workers={learners}",
+        f"rollout.num_workers={rollouts}",
+        f"ray.cpus_per_learner={a.cpus_per_learner}",
+        f"ray.torch_threads={a.threads}",
+        f"ray.num_cpus={max(os.cpu_count() or 2, math.ceil(need))}",
+        "eval.before=false",
+        "eval.kl_to_initial=false",
+        "eval.num_prompts=1",
+        "eval.n_samples=1",
+        "eval.ks=[1]",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        "checkpoint.save_final=false",
+    ]
 
 
 def worker(a) -> None:
@@ -62,8 +76,18 @@ def worker(a) -> None:
 
 
 def run_config(a, learners: int, rollouts: int, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--learners", str(learners), "--rollouts", str(rollouts),
-           "--work-dir", str(work), *sys.argv[1:]]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--learners",
+        str(learners),
+        "--rollouts",
+        str(rollouts),
+        "--work-dir",
+        str(work),
+        *sys.argv[1:],
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
     log = work / f"log_{learners}x{rollouts}.txt"
     t0 = time.time()
@@ -72,13 +96,21 @@ def run_config(a, learners: int, rollouts: int, work: Path) -> dict:
     text = log.read_text()
     found = [line for line in text.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not found:
-        raise SystemExit(f"configuration {learners}x{rollouts} failed (exit {proc.returncode}); log: {log}\n"
-                         + text[-2000:])
-    times = json.loads(found[-1][len("RESULT "):])
-    keep = lambda xs: xs[a.warmup:] or xs[-1:]  # noqa: E731
-    return {"learners": learners, "rollouts": rollouts, "prompts_per_step": a.prompts * max(learners, rollouts),
-            "step_s": statistics.median(keep(times["step"])), "generate_s": statistics.median(keep(times["generate"])),
-            "step_times_s": times["step"], "wall_s": time.time() - t0, "log": str(log)}
+        raise SystemExit(
+            f"configuration {learners}x{rollouts} failed (exit {proc.returncode}); log: {log}\n" + text[-2000:]
+        )
+    times = json.loads(found[-1][len("RESULT ") :])
+    keep = lambda xs: xs[a.warmup :] or xs[-1:]  # noqa: E731
+    return {
+        "learners": learners,
+        "rollouts": rollouts,
+        "prompts_per_step": a.prompts * max(learners, rollouts),
+        "step_s": statistics.median(keep(times["step"])),
+        "generate_s": statistics.median(keep(times["generate"])),
+        "step_times_s": times["step"],
+        "wall_s": time.time() - t0,
+        "log": str(log),
+    }
 
 
 def main(argv=None) -> dict | None:
@@ -113,16 +145,24 @@ def main(argv=None) -> dict | None:
         print(f"running {learners}x{rollouts} ...", flush=True)
         results.append(run_config(a, learners, rollouts, work))
     base = results[0]
-    print(f"\n{'config':>7} {'prompts':>7} {'step s':>8} {'gen s':>8} {'step/base':>9} {'efficiency':>10} "
-          f"{'throughput':>10}")
+    print(
+        f"\n{'config':>7} {'prompts':>7} {'step s':>8} {'gen s':>8} {'step/base':>9} {'efficiency':>10} "
+        f"{'throughput':>10}"
+    )
     for r in results:
         r["step_ratio"] = r["step_s"] / base["step_s"]
         r["efficiency"] = base["step_s"] / r["step_s"]
         r["throughput"] = r["efficiency"] * r["prompts_per_step"] / base["prompts_per_step"]
-        print(f"{r['learners']}x{r['rollouts']:<5} {r['prompts_per_step']:>7} {r['step_s']:>8.3f} "
-              f"{r['generate_s']:>8.3f} {r['step_ratio']:>9.2f} {r['efficiency']:>10.2f} {r['throughput']:>10.2f}")
-    result = {"args": {k: v for k, v in vars(a).items() if k not in ("worker", "learners", "rollouts")},
-              "cpu_count": os.cpu_count(), "work_dir": str(work), "results": results}
+        print(
+            f"{r['learners']}x{r['rollouts']:<5} {r['prompts_per_step']:>7} {r['step_s']:>8.3f} "
+            f"{r['generate_s']:>8.3f} {r['step_ratio']:>9.2f} {r['efficiency']:>10.2f} {r['throughput']:>10.2f}"
+        )
+    result = {
+        "args": {k: v for k, v in vars(a).items() if k not in ("worker", "learners", "rollouts")},
+        "cpu_count": os.cpu_count(),
+        "work_dir": str(work),
+        "results": results,
+    }
     write_result("bench_scaling", result, a.out, note=f" (logs in {work})")
     return result
 

@@ -138,10 +138,17 @@ def profile(a, size: str, dtype: str, work: Path) -> dict:
     from rlkit.trainer.grpo import run_grpo
 
     model_dir, data, info = build_size(size, work / size)
-    ns = argparse.Namespace(data=data, label=f"profile-{dtype}", model_dir=model_dir, steps=a.steps,
-                            prompts=a.prompts if size == "medium" else 16, group=a.group if size == "medium" else 8,
-                            max_new_tokens=a.max_new_tokens if size == "medium" else 12, threads=a.threads,
-                            rlkit_set=[f"model.dtype={dtype}", "ray.mode=inprocess", *a.set])
+    ns = argparse.Namespace(
+        data=data,
+        label=f"profile-{dtype}",
+        model_dir=model_dir,
+        steps=a.steps,
+        prompts=a.prompts if size == "medium" else 16,
+        group=a.group if size == "medium" else 8,
+        max_new_tokens=a.max_new_tokens if size == "medium" else 12,
+        threads=a.threads,
+        rlkit_set=[f"model.dtype={dtype}", "ray.mode=inprocess", *a.set],
+    )
     timers = TIMERS
     timers.steps, timers.current, timers.stack = [], defaultdict(float), []
     log = online.OnlineTrainer.log
@@ -160,7 +167,7 @@ def profile(a, size: str, dtype: str, work: Path) -> dict:
         if prof:
             prof.disable()
         online.OnlineTrainer.log = log
-    kept = timers.steps[a.warmup:] or timers.steps
+    kept = timers.steps[a.warmup :] or timers.steps
     keys = sorted({k for s in kept for k in s}, key=lambda k: (k != "time/step", k))
     mean = {k: sum(s.get(k, 0.0) for s in kept) / len(kept) for k in keys}
     tops = [k for k in keys if k != "time/step" and ": " not in k]
@@ -169,8 +176,14 @@ def profile(a, size: str, dtype: str, work: Path) -> dict:
             mean[f"{top}: other"] = mean[top] - sum(mean[k] for k in subs)
     mean["driver: other"] = mean["time/step"] - sum(mean[k] for k in tops)
     mean = {k: mean[k] for k in sorted(mean, key=lambda k: (k != "time/step", k.startswith("driver"), k))}
-    out = {"size": size, "dtype": dtype, "model": info, "steps_kept": len(kept), "mean_s": mean,
-           "per_step": timers.steps}
+    out = {
+        "size": size,
+        "dtype": dtype,
+        "model": info,
+        "steps_kept": len(kept),
+        "mean_s": mean,
+        "per_step": timers.steps,
+    }
     if prof:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(a.cprofile)
@@ -216,8 +229,7 @@ def main(argv=None) -> None:
             print(res["cprofile_top"])
     from _common import write_result
 
-    write_result("profile_grpo_step", {"benchmark": "profile_grpo_step", "environment": env, "runs": results},
-                 a.out)
+    write_result("profile_grpo_step", {"benchmark": "profile_grpo_step", "environment": env, "runs": results}, a.out)
     return None
 
 

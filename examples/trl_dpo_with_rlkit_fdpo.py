@@ -48,8 +48,9 @@ class RlkitFDPOTrainer(DPOTrainer):
 
     def _sequence_logps(self, model, inputs) -> torch.Tensor:
         """Summed completion log-probs, ``[2B]`` (chosen rows first, then rejected), with gradient."""
-        model_kwargs = {k: v for k, v in inputs.items()
-                        if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+        model_kwargs = {
+            k: v for k, v in inputs.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+        }
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)  # score completions only
         per_token = model(**model_kwargs, labels=labels, fused_lm_head=True, use_cache=False).log_probs
         return per_token.sum(dim=1)  # zero wherever the label is -100
@@ -64,8 +65,9 @@ class RlkitFDPOTrainer(DPOTrainer):
         else:  # TRL's reference forward (no grad); with PEFT and no ref_model it disables the adapter itself
             ref_model = self.ref_model if self.ref_model is not None else model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(ref_model, inputs)
-        loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=self.beta,
-                                 divergence=self.divergence, alpha=self.alpha)
+        loss, metrics = dpo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, beta=self.beta, divergence=self.divergence, alpha=self.alpha
+        )
         mode = "train" if self.model.training else "eval"
         for key, value in metrics.items():  # rlkit's names: loss/dpo, rewards/{chosen,rejected,margin,accuracy}
             self._metrics[mode][f"rlkit/{key}"].append(value)
@@ -77,8 +79,11 @@ class PrintStep(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            print(f"step {state.global_step}: loss={logs['loss']:.6g} "
-                  f"margin={logs.get('rlkit/rewards/margin', float('nan')):.4g}", flush=True)
+            print(
+                f"step {state.global_step}: loss={logs['loss']:.6g} "
+                f"margin={logs.get('rlkit/rewards/margin', float('nan')):.4g}",
+                flush=True,
+            )
 
 
 def preference_pairs(n: int = 32, seed: int = 0) -> Dataset:
@@ -86,25 +91,53 @@ def preference_pairs(n: int = 32, seed: int = 0) -> Dataset:
     train, _ = make_arithmetic_splits(n_train=n, n_eval=16, seed=seed)
     rng = random.Random(seed)
     wrong = [str(int(a) + rng.choice((-10, -2, -1, 1, 2, 10))) for a in train["answer"]]
-    return Dataset.from_dict({
-        "prompt": train["prompt"],
-        "chosen": [format_completion(a) for a in train["answer"]],
-        "rejected": [format_completion(w) for w in wrong],
-    })
+    return Dataset.from_dict(
+        {
+            "prompt": train["prompt"],
+            "chosen": [format_completion(a) for a in train["answer"]],
+            "rejected": [format_completion(w) for w in wrong],
+        }
+    )
 
 
-def build_trainer(output_dir: str, steps: int = 2, divergence: str = "reverse_kl", alpha: float = 0.5,
-                  beta: float = 0.1, ref_seed: int = 0, n_pairs: int = 32, **config) -> RlkitFDPOTrainer:
+def build_trainer(
+    output_dir: str,
+    steps: int = 2,
+    divergence: str = "reverse_kl",
+    alpha: float = 0.5,
+    beta: float = 0.1,
+    ref_seed: int = 0,
+    n_pairs: int = 32,
+    **config,
+) -> RlkitFDPOTrainer:
     """``ref_seed``: seed of the reference model (the default, 0, is the policy's own initialisation)."""
     model, tokenizer = load_model_and_tokenizer("tiny", seed=0)
     ref_model, _ = load_model_and_tokenizer("tiny", seed=ref_seed)  # TRL cannot rebuild the tiny model by path
     args = DPOConfig(
-        output_dir=str(output_dir), max_steps=steps, learning_rate=1e-3, beta=beta, per_device_train_batch_size=4,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
-        dataloader_num_workers=0, disable_tqdm=True, **config,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        learning_rate=1e-3,
+        beta=beta,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **config,
     )
-    return RlkitFDPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=preference_pairs(n_pairs),
-                            processing_class=tokenizer, divergence=divergence, alpha=alpha)
+    return RlkitFDPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=preference_pairs(n_pairs),
+        processing_class=tokenizer,
+        divergence=divergence,
+        alpha=alpha,
+    )
 
 
 def main(argv=None):
@@ -119,8 +152,10 @@ def main(argv=None):
     trainer = build_trainer(a.output_dir, a.steps, a.divergence, a.alpha, a.beta)
     trainer.remove_callback(PrinterCallback)  # TRL's full log dict per step; print one short line instead
     trainer.add_callback(PrintStep())
-    print(f"DPO with rlkit f-DPO loss, divergence {a.divergence!r}" + (f" alpha={a.alpha}" if a.divergence == "alpha"
-                                                                         else ""))
+    print(
+        f"DPO with rlkit f-DPO loss, divergence {a.divergence!r}"
+        + (f" alpha={a.alpha}" if a.divergence == "alpha" else "")
+    )
     trainer.train()
 
 

@@ -44,11 +44,14 @@ class RlkitRegularizedGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, regularizer: str = "kl_k3", **kwargs):
         super().__init__(*args, **kwargs)
         if self.beta == 0.0:
-            raise ValueError("set GRPOConfig.beta > 0: it is the regularizer's coefficient, and TRL only computes "
-                             "reference log-probs when beta != 0")
+            raise ValueError(
+                "set GRPOConfig.beta > 0: it is the regularizer's coefficient, and TRL only computes "
+                "reference log-probs when beta != 0"
+            )
         if self.loss_type not in AGGREGATION:
-            raise ValueError(f"this example re-aggregates the penalty like loss_type {sorted(AGGREGATION)}, "
-                             f"got {self.loss_type!r}")
+            raise ValueError(
+                f"this example re-aggregates the penalty like loss_type {sorted(AGGREGATION)}, got {self.loss_type!r}"
+            )
         spec = {"name": regularizer, "coef": self.beta}
         (self.regularizer,) = build_regularizers(spec)
         if self.regularizer.name == "kl" and self.args.use_bias_correction_kl:
@@ -80,8 +83,11 @@ class RlkitRegularizedGRPOTrainer(GRPOTrainer):
             mask = mask * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")  # None when on-policy: TRL then uses logps.detach()
         batch = PolicyBatch(
-            logprobs=logps, mask=mask, ref_logprobs=inputs["ref_per_token_logps"],
-            old_logprobs=logps.detach() if old is None else old, advantages=inputs["advantages"],
+            logprobs=logps,
+            mask=mask,
+            ref_logprobs=inputs["ref_per_token_logps"],
+            old_logprobs=logps.detach() if old is None else old,
+            advantages=inputs["advantages"],
             step=self.state.global_step,
         )
         out = self.regularizer(batch)  # per-token penalty, coef (= beta) applied, zero on padding
@@ -103,8 +109,11 @@ class PrintStep(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            print(f"step {state.global_step}: loss={logs['loss']:.6g} penalty={logs.get(self.key, float('nan')):.6g} "
-                  f"reward={logs.get('reward', float('nan')):.3g}", flush=True)
+            print(
+                f"step {state.global_step}: loss={logs['loss']:.6g} penalty={logs.get(self.key, float('nan')):.6g} "
+                f"reward={logs.get('reward', float('nan')):.3g}",
+                flush=True,
+            )
 
 
 def correctness(prompts, completions, answer, **kwargs):
@@ -117,8 +126,9 @@ def digits(completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 
 
-def build_trainer(output_dir: str, steps: int = 2, regularizer: str = "kl_k3", beta: float = 0.04,
-                  n_prompts: int = 32, **config) -> RlkitRegularizedGRPOTrainer:
+def build_trainer(
+    output_dir: str, steps: int = 2, regularizer: str = "kl_k3", beta: float = 0.04, n_prompts: int = 32, **config
+) -> RlkitRegularizedGRPOTrainer:
     output_dir = Path(output_dir)
     # TRL (beta > 0) loads its reference model from the policy's *path*, so save the tiny model and load it back.
     model, tokenizer = load_model_and_tokenizer("tiny")
@@ -128,13 +138,31 @@ def build_trainer(output_dir: str, steps: int = 2, regularizer: str = "kl_k3", b
     model, tokenizer = load_model_and_tokenizer(model_dir)
     train, _ = make_arithmetic_splits(n_train=n_prompts, n_eval=16)  # columns "prompt" ("12+7=") and "answer"
     args = GRPOConfig(
-        output_dir=str(output_dir), max_steps=steps, learning_rate=1e-3, beta=beta, loss_type="grpo",
-        per_device_train_batch_size=8, num_generations=4, max_completion_length=8, temperature=1.0,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
-        dataloader_num_workers=0, disable_tqdm=True, **config,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        learning_rate=1e-3,
+        beta=beta,
+        loss_type="grpo",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        temperature=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **config,
     )
     return RlkitRegularizedGRPOTrainer(
-        model=model, reward_funcs=[correctness, digits], args=args, train_dataset=train, processing_class=tokenizer,
+        model=model,
+        reward_funcs=[correctness, digits],
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
         regularizer=regularizer,
     )
 

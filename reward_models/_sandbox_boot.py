@@ -43,8 +43,9 @@ NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 CLONE_NEWCGROUP, CLONE_THREAD = 0x02000000, 0x00010000
-NS_CLONE_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID
-                  | CLONE_NEWNET)
+NS_CLONE_FLAGS = (
+    CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 1024, 2048, 4096, 8192, 16384
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
@@ -60,41 +61,176 @@ SIGKILL, SIGSTOP = 9, 19
 
 # Syscall numbers (x86_64: arch/x86/entry/syscalls/syscall_64.tbl; aarch64: include/uapi/asm-generic/unistd.h).
 _X86_64 = {
-    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "tkill": 200, "pidfd_send_signal": 424,
-    "pidfd_open": 434, "pidfd_getfd": 438, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
-    "unshare": 272, "setns": 308, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "mount_setattr": 442, "statmount": 457, "listmount": 458, "open_tree_attr": 467,
-    "bpf": 321, "perf_event_open": 298, "keyctl": 250, "add_key": 248, "request_key": 249, "io_uring_setup": 425,
-    "io_uring_enter": 426, "io_uring_register": 427, "socket": 41, "socketpair": 53, "fork": 57, "vfork": 58,
-    "execve": 59, "execveat": 322, "reboot": 169, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
-    "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168, "settimeofday": 164,
-    "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "sethostname": 170, "setdomainname": 171,
-    "syslog": 103, "acct": 163, "quotactl": 179, "quotactl_fd": 443, "userfaultfd": 323, "personality": 135,
-    "modify_ldt": 154, "iopl": 172, "ioperm": 173, "uselib": 134, "name_to_handle_at": 303,
-    "open_by_handle_at": 304, "kcmp": 312, "lookup_dcookie": 212, "fanotify_init": 300, "setsid": 112,
-    "setpgid": 109, "vhangup": 153, "migrate_pages": 256, "move_pages": 279, "process_madvise": 440,
-    "process_mrelease": 448, "seccomp": 317, "_sysctl": 156, "nfsservctl": 180, "create_module": 174,
-    "get_kernel_syms": 177, "query_module": 178,
+    "ptrace": 101,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "tkill": 200,
+    "pidfd_send_signal": 424,
+    "pidfd_open": 434,
+    "pidfd_getfd": 438,
+    "mount": 165,
+    "umount2": 166,
+    "pivot_root": 155,
+    "chroot": 161,
+    "unshare": 272,
+    "setns": 308,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+    "statmount": 457,
+    "listmount": 458,
+    "open_tree_attr": 467,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "keyctl": 250,
+    "add_key": 248,
+    "request_key": 249,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "socket": 41,
+    "socketpair": 53,
+    "fork": 57,
+    "vfork": 58,
+    "execve": 59,
+    "execveat": 322,
+    "reboot": 169,
+    "kexec_load": 246,
+    "kexec_file_load": 320,
+    "init_module": 175,
+    "finit_module": 313,
+    "delete_module": 176,
+    "swapon": 167,
+    "swapoff": 168,
+    "settimeofday": 164,
+    "clock_settime": 227,
+    "clock_adjtime": 305,
+    "adjtimex": 159,
+    "sethostname": 170,
+    "setdomainname": 171,
+    "syslog": 103,
+    "acct": 163,
+    "quotactl": 179,
+    "quotactl_fd": 443,
+    "userfaultfd": 323,
+    "personality": 135,
+    "modify_ldt": 154,
+    "iopl": 172,
+    "ioperm": 173,
+    "uselib": 134,
+    "name_to_handle_at": 303,
+    "open_by_handle_at": 304,
+    "kcmp": 312,
+    "lookup_dcookie": 212,
+    "fanotify_init": 300,
+    "setsid": 112,
+    "setpgid": 109,
+    "vhangup": 153,
+    "migrate_pages": 256,
+    "move_pages": 279,
+    "process_madvise": 440,
+    "process_mrelease": 448,
+    "seccomp": 317,
+    "_sysctl": 156,
+    "nfsservctl": 180,
+    "create_module": 174,
+    "get_kernel_syms": 177,
+    "query_module": 178,
     # checked by argument / used by the bootstrap
-    "kill": 62, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297, "clone": 56, "clone3": 435,
-    "ioctl": 16, "mknod": 133, "mknodat": 259, "capset": 126,
+    "kill": 62,
+    "tgkill": 234,
+    "rt_sigqueueinfo": 129,
+    "rt_tgsigqueueinfo": 297,
+    "clone": 56,
+    "clone3": 435,
+    "ioctl": 16,
+    "mknod": 133,
+    "mknodat": 259,
+    "capset": 126,
 }
 _AARCH64 = {
-    "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "tkill": 130, "pidfd_send_signal": 424,
-    "pidfd_open": 434, "pidfd_getfd": 438, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51,
-    "unshare": 97, "setns": 268, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431,
-    "fsmount": 432, "fspick": 433, "mount_setattr": 442, "statmount": 457, "listmount": 458, "open_tree_attr": 467,
-    "bpf": 280, "perf_event_open": 241, "keyctl": 219, "add_key": 217, "request_key": 218, "io_uring_setup": 425,
-    "io_uring_enter": 426, "io_uring_register": 427, "socket": 198, "socketpair": 199, "execve": 221,
-    "execveat": 281, "reboot": 142, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
-    "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225, "settimeofday": 170,
-    "clock_settime": 112, "clock_adjtime": 266, "adjtimex": 171, "sethostname": 161, "setdomainname": 162,
-    "syslog": 116, "acct": 89, "quotactl": 60, "quotactl_fd": 443, "userfaultfd": 282, "personality": 92,
-    "name_to_handle_at": 264, "open_by_handle_at": 265, "kcmp": 272, "lookup_dcookie": 18, "fanotify_init": 262,
-    "setsid": 157, "setpgid": 154, "vhangup": 58, "migrate_pages": 238, "move_pages": 239,
-    "process_madvise": 440, "process_mrelease": 448, "seccomp": 277, "nfsservctl": 42,
-    "kill": 129, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240, "clone": 220, "clone3": 435,
-    "ioctl": 29, "mknodat": 33, "capset": 91,
+    "ptrace": 117,
+    "process_vm_readv": 270,
+    "process_vm_writev": 271,
+    "tkill": 130,
+    "pidfd_send_signal": 424,
+    "pidfd_open": 434,
+    "pidfd_getfd": 438,
+    "mount": 40,
+    "umount2": 39,
+    "pivot_root": 41,
+    "chroot": 51,
+    "unshare": 97,
+    "setns": 268,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+    "statmount": 457,
+    "listmount": 458,
+    "open_tree_attr": 467,
+    "bpf": 280,
+    "perf_event_open": 241,
+    "keyctl": 219,
+    "add_key": 217,
+    "request_key": 218,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "socket": 198,
+    "socketpair": 199,
+    "execve": 221,
+    "execveat": 281,
+    "reboot": 142,
+    "kexec_load": 104,
+    "kexec_file_load": 294,
+    "init_module": 105,
+    "finit_module": 273,
+    "delete_module": 106,
+    "swapon": 224,
+    "swapoff": 225,
+    "settimeofday": 170,
+    "clock_settime": 112,
+    "clock_adjtime": 266,
+    "adjtimex": 171,
+    "sethostname": 161,
+    "setdomainname": 162,
+    "syslog": 116,
+    "acct": 89,
+    "quotactl": 60,
+    "quotactl_fd": 443,
+    "userfaultfd": 282,
+    "personality": 92,
+    "name_to_handle_at": 264,
+    "open_by_handle_at": 265,
+    "kcmp": 272,
+    "lookup_dcookie": 18,
+    "fanotify_init": 262,
+    "setsid": 157,
+    "setpgid": 154,
+    "vhangup": 58,
+    "migrate_pages": 238,
+    "move_pages": 239,
+    "process_madvise": 440,
+    "process_mrelease": 448,
+    "seccomp": 277,
+    "nfsservctl": 42,
+    "kill": 129,
+    "tgkill": 131,
+    "rt_sigqueueinfo": 138,
+    "rt_tgsigqueueinfo": 240,
+    "clone": 220,
+    "clone3": 435,
+    "ioctl": 29,
+    "mknodat": 33,
+    "capset": 91,
 }
 ARCHES = {"x86_64": (0xC000003E, _X86_64), "aarch64": (0xC00000B7, _AARCH64)}
 
@@ -103,16 +239,84 @@ ARCHES = {"x86_64": (0xC000003E, _X86_64), "aarch64": (0xC00000B7, _AARCH64)}
 # and exec, and host administration. kill/tgkill/rt_*sigqueueinfo are allowed only towards the process itself;
 # clone only with CLONE_THREAD and no namespace flag; clone3 answers ENOSYS (glibc then falls back to clone).
 DENY = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "tkill", "pidfd_send_signal", "pidfd_open", "pidfd_getfd",
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree", "move_mount", "fsopen", "fsconfig",
-    "fsmount", "fspick", "mount_setattr", "statmount", "listmount", "open_tree_attr", "bpf", "perf_event_open",
-    "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter", "io_uring_register", "socket",
-    "socketpair", "fork", "vfork", "execve", "execveat", "reboot", "kexec_load", "kexec_file_load", "init_module",
-    "finit_module", "delete_module", "swapon", "swapoff", "settimeofday", "clock_settime", "clock_adjtime",
-    "adjtimex", "sethostname", "setdomainname", "syslog", "acct", "quotactl", "quotactl_fd", "userfaultfd",
-    "personality", "modify_ldt", "iopl", "ioperm", "uselib", "name_to_handle_at", "open_by_handle_at", "kcmp",
-    "lookup_dcookie", "fanotify_init", "setsid", "setpgid", "vhangup", "migrate_pages", "move_pages",
-    "process_madvise", "process_mrelease", "seccomp", "_sysctl", "nfsservctl", "create_module", "get_kernel_syms",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "tkill",
+    "pidfd_send_signal",
+    "pidfd_open",
+    "pidfd_getfd",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "statmount",
+    "listmount",
+    "open_tree_attr",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "socket",
+    "socketpair",
+    "fork",
+    "vfork",
+    "execve",
+    "execveat",
+    "reboot",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "swapon",
+    "swapoff",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "syslog",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "userfaultfd",
+    "personality",
+    "modify_ldt",
+    "iopl",
+    "ioperm",
+    "uselib",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "kcmp",
+    "lookup_dcookie",
+    "fanotify_init",
+    "setsid",
+    "setpgid",
+    "vhangup",
+    "migrate_pages",
+    "move_pages",
+    "process_madvise",
+    "process_mrelease",
+    "seccomp",
+    "_sysctl",
+    "nfsservctl",
+    "create_module",
+    "get_kernel_syms",
     "query_module",
 )
 
@@ -131,10 +335,10 @@ def seccomp_program(machine, self_pid):
         prog.append(code.to_bytes(2, order) + bytes((jt, jf)) + (k & 0xFFFFFFFF).to_bytes(4, order))
 
     eperm, allow = RET_ERRNO | EPERM, RET_ALLOW
-    op(_LD, 4)                      # seccomp_data.arch
+    op(_LD, 4)  # seccomp_data.arch
     op(_JEQ, arch, 1, 0)
-    op(_RET, RET_KILL_PROCESS)      # another ABI (e.g. int 0x80 on x86_64): kill
-    op(_LD, 0)                      # seccomp_data.nr
+    op(_RET, RET_KILL_PROCESS)  # another ABI (e.g. int 0x80 on x86_64): kill
+    op(_LD, 0)  # seccomp_data.nr
     if machine == "x86_64":
         op(_JGE, 0x40000000, 0, 1)  # x32 ABI numbers (and negative numbers)
         op(_RET, RET_ERRNO | ENOSYS)
@@ -203,7 +407,8 @@ class _Libc:
         except AttributeError:  # a statically linked interpreter
             lib._handle = C.dlopen("libc.so.6", 2)
         self._mount, self._umount2, self._unshare, self._prctl, self._sethostname = (
-            int_fn((name, lib)) for name in ("mount", "umount2", "unshare", "prctl", "sethostname"))
+            int_fn((name, lib)) for name in ("mount", "umount2", "unshare", "prctl", "sethostname")
+        )
         self._syscall = long_fn(("syscall", lib))
         self.table = ARCHES.get(os.uname().machine, (0, {}))[1]
 
@@ -369,14 +574,23 @@ def _populate(libc, sources, work, disk, owner):
         fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, text.encode())
         os.close(fd)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                         ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, "dev/" + name)
     os.mkdir("proc")
     rel = work.lstrip("/")
     os.makedirs(rel, exist_ok=True)
-    libc.mount("tmpfs", rel, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-               f"size={disk},nr_inodes=4096,mode=0700,uid={owner},gid={owner}")
+    libc.mount(
+        "tmpfs",
+        rel,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        f"size={disk},nr_inodes=4096,mode=0700,uid={owner},gid={owner}",
+    )
 
 
 def _relay(libc, pid):
@@ -475,9 +689,14 @@ def _enter_namespaces(libc, mode, work, new_root, disk):
 def _set_limits(limits, pid1):
     cpu, mem, fsize, nofile, nproc, _ = (int(x) for x in limits.split(","))
     # PID 1 of a namespace ignores SIGXCPU (default action), so there the CPU limit is a hard SIGKILL
-    for res, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu if pid1 else cpu + 1), (resource.RLIMIT_AS, mem, mem),
-                            (resource.RLIMIT_FSIZE, fsize, fsize), (resource.RLIMIT_NOFILE, nofile, nofile),
-                            (resource.RLIMIT_NPROC, nproc, nproc), (resource.RLIMIT_CORE, 0, 0)):
+    for res, soft, hard in (
+        (resource.RLIMIT_CPU, cpu, cpu if pid1 else cpu + 1),
+        (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NOFILE, nofile, nofile),
+        (resource.RLIMIT_NPROC, nproc, nproc),
+        (resource.RLIMIT_CORE, 0, 0),
+    ):
         cap = resource.getrlimit(res)[1]
         if cap != resource.RLIM_INFINITY:
             soft, hard = min(soft, cap), min(hard, cap)
@@ -498,15 +717,44 @@ def _audit_hook(root, max_writes):
     stdlib = os.path.dirname(getattr(os, "__file__", ""))
     read_roots = tuple({realpath(p) for p in sys.path + [stdlib] if p and os.path.isdir(p)})
     wflags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    deny = {"os.system", "os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.startfile",
-            "os.kill", "os.killpg", "signal.pthread_kill", "subprocess.Popen", "gc.get_objects",
-            "gc.get_referrers", "gc.get_referents"}
+    deny = {
+        "os.system",
+        "os.fork",
+        "os.forkpty",
+        "os.exec",
+        "os.spawn",
+        "os.posix_spawn",
+        "os.startfile",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "subprocess.Popen",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+    }
     deny_prefix = ("socket.", "ctypes.", "sqlite3.", "pty.", "_winapi.", "winreg.", "webbrowser.")
     deny_import = {"_posixsubprocess", "_ctypes", "ctypes", "_ssl", "_sqlite3", "_dbm", "_gdbm", "_tkinter"}
     read_events = {"os.listdir", "os.scandir", "os.listxattr", "os.getxattr"}
-    write_events = {"os.chdir", "os.mkdir", "os.rmdir", "os.remove", "os.truncate", "os.chmod", "os.chown",
-                    "os.utime", "os.rename", "os.link", "os.symlink", "os.setxattr", "os.removexattr",
-                    "os.chflags", "os.lchflags", "shutil.copyfile", "shutil.rmtree"}
+    write_events = {
+        "os.chdir",
+        "os.mkdir",
+        "os.rmdir",
+        "os.remove",
+        "os.truncate",
+        "os.chmod",
+        "os.chown",
+        "os.utime",
+        "os.rename",
+        "os.link",
+        "os.symlink",
+        "os.setxattr",
+        "os.removexattr",
+        "os.chflags",
+        "os.lchflags",
+        "shutil.copyfile",
+        "shutil.rmtree",
+    }
     writes = [0]
 
     def refuse(event, detail):

@@ -145,7 +145,11 @@ class CodeExecReward(SampleReward):
     def _run_one(self, code: str, test: CodeTest) -> CodeTestOutcome:
         program = code if test.expected is not None else f"{code}\n\n{test.suffix}\n"
         result: SandboxResult = run_sandboxed(
-            program, stdin=test.stdin, timeout_s=self.timeout_s, cpu_time_s=self.cpu_time_s, memory_mb=self.memory_mb,
+            program,
+            stdin=test.stdin,
+            timeout_s=self.timeout_s,
+            cpu_time_s=self.cpu_time_s,
+            memory_mb=self.memory_mb,
             isolation=self.isolation,
         )
         if not result.ok:

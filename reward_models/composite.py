@@ -157,7 +157,11 @@ def _parse_spec(index: int, spec: Any, taken: set[str]) -> Component:
         raise ValueError(f"{where}.timeout_s: must be a positive number of seconds or null, got {timeout_s!r}")
     taken.add(key)
     return Component(
-        key=key, name=name, weight=float(weight), reward=reward, on_error=on_error,
+        key=key,
+        name=name,
+        weight=float(weight),
+        reward=reward,
+        on_error=on_error,
         timeout_s=None if timeout_s is None else float(timeout_s),
     )
 
@@ -212,9 +216,7 @@ class CompositeReward(Reward):
         failures: dict[str, int] = {}
         for c in self.components:
             components[c.key], failures[c.key] = self._score_component(c, prompts, completions, refs, kwargs)
-        totals = [
-            math.fsum(c.weight * components[c.key][i] for c in self.components) for i in range(len(refs))
-        ]
+        totals = [math.fsum(c.weight * components[c.key][i] for c in self.components) for i in range(len(refs))]
         return CompositeResult(totals=totals, components=components, weights=self.weights, failures=failures)
 
     def _score_component(
@@ -224,8 +226,13 @@ class CompositeReward(Reward):
         try:
             scores = _call(lambda: c.reward(prompts, completions, refs, **kwargs), c.timeout_s, c.key)
         except Exception as err:
-            log.warning("reward %r failed on a batch of %d (%s: %s); scoring per sample",
-                        c.key, len(refs), type(err).__name__, err)
+            log.warning(
+                "reward %r failed on a batch of %d (%s: %s); scoring per sample",
+                c.key,
+                len(refs),
+                type(err).__name__,
+                err,
+            )
             return self._score_per_sample(c, prompts, completions, refs, kwargs)
         failed = 0
         for i, value in enumerate(scores):
@@ -248,7 +255,7 @@ class CompositeReward(Reward):
                     limit = min(c.timeout_s, deadline - time.monotonic())
                     if limit <= 0:
                         raise TimeoutError(f"per-sample fallback budget ({FALLBACK_BUDGET_FACTOR:g} x timeout_s) spent")
-                one = (lambda i=i: c.reward([prompts[i]], [completions[i]], [refs[i]], **kwargs))  # noqa: E731
+                one = lambda i=i: c.reward([prompts[i]], [completions[i]], [refs[i]], **kwargs)  # noqa: E731
                 value = _call(one, limit, c.key)[0]
                 if not math.isfinite(value):
                     raise ValueError(f"non-finite score {value!r}")

@@ -25,7 +25,14 @@ from fractions import Fraction
 
 #: Text end-of-sequence / padding markers stripped from the end of a completion before scoring.
 DEFAULT_EOS_MARKERS: tuple[str, ...] = (
-    "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "</s>", "<eos>", "<pad>",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "</s>",
+    "<eos>",
+    "<pad>",
 )
 
 #: ``<answer>X</answer>`` where X contains no further opening tag (so ``<answer><answer>5</answer>`` yields ``5``).
@@ -82,7 +89,7 @@ def last_boxed(text: str) -> str | None:
     for match in reversed(list(_BOX_OPEN.finditer(text))):
         end = _closing_brace(text, match.end())
         if end is not None:
-            return text[match.end(): end]
+            return text[match.end() : end]
     return None
 
 
@@ -110,7 +117,7 @@ def parse_number(text: str | None) -> Fraction | None:
     s = text.strip().replace("\u2212", "-").replace("{,}", ",").replace("\\!", "").replace("\\,", "")
     for left, right in (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
-            s = s[len(left): -len(right)].strip()
+            s = s[len(left) : -len(right)].strip()
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip()
     if not s:
@@ -118,7 +125,7 @@ def parse_number(text: str | None) -> Fraction | None:
     box = _BOX_OPEN.match(s)
     if box:  # only a box spanning the whole string; "\\boxed{1} + 2" is not a number
         end = _closing_brace(s, box.end())
-        return parse_number(s[box.end(): end]) if end == len(s) - 1 else None
+        return parse_number(s[box.end() : end]) if end == len(s) - 1 else None
     for pattern in (_LATEX_FRAC, _LATEX_FRAC_SHORT):
         m = pattern.fullmatch(s)
         if m:

@@ -40,6 +40,6 @@ class FormatReward(SampleReward):
         if text.count("<answer>") != 1 or text.count("</answer>") != 1:
             return 0.0
         start, end = text.index("<answer>"), text.index("</answer>")
-        if end < start or not text[start + len("<answer>"): end].strip():
+        if end < start or not text[start + len("<answer>") : end].strip():
             return 0.0
         return 1.0 if text.endswith("</answer>") else 0.0

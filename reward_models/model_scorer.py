@@ -149,7 +149,7 @@ class ModelScorer(Reward):
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
                 enc = self.tokenizer(
-                    texts[start: start + self.batch_size],
+                    texts[start : start + self.batch_size],
                     padding=True,
                     truncation=self.max_length is not None,
                     max_length=self.max_length,

@@ -79,9 +79,7 @@ def get_reward(name: str) -> type[Reward]:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise UnknownRewardError(
-            f"unknown reward {name!r}; available: {', '.join(available_rewards())}"
-        ) from None
+        raise UnknownRewardError(f"unknown reward {name!r}; available: {', '.join(available_rewards())}") from None
 
 
 def accepted_params(cls: type[Reward]) -> list[str] | None:
@@ -90,7 +88,8 @@ def accepted_params(cls: type[Reward]) -> list[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return [
-        n for n, p in params.items()
+        n
+        for n, p in params.items()
         if n != "self" and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
 

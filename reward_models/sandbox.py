@@ -188,10 +188,30 @@ def probe_isolation() -> IsolationProbe:
 
 # Extension modules (and the shared libraries they load) the probe imports in each mode: a mode in which one of
 # them fails although it imports without namespaces is rejected, since it would score correct programs as wrong.
-_PROBE_MODULES = ("math", "_json", "_decimal", "_heapq", "_bisect", "_random", "_datetime", "_hashlib", "zlib",
-                  "array", "unicodedata", "select", "_csv", "_pickle", "binascii", "_lzma", "_bz2", "_struct")
-_PROBE_CODE = ("import importlib\nmissing = []\nfor m in %r:\n    try:\n        importlib.import_module(m)\n"
-               "    except ImportError:\n        missing.append(m)\nprint(7, *missing)" % (_PROBE_MODULES,))
+_PROBE_MODULES = (
+    "math",
+    "_json",
+    "_decimal",
+    "_heapq",
+    "_bisect",
+    "_random",
+    "_datetime",
+    "_hashlib",
+    "zlib",
+    "array",
+    "unicodedata",
+    "select",
+    "_csv",
+    "_pickle",
+    "binascii",
+    "_lzma",
+    "_bz2",
+    "_struct",
+)
+_PROBE_CODE = (
+    "import importlib\nmissing = []\nfor m in %r:\n    try:\n        importlib.import_module(m)\n"
+    "    except ImportError:\n        missing.append(m)\nprint(7, *missing)" % (_PROBE_MODULES,)
+)
 
 
 def _probe() -> IsolationProbe:
@@ -242,8 +262,9 @@ def _read(path: str, limit: int) -> tuple[str, bool]:
 
 
 def _limits(cpu_time_s, memory_mb, fsize, max_writes=MAX_WRITE_OPENS) -> str:
-    return ",".join(str(int(v)) for v in (
-        math.ceil(cpu_time_s), int(memory_mb) << 20, fsize, NOFILE_LIMIT, NPROC_LIMIT, max_writes))
+    return ",".join(
+        str(int(v)) for v in (math.ceil(cpu_time_s), int(memory_mb) << 20, fsize, NOFILE_LIMIT, NPROC_LIMIT, max_writes)
+    )
 
 
 def _remove(tmp: str, check_mounts: bool) -> None:
@@ -300,22 +321,53 @@ def _run_once(
             f.write(code)
         with open(paths["stdin"], "w", encoding="utf-8") as f:
             f.write(stdin)
-        cmd = [sys.executable, "-I", "-S", "-B", "-X", "utf8", *_bootstrap_argv(), mode, paths["solution.py"], limits,
-               root, new_root, str(disk), flags]
+        cmd = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-B",
+            "-X",
+            "utf8",
+            *_bootstrap_argv(),
+            mode,
+            paths["solution.py"],
+            limits,
+            root,
+            new_root,
+            str(disk),
+            flags,
+        ]
         killed = False
         start = time.monotonic()
         wflags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         status_fd = os.open(paths["status"], wflags, 0o600)
         try:
-            with open(paths["stdin"], "rb") as fin, open(os.open(paths["stdout"], wflags, 0o600), "wb") as fout, \
-                    open(os.open(paths["stderr"], wflags, 0o600), "wb") as ferr:
+            with (
+                open(paths["stdin"], "rb") as fin,
+                open(os.open(paths["stdout"], wflags, 0o600), "wb") as fout,
+                open(os.open(paths["stderr"], wflags, 0o600), "wb") as ferr,
+            ):
                 try:
-                    proc = subprocess.Popen([*cmd, str(status_fd)], stdin=fin, stdout=fout, stderr=ferr, cwd=root,
-                                            env=_child_env(root), start_new_session=True, close_fds=True,
-                                            pass_fds=(status_fd,))
+                    proc = subprocess.Popen(
+                        [*cmd, str(status_fd)],
+                        stdin=fin,
+                        stdout=fout,
+                        stderr=ferr,
+                        cwd=root,
+                        env=_child_env(root),
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(status_fd,),
+                    )
                 except OSError as exc:  # not `err`: that name holds the child's stderr below
-                    return SandboxResult("error", None, "", f"{MARKER} could not start: {exc}", 0.0,
-                                         setup_error=f"could not start: {exc}")
+                    return SandboxResult(
+                        "error",
+                        None,
+                        "",
+                        f"{MARKER} could not start: {exc}",
+                        0.0,
+                        setup_error=f"could not start: {exc}",
+                    )
                 finally:
                     os.close(status_fd)
                     status_fd = -1
@@ -355,7 +407,7 @@ def _run_once(
     elif rc == REFUSED_EXIT:
         status = "refused"
         tag = f"{MARKER} refused: "
-        refused = err[err.rfind(tag) + len(tag):].split(" ", 1)[0].strip() if tag in err else "unknown"
+        refused = err[err.rfind(tag) + len(tag) :].split(" ", 1)[0].strip() if tag in err else "unknown"
     elif rc == MEMORY_EXIT or (rc != 0 and "MemoryError" in err[-2000:]):
         status = "memory"
     elif rc == 0 and not out_trunc:
@@ -401,10 +453,17 @@ def run_sandboxed(
     """
     if not sys.platform.startswith("linux"):
         raise RuntimeError("run_sandboxed supports Linux only")
-    if not (timeout_s > 0 and cpu_time_s > 0 and memory_mb > 0 and max_output_bytes > 0 and max_file_bytes > 0
-            and max_disk_bytes > 0):
-        raise ValueError("timeout_s, cpu_time_s, memory_mb, max_output_bytes, max_file_bytes and max_disk_bytes "
-                         "must be > 0")
+    if not (
+        timeout_s > 0
+        and cpu_time_s > 0
+        and memory_mb > 0
+        and max_output_bytes > 0
+        and max_file_bytes > 0
+        and max_disk_bytes > 0
+    ):
+        raise ValueError(
+            "timeout_s, cpu_time_s, memory_mb, max_output_bytes, max_file_bytes and max_disk_bytes must be > 0"
+        )
     probe = require_isolation(isolation)
     strict = isolation == "strict"
     if namespaces is None:
@@ -421,7 +480,8 @@ def run_sandboxed(
         mode = probe.mode
         if namespaces and mode == "none":
             raise SandboxUnavailableError(
-                f"run_sandboxed: namespaces=True but this host refuses them ({'; '.join(probe.notes)})")
+                f"run_sandboxed: namespaces=True but this host refuses them ({'; '.join(probe.notes)})"
+            )
     fsize = max(int(max_file_bytes), int(max_output_bytes) + 1)
     limits = _limits(cpu_time_s, memory_mb, fsize)
     disk = max(int(max_disk_bytes), fsize)
@@ -429,8 +489,9 @@ def run_sandboxed(
     result = _run_once(code, stdin, float(timeout_s), limits, int(max_output_bytes), mode, disk, flags)
     if result.setup_error is not None:
         if strict:
-            raise SandboxUnavailableError(f"run_sandboxed: isolation='strict': sandbox setup failed: "
-                                          f"{result.setup_error}")
+            raise SandboxUnavailableError(
+                f"run_sandboxed: isolation='strict': sandbox setup failed: {result.setup_error}"
+            )
         if mode != "none" and _mode is None and not namespaces:
             # e.g. namespaces exhausted right now: run with the layers that need none, and say so once
             if not _warned:

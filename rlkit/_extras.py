@@ -117,5 +117,6 @@ def require_recipe(recipe) -> None:
         raise MissingExtraError(_message(name, why, _extra(name)[0]), (name,))
     whats = "; ".join(f"{why} needs {_extra(name)[1]}" for name, why in missing)
     notes = "".join(NOTES.get(name, "") for name, _ in missing)
-    raise MissingExtraError(f"{whats}: {install_hint(_extra(name)[0] for name, _ in missing)}{notes}",
-                            tuple(name for name, _ in missing))
+    raise MissingExtraError(
+        f"{whats}: {install_hint(_extra(name)[0] for name, _ in missing)}{notes}", tuple(name for name, _ in missing)
+    )

@@ -104,8 +104,11 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         text = path.read_text()
         dup = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         if dup:
-            raise ConfigError(str(path), f"duplicate key {dup[0]!r} at line {dup[1]} (first at line {dup[2]}): "
-                                         "a key may appear once (the later value would silently win)")
+            raise ConfigError(
+                str(path),
+                f"duplicate key {dup[0]!r} at line {dup[1]} (first at line {dup[2]}): "
+                "a key may appear once (the later value would silently win)",
+            )
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)

@@ -42,8 +42,9 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (g - loo_mean).reshape(-1)
 
 
-def stcr_scale(advantages: torch.Tensor, lengths: torch.Tensor, correct: torch.Tensor, group_size: int,
-               base: float = 1.00001) -> torch.Tensor:
+def stcr_scale(
+    advantages: torch.Tensor, lengths: torch.Tensor, correct: torch.Tensor, group_size: int, base: float = 1.00001
+) -> torch.Tensor:
     """STCR, APO's advantage scaling for over-long wrong answers (arXiv 2506.21655, the companion of DADS).
 
     Per group of ``group_size`` samples, ``L+`` is the mean length of the correct responses. An incorrect response
@@ -64,8 +65,10 @@ def stcr_scale(advantages: torch.Tensor, lengths: torch.Tensor, correct: torch.T
         raise ValueError(f"STCR base must be > 1, got {base}")
     n = lengths.numel()
     if correct.numel() != n or advantages.shape[0] != n:
-        raise ValueError(f"advantages {tuple(advantages.shape)}, lengths {tuple(lengths.shape)} and correct "
-                         f"{tuple(correct.shape)} must have the same number of samples")
+        raise ValueError(
+            f"advantages {tuple(advantages.shape)}, lengths {tuple(lengths.shape)} and correct "
+            f"{tuple(correct.shape)} must have the same number of samples"
+        )
     length = _groups(lengths.detach().float().reshape(-1), group_size)
     ok = _groups((correct.detach().float().reshape(-1) > 0.5).float(), group_size)
     n_ok = ok.sum(1, keepdim=True)
@@ -76,8 +79,9 @@ def stcr_scale(advantages: torch.Tensor, lengths: torch.Tensor, correct: torch.T
     return advantages * (scale.unsqueeze(-1) if advantages.dim() == 2 else scale)
 
 
-def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation (Schulman et al. 2016, arXiv 1506.02438) over right-padded completions.
 
     ``delta_t = r_t + gamma V_{t+1} - V_t`` (``V`` after the last valid token is 0), ``A_t = sum_l (gamma lam)^l
@@ -85,8 +89,9 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     ``mask``: ``[B, T]``.
     """
     if not (rewards.shape == values.shape == mask.shape):
-        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, "
-                         f"mask {tuple(mask.shape)} differ")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, mask {tuple(mask.shape)} differ"
+        )
     m = mask.float()
     r, v = rewards.detach().float() * m, values.detach().float() * m
     adv = torch.zeros_like(r)

@@ -49,8 +49,9 @@ def load_plugins(specs: list[str], key: str = "plugins") -> None:
             raise ConfigError(f"{key}[{i}]", f"cannot import plugin {spec!r}: {type(err).__name__}: {err}") from None
         resolved.append(str(Path(spec).resolve()) if spec.endswith(".py") else spec)
     if resolved:
-        os.environ[ENV] = os.pathsep.join(dict.fromkeys(os.environ.get(ENV, "").split(os.pathsep) + resolved)
-                                          ).strip(os.pathsep)
+        os.environ[ENV] = os.pathsep.join(dict.fromkeys(os.environ.get(ENV, "").split(os.pathsep) + resolved)).strip(
+            os.pathsep
+        )
 
 
 def load_from_env() -> None:

@@ -31,9 +31,14 @@ class RolloutBatch:
         ``n`` per row, grouped by row, in row order."""
         if len(comps) != n * len(rows):
             raise ValueError(f"{len(comps)} completions for {len(rows)} prompts x {n} samples")
-        return cls(rows=rows, prompt_ids=[c["prompt_ids"] for c in comps],
-                   completion_ids=[c["token_ids"] for c in comps], texts=[c["text"] for c in comps],
-                   logprobs=[c["logprobs"] for c in comps], group=[i for i in range(len(rows)) for _ in range(n)])
+        return cls(
+            rows=rows,
+            prompt_ids=[c["prompt_ids"] for c in comps],
+            completion_ids=[c["token_ids"] for c in comps],
+            texts=[c["text"] for c in comps],
+            logprobs=[c["logprobs"] for c in comps],
+            group=[i for i in range(len(rows)) for _ in range(n)],
+        )
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -87,8 +92,13 @@ class ReferenceOutput:
     @classmethod
     def from_dict(cls, out: dict) -> ReferenceOutput:
         """From a reference worker's ``compute`` (a dict with those keys)."""
-        return cls(logprobs=out["logprobs"], logits=out.get("logits"), hidden=out.get("hidden"),
-                   head_version=out.get("head_version"), head=out.get("head"))
+        return cls(
+            logprobs=out["logprobs"],
+            logits=out.get("logits"),
+            hidden=out.get("hidden"),
+            head_version=out.get("head_version"),
+            head=out.get("head"),
+        )
 
 
 @dataclass
@@ -151,13 +161,16 @@ class TrainBatch:
         index = torch.tensor(rows, dtype=torch.long)
         per_sample: dict[str, Any] = {
             f: [getattr(self, f)[i] for i in rows]
-            for f in ("prompt_ids", "completion_ids", "scores", "correct", "rollout_logprobs")}
+            for f in ("prompt_ids", "completion_ids", "scores", "correct", "rollout_logprobs")
+        }
         if self.group is not None:
             per_sample["group"] = [self.group[i] for i in rows]
 
         def cut(value):
             return value[index, :t] if torch.is_tensor(value) else value
 
-        refs = {key: ReferenceOutput(**{f.name: cut(getattr(ref, f.name)) for f in fields(ref)})
-                for key, ref in self.refs.items()}
+        refs = {
+            key: ReferenceOutput(**{f.name: cut(getattr(ref, f.name)) for f in fields(ref)})
+            for key, ref in self.refs.items()
+        }
         return replace(self, refs=refs, **per_sample)

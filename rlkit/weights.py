@@ -62,8 +62,9 @@ def incorrect_mask(correct: torch.Tensor) -> torch.Tensor:
     return (correct.detach().float() <= 0.5).float()
 
 
-def scheduled_coef(step: int, start: float, end: float, total_steps: int, warmup_steps: int = 0,
-                   kind: str = "linear") -> float:
+def scheduled_coef(
+    step: int, start: float, end: float, total_steps: int, warmup_steps: int = 0, kind: str = "linear"
+) -> float:
     """Coefficient at ``step``: ``start`` during warmup, then ``linear`` or ``cosine`` from ``start`` to ``end``
     over ``total_steps`` (held at ``end`` afterwards)."""
     if step < warmup_steps:

@@ -31,8 +31,12 @@ def test_parse_sweep_arg_alias_yaml_values_and_nested_commas():
 def test_expand_is_product_times_seeds_seed_major():
     cells = expand({"regularizer": ["a", "b"], "grpo.steps": [1, 2]}, [0, 1])
     assert len(cells) == 8
-    assert [c.group for c in cells[:4]] == ["regularizers=a,grpo.steps=1", "regularizers=a,grpo.steps=2",
-                                            "regularizers=b,grpo.steps=1", "regularizers=b,grpo.steps=2"]
+    assert [c.group for c in cells[:4]] == [
+        "regularizers=a,grpo.steps=1",
+        "regularizers=a,grpo.steps=2",
+        "regularizers=b,grpo.steps=1",
+        "regularizers=b,grpo.steps=2",
+    ]
     assert [c.seed for c in cells] == [0] * 4 + [1] * 4
     assert len({c.name for c in cells}) == 8
     assert cells[0].overrides() == ["regularizers=a", "grpo.steps=1", "seed=0"]
@@ -46,8 +50,12 @@ def test_expand_is_product_times_seeds_seed_major():
 def test_arms_go_together_and_cross_the_grid():
     arms = {"rkl": {"regularizers": "kl_k3"}, "dph": {"regularizer": "forward_kl_rehearsal", "rehearsal": {"k": 4}}}
     cells = expand({"grpo.steps": [1, 2]}, [0], arms)
-    assert [c.group for c in cells] == ["arm=rkl,grpo.steps=1", "arm=rkl,grpo.steps=2", "arm=dph,grpo.steps=1",
-                                        "arm=dph,grpo.steps=2"]
+    assert [c.group for c in cells] == [
+        "arm=rkl,grpo.steps=1",
+        "arm=rkl,grpo.steps=2",
+        "arm=dph,grpo.steps=1",
+        "arm=dph,grpo.steps=2",
+    ]
     assert cells[2].values == {"regularizers": "forward_kl_rehearsal", "rehearsal": {"k": 4}, "grpo.steps": 1}
     assert cells[2].overrides() == ["regularizers=forward_kl_rehearsal", "rehearsal={k: 4}", "grpo.steps=1", "seed=0"]
     assert [c.group for c in expand({}, [0], {"a": {"x": 1}})] == ["arm=a"]
@@ -65,8 +73,10 @@ def test_value_labels_tell_dicts_apart():
 
 def test_plan_merges_recipe_section_and_validates_every_cell(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"extends: {ROOT / 'recipes' / 'quickstart.yaml'}\n"
-                      "sweep: {grid: {regularizers: [kl_k3, js]}, seeds: [0, 1]}\n")
+    recipe.write_text(
+        f"extends: {ROOT / 'recipes' / 'quickstart.yaml'}\n"
+        "sweep: {grid: {regularizers: [kl_k3, js]}, seeds: [0, 1]}\n"
+    )
     sweep, cells, resolved = plan(str(recipe), ["grpo.steps=3,4"], None, [])
     assert sweep.grid == {"regularizers": ["kl_k3", "js"], "grpo.steps": [3, 4]} and len(cells) == 8
     assert {r["grpo"]["steps"] for r in resolved.values()} == {3, 4}
@@ -86,8 +96,10 @@ def test_plan_merges_recipe_section_and_validates_every_cell(tmp_path):
 def _fake_cell(out: Path, cell: Cell, rewards: list[float], after: dict, before: dict, t: float):
     d = out / "cells" / cell.name
     d.mkdir(parents=True)
-    rows = [{"step": i + 1, "reward/mean": r, "kl_initial/k3": 0.01 * i, "policy/entropy": 0.5} for i, r in
-            enumerate(rewards)]
+    rows = [
+        {"step": i + 1, "reward/mean": r, "kl_initial/k3": 0.01 * i, "policy/entropy": 0.5}
+        for i, r in enumerate(rewards)
+    ]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "summary.json").write_text(json.dumps({"eval_before": before, "eval_after": after, "train_time_s": t}))
 
@@ -98,8 +110,15 @@ def test_report_numbers_are_mean_and_sample_std_over_seeds(tmp_path):
     before = {0: {"pass@1": 0.1, "pass@4": 0.3}, 1: {"pass@1": 0.3, "pass@4": 0.5}}
     for c in cells:
         v = p1[c.group][c.seed]
-        after = {"pass@1": v, "pass@4": v + 0.2, "pass@k": v + 0.2, "greedy_accuracy": v, "kl_to_initial": v / 10,
-                 "entropy": 0.3, "response_length": 10.0}
+        after = {
+            "pass@1": v,
+            "pass@4": v + 0.2,
+            "pass@k": v + 0.2,
+            "greedy_accuracy": v,
+            "kl_to_initial": v / 10,
+            "entropy": 0.3,
+            "response_length": 10.0,
+        }
         # 20 steps: the final reward is the mean of the last 2 (10%)
         _fake_cell(tmp_path, c, [0.0] * 18 + [v, v + 0.1], after, before[c.seed], 12.0 + c.seed)
     rep = write_report(tmp_path, cells)
@@ -133,8 +152,11 @@ def test_paired_differences_star_only_what_the_t_interval_resolves():
     assert t975(2) == pytest.approx(4.303) and t975(100) == 1.96
     base = [{"seed": s, "pass@1": 0.5} for s in range(3)]
     # diffs +0.10, +0.11, +0.12: mean 0.11, SE 0.0058 -> 19 SE, resolved; diffs +0.1, -0.05, +0.1: 1.0 SE, not
-    groups = {"a": base, "b": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.10, 0.11, 0.12])],
-              "c": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.1, -0.05, 0.1])]}
+    groups = {
+        "a": base,
+        "b": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.10, 0.11, 0.12])],
+        "c": [{"seed": s, "pass@1": 0.5 + d} for s, d in enumerate([0.1, -0.05, 0.1])],
+    }
     table = paired_table(groups, ["pass@1"])
     assert "| b | 3 | +0.110 ± 0.006* |" in table and "| c | 3 | +0.050 ± 0.050 |" in table
 
@@ -147,15 +169,26 @@ def test_report_lists_missing_cells(tmp_path):
     assert "regularizers=b" not in (rep / "table.md").read_text()
 
 
-SMALL = ["sft.max_steps=40", "sft.num_examples=400", "grpo.steps=3", "grpo.prompts_per_step=4", "grpo.group_size=4",
-         "eval.num_prompts=6", "eval.n_samples=4", "eval.ks=[1,2,4]", "logging.print_every=1", "logging.plot=false",
-         "logging.tensorboard=false"]
+SMALL = [
+    "sft.max_steps=40",
+    "sft.num_examples=400",
+    "grpo.steps=3",
+    "grpo.prompts_per_step=4",
+    "grpo.group_size=4",
+    "eval.num_prompts=6",
+    "eval.n_samples=4",
+    "eval.ks=[1,2,4]",
+    "logging.print_every=1",
+    "logging.plot=false",
+    "logging.tensorboard=false",
+]
 
 
 def _rlkit(*args, home, timeout=900):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
@@ -163,10 +196,15 @@ def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
     out = tmp_path / "abl"
     sweep = ["--sweep", "regularizer=kl_k3,lp_reg", "--seeds", "1", "--out", str(out)]
     # the example script: recipes/ablate_divergences.yaml's grid and seeds, replaced from the command line
-    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", "examples/ablation.sh", *sweep, *SMALL], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env=env)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        ["bash", "examples/ablation.sh", *sweep, *SMALL], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     args = ["ablate", "recipes/ablate_divergences.yaml", *SMALL, *sweep]
     rep = out / "report"
@@ -188,8 +226,19 @@ def test_two_cell_sweep_end_to_end_resumes_and_evals(tmp_path):
 
     again = _rlkit(*args, home=tmp_path)  # resumable: finished cells are skipped
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 2, again.stdout[-2000:]
-    changed = _rlkit("ablate", "recipes/ablate_divergences.yaml", *SMALL, "grpo.steps=2",
-                     "--sweep", "regularizer=kl_k3", "--seeds", "1", "--out", str(out), home=tmp_path)
+    changed = _rlkit(
+        "ablate",
+        "recipes/ablate_divergences.yaml",
+        *SMALL,
+        "grpo.steps=2",
+        "--sweep",
+        "regularizer=kl_k3",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        home=tmp_path,
+    )
     assert changed.returncode == 0 and "finished earlier" not in changed.stdout, changed.stdout[-2000:]
 
     ck = out / "cells" / "regularizers=kl_k3__seed0" / "final"

@@ -11,8 +11,8 @@ def test_group_advantages_against_numpy():
     r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5], dtype=torch.float64)
     got = group_advantages(r, 4).numpy()
     for gi in range(2):
-        g = r.numpy()[gi * 4:(gi + 1) * 4]
-        np.testing.assert_allclose(got[gi * 4:(gi + 1) * 4], (g - g.mean()) / (g.std(ddof=1) + 1e-6), rtol=1e-6)
+        g = r.numpy()[gi * 4 : (gi + 1) * 4]
+        np.testing.assert_allclose(got[gi * 4 : (gi + 1) * 4], (g - g.mean()) / (g.std(ddof=1) + 1e-6), rtol=1e-6)
     dr = group_advantages(r, 4, scale_std=False).numpy()
     np.testing.assert_allclose(dr, r.numpy() - np.repeat(r.numpy().reshape(2, 4).mean(1), 4), rtol=1e-6)
 

@@ -26,6 +26,7 @@ CYCLE_ALLOWLIST: set[tuple[str, ...]] = set()
 
 def _functions(tree: ast.AST):
     """``(qualified name, node)`` of every function and method, nested ones included."""
+
     def walk(node, prefix):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -36,6 +37,7 @@ def _functions(tree: ast.AST):
                 yield from walk(child, f"{prefix}{child.name}.")
             else:
                 yield from walk(child, prefix)
+
     yield from walk(tree, "")
 
 
@@ -159,7 +161,11 @@ def test_workers_restate_no_config_defaults():
     found = []
     for path in sorted((PACKAGE / "workers").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                    and len(node.args) + len(node.keywords) >= 2):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get"
+                and len(node.args) + len(node.keywords) >= 2
+            ):
                 found.append(f"rlkit/workers/{path.name}:{node.lineno}: {ast.unparse(node)}")
     assert not found, "config defaults restated in workers:\n" + "\n".join(found)

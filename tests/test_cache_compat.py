@@ -36,8 +36,9 @@ def test_native_sampler_and_shared_prefix_run_without_cache_deprecations(capsys)
     prompts = [tok("12+7=")["input_ids"], tok("3+4=")["input_ids"]]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        out = TransformersEngine(model, tok, batch_size=8).generate(prompts, SamplingParams(n=2, max_new_tokens=5,
-                                                                                            seed=0))
+        out = TransformersEngine(model, tok, batch_size=8).generate(
+            prompts, SamplingParams(n=2, max_new_tokens=5, seed=0)
+        )
         from rlkit.models.forward import collate
 
         batch = collate([c.prompt_ids for c in out], [c.token_ids for c in out], tok.pad_token_id)
@@ -54,8 +55,9 @@ def test_sft_config_turns_checkpointing_off_without_deprecation_warnings(tmp_pat
 
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
-                         **no_checkpointing(SFTConfig))
+        args = SFTConfig(
+            output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], **no_checkpointing(SFTConfig)
+        )
     assert not [str(w.message) for w in record if "checkpointing" in str(w.message)]
     assert getattr(args, "gradient_checkpointing", False) is False
     assert getattr(args, "activation_checkpointing", False) is False

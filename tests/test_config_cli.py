@@ -21,8 +21,10 @@ def test_every_shipped_recipe_validates(path):
 
 
 def test_extends_and_overrides():
-    r = load_recipe(RECIPES / "grpo_js.yaml", ["grpo.steps=3", "rollout.temperature=0.7", "eval.ks=[1, 2]",
-                                               "eval.n_samples=2", "rewards.0.weight=0.5"])
+    r = load_recipe(
+        RECIPES / "grpo_js.yaml",
+        ["grpo.steps=3", "rollout.temperature=0.7", "eval.ks=[1, 2]", "eval.n_samples=2", "rewards.0.weight=0.5"],
+    )
     assert r.grpo.steps == 3 and r.rollout.temperature == 0.7 and r.eval.ks == [1, 2]
     assert r.grpo.group_size == 8  # inherited from quickstart.yaml
     assert r.regularizers[0]["name"] == "js" and r.rewards[0].weight == 0.5
@@ -73,12 +75,17 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_recipe(loop)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "recipes/quickstart.yaml", "regularizers=[{name: kl, weighting: dads, placement: reward}]"],
-     "regularizers[0].weighting: 'dads' weights depend on advantages"),
-    (["train", "recipes/quickstart.yaml", "grpo.steps=-1"], "grpo.steps:"),
-    (["train", "recipes/nope.yaml"], "recipe file not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["train", "recipes/quickstart.yaml", "regularizers=[{name: kl, weighting: dads, placement: reward}]"],
+            "regularizers[0].weighting: 'dads' weights depend on advantages",
+        ),
+        (["train", "recipes/quickstart.yaml", "grpo.steps=-1"], "grpo.steps:"),
+        (["train", "recipes/nope.yaml"], "recipe file not found"),
+    ],
+)
 def test_cli_errors_are_one_line_without_traceback(args, needle):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=root, capture_output=True, text=True, timeout=120)
@@ -89,9 +96,15 @@ def test_cli_errors_are_one_line_without_traceback(args, needle):
 
 def test_cli_check_and_list():
     root = Path(__file__).resolve().parents[1]
-    ok = subprocess.run([sys.executable, "-m", "rlkit", "check", "recipes/grpo_soup.yaml"], cwd=root,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "rlkit", "check", "recipes/grpo_soup.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and "OK" in ok.stdout
-    lst = subprocess.run([sys.executable, "-m", "rlkit", "regularizers"], cwd=root, capture_output=True, text=True,
-                         timeout=120)
+    lst = subprocess.run(
+        [sys.executable, "-m", "rlkit", "regularizers"], cwd=root, capture_output=True, text=True, timeout=120
+    )
     assert "lp_reg" in lst.stdout and "kl_k3" in lst.stdout

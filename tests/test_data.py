@@ -47,8 +47,7 @@ def test_all_prompts_disjoint_when_the_whole_pool_is_used():
 
 @pytest.mark.parametrize("ops", [("+", "-"), ("+", "-", "*"), ("*",)])
 def test_answers_are_correct_and_ops_and_ranges_respected(ops):
-    train, held = make_arithmetic_splits(n_train=300, n_eval=50, seed=1, max_operand=25, ops=ops,
-                                         max_mul_operand=9)
+    train, held = make_arithmetic_splits(n_train=300, n_eval=50, seed=1, max_operand=25, ops=ops, max_mul_operand=9)
     seen = set()
     for row in list(train) + list(held):
         value, a, op, b = _solve(row["prompt"])
@@ -63,8 +62,9 @@ def test_answers_are_correct_and_ops_and_ranges_respected(ops):
 
 
 def test_nonnegative_and_min_operand_knobs():
-    train, held = make_arithmetic_splits(n_train=None, n_eval=5, seed=0, max_operand=9, min_operand=2,
-                                         nonnegative=True, ops=("-",))
+    train, held = make_arithmetic_splits(
+        n_train=None, n_eval=5, seed=0, max_operand=9, min_operand=2, nonnegative=True, ops=("-",)
+    )
     rows = list(train) + list(held)
     assert len(rows) == 8 * 9 // 2  # pairs a >= b from 2..9
     for row in rows:
@@ -92,10 +92,12 @@ def test_sft_dataset_prompt_completion_format_and_no_held_out_leak():
     for p, c in zip(sft["prompt"], sft["completion"]):
         m = re.fullmatch(r"<answer>(-?\d+)</answer>", c)
         assert m and int(m.group(1)) == _solve(p)[0]  # no noise by default
-    assert list(make_sft_dataset(n=2000, seed=1, split_seed=7, n_eval=150, max_operand=15)["prompt"]) \
-        == list(sft["prompt"])
-    assert list(make_sft_dataset(n=2000, seed=2, split_seed=7, n_eval=150, max_operand=15)["prompt"]) \
-        != list(sft["prompt"])
+    assert list(make_sft_dataset(n=2000, seed=1, split_seed=7, n_eval=150, max_operand=15)["prompt"]) == list(
+        sft["prompt"]
+    )
+    assert list(make_sft_dataset(n=2000, seed=2, split_seed=7, n_eval=150, max_operand=15)["prompt"]) != list(
+        sft["prompt"]
+    )
     # n_train restricts SFT to the first n_train training problems
     train20, _ = make_arithmetic_splits(n_train=20, n_eval=150, seed=7, max_operand=15)
     few = make_sft_dataset(n=500, seed=1, split_seed=7, n_eval=150, max_operand=15, n_train=20)
@@ -143,7 +145,8 @@ def _write(tmp_path, fmt):
         path = tmp_path / "datadir"
         path.mkdir()
         (path / "train.jsonl").write_text(
-            "\n".join(json.dumps(dict(zip(ROWS, vals))) for vals in zip(*ROWS.values())) + "\n")
+            "\n".join(json.dumps(dict(zip(ROWS, vals))) for vals in zip(*ROWS.values())) + "\n"
+        )
     return path
 
 

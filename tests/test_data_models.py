@@ -35,8 +35,11 @@ def test_sft_data_never_contains_held_out_prompts_and_noise_knob():
     assert not set(sft["prompt"]) & set(held["prompt"])
     assert all(c.startswith("<answer>") and c.endswith("</answer>") for c in sft["completion"])
     noisy = make_sft_dataset(n=2000, seed=1, split_seed=7, n_eval=150, max_operand=15, label_noise=0.3)
-    wrong = sum(1 for p, c in zip(noisy["prompt"], noisy["completion"])
-                if int(c[8:-9]) != (lambda a, o, b: a + b if o == "+" else a - b)(*_parse(p)))
+    wrong = sum(
+        1
+        for p, c in zip(noisy["prompt"], noisy["completion"])
+        if int(c[8:-9]) != (lambda a, o, b: a + b if o == "+" else a - b)(*_parse(p))
+    )
     assert 0.25 < wrong / 2000 < 0.35
 
 

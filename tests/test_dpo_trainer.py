@@ -17,9 +17,11 @@ from rlkit.config import load_recipe
 from rlkit.data.preference import load_preference_dataset, make_synthetic_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = [{"prompt": "1+2=", "chosen": "<answer>3</answer>", "rejected": "<answer>4</answer>"},
-        {"prompt": "17+25=", "chosen": "<answer>42</answer>", "rejected": "<answer>32</answer>"},
-        {"prompt": "9+9=", "chosen": "<answer>18</answer>", "rejected": "<answer>8</answer>"}]
+ROWS = [
+    {"prompt": "1+2=", "chosen": "<answer>3</answer>", "rejected": "<answer>4</answer>"},
+    {"prompt": "17+25=", "chosen": "<answer>42</answer>", "rejected": "<answer>32</answer>"},
+    {"prompt": "9+9=", "chosen": "<answer>18</answer>", "rejected": "<answer>8</answer>"},
+]
 
 
 def write_jsonl(path, rows):
@@ -41,8 +43,13 @@ def test_load_jsonl_and_parquet_with_renamed_columns(tmp_path):
 
 
 def test_conversational_values(tmp_path):
-    rows = [{"prompt": [{"role": "user", "content": "1+2="}], "chosen": [{"role": "assistant", "content": "3"}],
-             "rejected": [{"role": "assistant", "content": "4"}]}]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "1+2="}],
+            "chosen": [{"role": "assistant", "content": "3"}],
+            "rejected": [{"role": "assistant", "content": "4"}],
+        }
+    ]
     ds = load_preference_dataset(write_jsonl(tmp_path / "c.jsonl", rows))
     assert ds[0]["prompt"] == [{"role": "user", "content": "1+2="}] and ds[0]["chosen"] == "3"
 
@@ -61,10 +68,12 @@ def test_missing_column_and_file_are_named(tmp_path):
 
 
 def test_synthetic_pairs_deterministic_chosen_correct_rejected_wrong():
-    a_train, a_held = make_synthetic_pairs(300, seed=3, rejected="dropped_carry", split_seed=1, max_operand=49,
-                                           ops=["+"])
-    b_train, b_held = make_synthetic_pairs(300, seed=3, rejected="dropped_carry", split_seed=1, max_operand=49,
-                                           ops=["+"])
+    a_train, a_held = make_synthetic_pairs(
+        300, seed=3, rejected="dropped_carry", split_seed=1, max_operand=49, ops=["+"]
+    )
+    b_train, b_held = make_synthetic_pairs(
+        300, seed=3, rejected="dropped_carry", split_seed=1, max_operand=49, ops=["+"]
+    )
     assert list(a_train) == list(b_train) and list(a_held) == list(b_held)
     c_train, _ = make_synthetic_pairs(300, seed=4, rejected="dropped_carry", split_seed=1, max_operand=49, ops=["+"])
     assert list(c_train) != list(a_train)
@@ -85,10 +94,23 @@ def test_synthetic_pairs_deterministic_chosen_correct_rejected_wrong():
 
 
 def _tiny_recipe(tmp_path, *over):
-    return load_recipe(ROOT / "recipes/dpo.yaml", [
-        f"output_dir={tmp_path}", "sft.enabled=false", "model.name_or_path=tiny", "dpo.num_pairs=12",
-        "dpo.eval_pairs=6", "dpo.batch_size=12", "dpo.steps=1", "dpo.task_eval=false", "logging.tensorboard=false",
-        "logging.plot=false", "checkpoint.save_final=false", *over])
+    return load_recipe(
+        ROOT / "recipes/dpo.yaml",
+        [
+            f"output_dir={tmp_path}",
+            "sft.enabled=false",
+            "model.name_or_path=tiny",
+            "dpo.num_pairs=12",
+            "dpo.eval_pairs=6",
+            "dpo.batch_size=12",
+            "dpo.steps=1",
+            "dpo.task_eval=false",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "checkpoint.save_final=false",
+            *over,
+        ],
+    )
 
 
 def _run(recipe):
@@ -129,8 +151,13 @@ def test_first_step_loss_matches_a_hand_computed_dpo_loss(tmp_path, divergence):
 
     ref_dir = save_hf_checkpoint(build_tiny_model(seed=7), build_tiny_tokenizer(), tmp_path / "ref")
     beta = 0.5
-    recipe = _tiny_recipe(tmp_path / "run", f"dpo.reference_model={ref_dir}", f"dpo.beta={beta}",
-                          f"dpo.divergence={divergence}", "dpo.learning_rate=1e-2")
+    recipe = _tiny_recipe(
+        tmp_path / "run",
+        f"dpo.reference_model={ref_dir}",
+        f"dpo.beta={beta}",
+        f"dpo.divergence={divergence}",
+        "dpo.learning_rate=1e-2",
+    )
     summary, rows = _run(recipe)
     policy, ref = build_tiny_model(seed=recipe.seed).eval(), build_tiny_model(seed=7).eval()
     tok = build_tiny_tokenizer()
@@ -163,12 +190,23 @@ def test_dpo_recipe_refuses_regularizers():
 
 def rlkit(*args, home, timeout=600):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
-SMALL = ["sft.max_steps=20", "sft.num_examples=200", "dpo.steps=3", "dpo.num_pairs=64", "dpo.batch_size=8",
-         "dpo.eval_pairs=16", "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1"]
+SMALL = [
+    "sft.max_steps=20",
+    "sft.num_examples=200",
+    "dpo.steps=3",
+    "dpo.num_pairs=64",
+    "dpo.batch_size=8",
+    "dpo.eval_pairs=16",
+    "eval.num_prompts=8",
+    "eval.n_samples=4",
+    "eval.ks=[1,4]",
+    "logging.print_every=1",
+]
 
 
 @pytest.mark.slow
@@ -179,8 +217,9 @@ def test_dpo_recipes_run_through_the_cli(recipe, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"loss", "rewards/accuracy", "rewards/margin", "rewards/ece", "logps/chosen",
-            "logps/rejected"} <= set(rows[0])
+    assert {"loss", "rewards/accuracy", "rewards/margin", "rewards/ece", "logps/chosen", "logps/rejected"} <= set(
+        rows[0]
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["divergence"] == recipe.removeprefix("dpo_") and summary["steps"] == 3
     for key in ("eval_before", "eval_after"):
@@ -192,7 +231,15 @@ def test_dpo_recipes_run_through_the_cli(recipe, tmp_path):
 
 def test_bad_column_is_exit_2_naming_it(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
-    proc = rlkit("train", "recipes/dpo.yaml", f"output_dir={tmp_path}", f"dpo.data={data}",
-                 "dpo.chosen_column=preferred", "sft.enabled=false", home=tmp_path, timeout=120)
+    proc = rlkit(
+        "train",
+        "recipes/dpo.yaml",
+        f"output_dir={tmp_path}",
+        f"dpo.data={data}",
+        "dpo.chosen_column=preferred",
+        "sft.enabled=false",
+        home=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "'preferred'" in proc.stderr and "dpo.data" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,15 +9,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["sft.max_steps=60", "sft.num_examples=600", "grpo.steps=2", "grpo.prompts_per_step=4", "grpo.group_size=4",
-         "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1",
-         "ray.mode=actors"]  # this file tests the Ray actor placement (ray.mode auto picks in-process here)
+SMALL = [
+    "sft.max_steps=60",
+    "sft.num_examples=600",
+    "grpo.steps=2",
+    "grpo.prompts_per_step=4",
+    "grpo.group_size=4",
+    "eval.num_prompts=8",
+    "eval.n_samples=4",
+    "eval.ks=[1,4]",
+    "logging.print_every=1",
+    "ray.mode=actors",
+]  # this file tests the Ray actor placement (ray.mode auto picks in-process here)
 
 
 def rlkit(*args, home, timeout=600):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +68,40 @@ def test_quickstart_outputs(quickstart):
 @pytest.mark.ray
 def test_catalogue_recipes_run(quickstart, recipe, tmp_path):
     q, _ = quickstart
-    proc = rlkit("train", f"recipes/{recipe}.yaml", f"output_dir={tmp_path}", *SMALL, "sft.enabled=false",
-                 f"model.name_or_path={q / 'sft' / 'run0'}", "eval.before=false", home=tmp_path)
+    proc = rlkit(
+        "train",
+        f"recipes/{recipe}.yaml",
+        f"output_dir={tmp_path}",
+        *SMALL,
+        "sft.enabled=false",
+        f"model.name_or_path={q / 'sft' / 'run0'}",
+        "eval.before=false",
+        home=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    label = {"grpo_kl_k3": "kl_k3_pathwise", "grpo_forward_kl": "forward_kl", "grpo_js": "js_exact",
-             "grpo_lp_reg": "lp_reg", "grpo_dads": "kl_k3_pathwise_dads"}[recipe]
+    label = {
+        "grpo_kl_k3": "kl_k3_pathwise",
+        "grpo_forward_kl": "forward_kl",
+        "grpo_js": "js_exact",
+        "grpo_lp_reg": "lp_reg",
+        "grpo_dads": "kl_k3_pathwise_dads",
+    }[recipe]
     assert f"{label}/value" in rows[-1]
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_soup_reference_recipe(tmp_path):
-    proc = rlkit("train", "recipes/grpo_soup.yaml", f"output_dir={tmp_path}", *SMALL, "sft.max_steps=20",
-                 "eval.before=false", home=tmp_path)
+    proc = rlkit(
+        "train",
+        "recipes/grpo_soup.yaml",
+        f"output_dir={tmp_path}",
+        *SMALL,
+        "sft.max_steps=20",
+        "eval.before=false",
+        home=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "sft" / "run1" / "COMPLETE").exists()  # two SFT seeds feed the soup
     assert "ReferenceWorker[soup]" in proc.stdout + proc.stderr
@@ -80,7 +110,8 @@ def test_soup_reference_recipe(tmp_path):
 def test_missing_dataset_column_is_one_clear_error(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "1+1=", "answer": "2"}) + "\n")
-    proc = rlkit("train", "recipes/quickstart.yaml", f"data.source={data}", f"output_dir={tmp_path}", home=tmp_path,
-                 timeout=120)
+    proc = rlkit(
+        "train", "recipes/quickstart.yaml", f"data.source={data}", f"output_dir={tmp_path}", home=tmp_path, timeout=120
+    )
     assert proc.returncode == 2
     assert "missing prompt column 'prompt'" in proc.stderr and "Traceback" not in proc.stderr

@@ -50,6 +50,7 @@ def _run_example(script: str, tmp_path: Path, *args: str) -> list[tuple[int, flo
 
 # --- the examples run ------------------------------------------------------------------------------------------
 
+
 def test_grpo_example_runs(tmp_path):
     steps = _run_example("trl_grpo_with_rlkit_regularizer.py", tmp_path, "--regularizer", "js")
     assert all(penalty >= 0 for _, _, penalty in steps)  # the control-variate JS estimate is non-negative
@@ -61,6 +62,7 @@ def test_dpo_example_runs(tmp_path):
 
 
 # --- GRPO: the rlkit kl_k3_pathwise regularizer is TRL's built-in k3 term -------------------------------------
+
 
 def _grpo_inputs(trainer, generator):
     """A hand-made rollout batch in the layout `_generate_and_score_completions` produces."""
@@ -74,10 +76,13 @@ def _grpo_inputs(trainer, generator):
     prompt_mask = torch.ones(B, P, dtype=torch.long)
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), T)
+            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), T
+        )
     return {
-        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-        "completion_ids": completion_ids, "completion_mask": completion_mask,
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
         "advantages": torch.randn(B, generator=generator),
         # a reference and an old policy that differ from the current one, so k3 and pi/pi_old are not trivial
         "ref_per_token_logps": logps + 0.3 * torch.randn(B, T, generator=generator),
@@ -113,8 +118,10 @@ def test_grpo_kl_k3_pathwise_equals_trl_builtin_kl(tmp_path):
 
     loss_diff = (ours - theirs).abs().item()
     grad_diff = (our_grads - their_grads).abs().max().item()
-    print(f"GRPO kl_k3_pathwise vs TRL: loss {ours.item():.8f} vs {theirs.item():.8f}, |diff| {loss_diff:.3g}, "
-          f"max |grad diff| {grad_diff:.3g}, kl metric |diff| {abs(ours_kl - theirs_kl):.3g}")
+    print(
+        f"GRPO kl_k3_pathwise vs TRL: loss {ours.item():.8f} vs {theirs.item():.8f}, |diff| {loss_diff:.3g}, "
+        f"max |grad diff| {grad_diff:.3g}, kl metric |diff| {abs(ours_kl - theirs_kl):.3g}"
+    )
     assert loss_diff < 1e-6
     assert grad_diff < 1e-6
     assert ours_kl == pytest.approx(theirs_kl, abs=1e-6) and theirs_kl > 1e-3
@@ -144,12 +151,17 @@ def test_grpo_example_refuses_unsupported_setups(tmp_path):
 
 # --- DPO: rlkit's f-DPO is TRL's f-DPO -------------------------------------------------------------------------
 
-TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "js": "js_divergence",
-                  "alpha": "alpha_divergence"}
+TRL_DIVERGENCE = {
+    "reverse_kl": "reverse_kl",
+    "forward_kl": "forward_kl",
+    "js": "js_divergence",
+    "alpha": "alpha_divergence",
+}
 
 
-@pytest.mark.parametrize("divergence,alpha", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("js", 0.5),
-                                              ("alpha", 0.3), ("alpha", 0.8)])
+@pytest.mark.parametrize(
+    "divergence,alpha", [("reverse_kl", 0.5), ("forward_kl", 0.5), ("js", 0.5), ("alpha", 0.3), ("alpha", 0.8)]
+)
 def test_fdpo_equals_trl_loss(tmp_path, divergence, alpha):
     from trl import DPOTrainer
 
@@ -158,9 +170,16 @@ def test_fdpo_equals_trl_loss(tmp_path, divergence, alpha):
     example = _load_example("trl_dpo_with_rlkit_fdpo")
     # TRL's own f-DPO is configured through DPOConfig; its alpha coefficient is 1 - (rlkit's / the paper's) alpha.
     # beta = 1 and a reference from another seed make the log-ratios (and the divergences' losses) clearly differ.
-    trainer = example.build_trainer(str(tmp_path), divergence=divergence, alpha=alpha, beta=1.0, ref_seed=1,
-                                    n_pairs=4, f_divergence_type=TRL_DIVERGENCE[divergence],
-                                    f_alpha_divergence_coef=1.0 - alpha)
+    trainer = example.build_trainer(
+        str(tmp_path),
+        divergence=divergence,
+        alpha=alpha,
+        beta=1.0,
+        ref_seed=1,
+        n_pairs=4,
+        f_divergence_type=TRL_DIVERGENCE[divergence],
+        f_alpha_divergence_coef=1.0 - alpha,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     model = trainer.model.train()
     with torch.no_grad():
@@ -172,8 +191,10 @@ def test_fdpo_equals_trl_loss(tmp_path, divergence, alpha):
         functional = fdpo_loss(pc, pr, rc, rr, beta=1.0, divergence=divergence, alpha=alpha).mean()
         swapped = fdpo_loss(pc, pr, rc, rr, beta=1.0, divergence=divergence, alpha=1.0 - alpha).mean()
 
-    print(f"f-DPO {divergence} alpha={alpha}: TRL {theirs.item():.8f}, subclass |diff| "
-          f"{(ours - theirs).abs().item():.3g}, functional |diff| {(functional - theirs).abs().item():.3g}")
+    print(
+        f"f-DPO {divergence} alpha={alpha}: TRL {theirs.item():.8f}, subclass |diff| "
+        f"{(ours - theirs).abs().item():.3g}, functional |diff| {(functional - theirs).abs().item():.3g}"
+    )
     assert (ours - theirs).abs().item() < 1e-5
     assert (functional - theirs).abs().item() < 1e-5
     assert (pc - rc).abs().max() > 0.2  # the comparison is not at the trivial point u = 1 (loss = log 2)

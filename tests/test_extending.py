@@ -80,8 +80,11 @@ def test_a_new_reference_type_is_one_file_and_one_registry_line(module_from, mon
     from rlkit.workers.reference import ReferenceWorker
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
-    with pytest.raises(ConfigError, match=r"regularizers\[0\]\.reference\.type: unknown reference type 'perturbed'; "
-                                          r"registered: initial, proxy, soup, teacher"):
+    with pytest.raises(
+        ConfigError,
+        match=r"regularizers\[0\]\.reference\.type: unknown reference type 'perturbed'; "
+        r"registered: initial, proxy, soup, teacher",
+    ):
         build_regularizers([{"name": "kl", "reference": {"type": "perturbed", "sigma": 0.1}}])
 
     mod = module_from("my_reference", NEW_REFERENCE)
@@ -91,11 +94,13 @@ def test_a_new_reference_type_is_one_file_and_one_registry_line(module_from, mon
     spec = {"name": "kl", "reference": {"type": "perturbed", "sigma": 0.05, "seed": 3}}
     (reg,) = build_regularizers([spec])
     assert isinstance(reg.cfg.reference, mod.PerturbedConfig) and reg.reference_key == "perturbed"
-    for bad, message in [({"type": "perturbed"}, "reference.sigma: required key is missing"),
-                         ({"type": "perturbed", "sigma": -1}, "reference.sigma:"),
-                         ({"type": "perturbed", "sigma": 1, "model": "x"}, "'model' only applies to type 'teacher'"),
-                         ({"type": "perturbed", "sigma": 1, "refresh_every": 2}, "not 'perturbed'"),
-                         ({"type": "nowhere"}, "registered: initial, perturbed, proxy, soup, teacher")]:
+    for bad, message in [
+        ({"type": "perturbed"}, "reference.sigma: required key is missing"),
+        ({"type": "perturbed", "sigma": -1}, "reference.sigma:"),
+        ({"type": "perturbed", "sigma": 1, "model": "x"}, "'model' only applies to type 'teacher'"),
+        ({"type": "perturbed", "sigma": 1, "refresh_every": 2}, "not 'perturbed'"),
+        ({"type": "nowhere"}, "registered: initial, perturbed, proxy, soup, teacher"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             build_regularizers([{"name": "kl", "reference": bad}])
 
@@ -105,10 +110,21 @@ def test_a_new_reference_type_is_one_file_and_one_registry_line(module_from, mon
     plan = ReferencePlan.from_needs(needs, kl_to_initial=False)
     assert plan.spawned == ("perturbed",) and plan.fixed == ("perturbed",)
     src = resolve_reference(plan.specs["perturbed"], ["tiny"], tmp_path, prepared)
-    assert (src.kind, src.paths, src.options) == ("perturbed", ["tiny"], {
-        "sigma": 0.05, "seed": 3, "prepared": "prepared at regularizers[0].reference"})
-    worker = spawn(ReferenceWorker, {}, src.kind, src.paths, src.weights, load_options=src.options, name="perturbed",
-                   inprocess=True)
+    assert (src.kind, src.paths, src.options) == (
+        "perturbed",
+        ["tiny"],
+        {"sigma": 0.05, "seed": 3, "prepared": "prepared at regularizers[0].reference"},
+    )
+    worker = spawn(
+        ReferenceWorker,
+        {},
+        src.kind,
+        src.paths,
+        src.weights,
+        load_options=src.options,
+        name="perturbed",
+        inprocess=True,
+    )
     served = dict(worker.instance.model.named_parameters())
     base, _ = load_merged_model("tiny")
     g = torch.Generator().manual_seed(3)

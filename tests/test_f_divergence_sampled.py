@@ -27,8 +27,9 @@ def test_monte_carlo_unbiased(name, sampled_from, control_variate):
     lp_all, lq_all = torch.log_softmax(logits, -1), torch.log_softmax(ref, -1)
     source = lq_all if sampled_from == "ref" else lp_all
     x = torch.multinomial(source.exp(), n, replacement=True, generator=g)
-    est = f_divergence_sampled(lp_all[x], lq_all[x], name, sampled_from=sampled_from, alpha=alpha,
-                               control_variate=control_variate)
+    est = f_divergence_sampled(
+        lp_all[x], lq_all[x], name, sampled_from=sampled_from, alpha=alpha, control_variate=control_variate
+    )
     se = est.std().item() / math.sqrt(n)
     assert abs(est.mean().item() - exact) < 5 * se + 1e-9, (est.mean().item(), exact, se)
 
@@ -64,16 +65,18 @@ def test_known_closed_forms():
     d = lp - lr
     u = d.exp()
     # reverse KL on policy samples == Schulman's k3 (unclamped)
-    torch.testing.assert_close(f_divergence_sampled(lp, lr, "reverse_kl", "policy"),
-                               kl_penalty(lp, lr, "k3", value_clamp=None))
+    torch.testing.assert_close(
+        f_divergence_sampled(lp, lr, "reverse_kl", "policy"), kl_penalty(lp, lr, "k3", value_clamp=None)
+    )
     # forward KL on reference samples == DPH-RL's u - log u - 1
     torch.testing.assert_close(f_divergence_sampled(lp, lr, "forward_kl", "ref"), u - d - 1)
     # forward KL on policy samples == RAPO's rho log rho - rho + 1, rho = pi_ref/pi
     rho = (-d).exp()
     torch.testing.assert_close(f_divergence_sampled(lp, lr, "forward_kl", "policy"), rho * rho.log() - rho + 1)
     # JS on reference samples == 1/2 f_JS(u), f_JS(u) = u log u - (u + 1) log((u + 1)/2)
-    torch.testing.assert_close(f_divergence_sampled(lp, lr, "js", "ref"),
-                               0.5 * (u * u.log() - (u + 1) * torch.log((u + 1) / 2)))
+    torch.testing.assert_close(
+        f_divergence_sampled(lp, lr, "js", "ref"), 0.5 * (u * u.log() - (u + 1) * torch.log((u + 1) / 2))
+    )
 
 
 def test_pathwise_gradient_exact_for_reference_samples():

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlkit.utils.train_state import optimizer_from_files, optimizer_to_files, python_random_from_json, \
-    python_random_to_json
+from rlkit.utils.train_state import (
+    optimizer_from_files,
+    optimizer_to_files,
+    python_random_from_json,
+    python_random_to_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,11 +49,26 @@ def test_optimizer_state_round_trips_through_safetensors_and_json():
 
 
 def _args(out: Path, cache: Path, steps: int = 6) -> list[str]:
-    return ["train", "recipes/quickstart.yaml", f"output_dir={out}", f"sft.cache_dir={cache}", "sft.max_steps=40",
-            "sft.num_examples=400", f"grpo.steps={steps}", "grpo.prompts_per_step=4", "grpo.group_size=4",
-            "checkpoint.save_every=2", "eval.before=false", "eval.num_prompts=4", "eval.n_samples=4",
-            "eval.ks=[1,4]", "logging.print_every=1", "logging.plot=false", "logging.tensorboard=false",
-            "ray.mode=actors"]  # worker kills and restarts: the Ray actor placement
+    return [
+        "train",
+        "recipes/quickstart.yaml",
+        f"output_dir={out}",
+        f"sft.cache_dir={cache}",
+        "sft.max_steps=40",
+        "sft.num_examples=400",
+        f"grpo.steps={steps}",
+        "grpo.prompts_per_step=4",
+        "grpo.group_size=4",
+        "checkpoint.save_every=2",
+        "eval.before=false",
+        "eval.num_prompts=4",
+        "eval.n_samples=4",
+        "eval.ks=[1,4]",
+        "logging.print_every=1",
+        "logging.plot=false",
+        "logging.tensorboard=false",
+        "ray.mode=actors",
+    ]  # worker kills and restarts: the Ray actor placement
 
 
 def _env(home: Path) -> dict:
@@ -57,8 +76,14 @@ def _env(home: Path) -> dict:
 
 
 def _run(args, home, timeout=600):
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=_env(home))
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(home),
+    )
 
 
 def _steps(out: Path) -> list[int]:
@@ -69,8 +94,14 @@ def _steps(out: Path) -> list[int]:
 
 
 def _start(args, home, log: Path):
-    return subprocess.Popen([sys.executable, "-m", "rlkit", *args], cwd=ROOT, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=_env(home), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlkit", *args],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=_env(home),
+        start_new_session=True,
+    )
 
 
 def _wait_for(cond, proc, timeout=600):
@@ -153,8 +184,11 @@ def test_a_killed_reward_worker_is_restarted_and_reported(tmp_path):
 def test_non_finite_steps_are_skipped_and_stop_the_job(tmp_path):
     # a KL coefficient beyond float32's range (the recipe refuses inf itself) makes every loss non-finite: it is
     # inf in float32, and inf * KL or inf * 0 = nan; the weights never move
-    args = [*_args(tmp_path / "run", tmp_path / "sft", steps=8), "regularizers=[{name: kl, coef: 1.0e+300}]",
-            "grpo.max_bad_steps=3"]
+    args = [
+        *_args(tmp_path / "run", tmp_path / "sft", steps=8),
+        "regularizers=[{name: kl, coef: 1.0e+300}]",
+        "grpo.max_bad_steps=3",
+    ]
     proc = _run(args, tmp_path)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()[-1]

@@ -31,8 +31,9 @@ def _trl_scores(divergence, logratio, trl_coef):
     return logratio
 
 
-@pytest.mark.parametrize("divergence,ours", [("forward_kl", "forward_kl"), ("js_divergence", "js"),
-                                             ("alpha_divergence", "alpha")])
+@pytest.mark.parametrize(
+    "divergence,ours", [("forward_kl", "forward_kl"), ("js_divergence", "js"), ("alpha_divergence", "alpha")]
+)
 @pytest.mark.parametrize("alpha", [0.2, 0.5, 0.7])
 def test_agrees_with_trl_parameterisation(divergence, ours, alpha):
     pc, pr, rc, rr = [x / 10 for x in _logps(seed=1)]  # moderate log-ratios
@@ -47,10 +48,14 @@ def test_agrees_with_trl_parameterisation(divergence, ours, alpha):
 def test_alpha_parameterisation_is_not_trls_except_at_half():
     pc, pr, rc, rr = [x / 10 for x in _logps(seed=2)]
     alpha = 0.2
-    h_trl_same_number = (_trl_scores("alpha_divergence", pc - rc, alpha)
-                         - _trl_scores("alpha_divergence", pr - rr, alpha))
-    assert not torch.allclose(fdpo_loss(pc, pr, rc, rr, divergence="alpha", alpha=alpha).double(),
-                              -F.logsigmoid(0.1 * h_trl_same_number), rtol=1e-3)
+    h_trl_same_number = _trl_scores("alpha_divergence", pc - rc, alpha) - _trl_scores(
+        "alpha_divergence", pr - rr, alpha
+    )
+    assert not torch.allclose(
+        fdpo_loss(pc, pr, rc, rr, divergence="alpha", alpha=alpha).double(),
+        -F.logsigmoid(0.1 * h_trl_same_number),
+        rtol=1e-3,
+    )
 
 
 def test_alpha_limits_approach_reverse_and_forward():
@@ -108,7 +113,8 @@ def test_dpo_loss_metrics():
     assert m["rewards/rejected"] == pytest.approx(0.5 * (-1 + 0) / 2)
     assert m["rewards/accuracy"] == pytest.approx(0.5)
     assert loss.item() == pytest.approx(
-        float(-(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(-0.5))) / 2))
+        float(-(F.logsigmoid(torch.tensor(1.0)) + F.logsigmoid(torch.tensor(-0.5))) / 2)
+    )
 
 
 def test_errors():

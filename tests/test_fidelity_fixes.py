@@ -81,9 +81,22 @@ def _stcr_loop(adv, lengths, correct, G, base=1.00001):
 
 def test_stcr_scale_against_a_loop():
     G = 4
-    lengths = torch.tensor([10.0, 30.0, 50_000.0, 5.0,  # correct: 10, 30 -> L+ = 20
-                            7.0, 900.0, 3.0, 12.0,  # no correct answer: unchanged
-                            4.0, 8.0, 16.0, 2.0])  # all correct: unchanged
+    lengths = torch.tensor(
+        [
+            10.0,
+            30.0,
+            50_000.0,
+            5.0,  # correct: 10, 30 -> L+ = 20
+            7.0,
+            900.0,
+            3.0,
+            12.0,  # no correct answer: unchanged
+            4.0,
+            8.0,
+            16.0,
+            2.0,
+        ]
+    )  # all correct: unchanged
     correct = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float32)
     adv = group_advantages(correct + 0.01 * torch.arange(12.0), G)
     got = stcr_scale(adv, lengths, correct, G)
@@ -127,8 +140,13 @@ def test_drgrpo_normaliser_is_constant_across_padded_lengths():
 
     def loss(extra: int) -> torch.Tensor:  # the same batch with `extra` more padding columns
         pad = lambda x, v=0.0: torch.cat([x, torch.full((4, extra), v)], -1)  # noqa: E731
-        b = PolicyBatch(logprobs=pad(lp, -1.0), old_logprobs=pad(old, -1.0), ref_logprobs=pad(ref, -1.0),
-                        mask=pad(mask), advantages=adv)
+        b = PolicyBatch(
+            logprobs=pad(lp, -1.0),
+            old_logprobs=pad(old, -1.0),
+            ref_logprobs=pad(ref, -1.0),
+            mask=pad(mask),
+            advantages=adv,
+        )
         return grpo_loss(b, regs, aggregation="drgrpo", norm_length=16)[0]
 
     # independent: sum over valid tokens of (surrogate + coef k3) / (B * 16)
@@ -161,10 +179,15 @@ def _data(B=4, step=0):
     g = torch.Generator().manual_seed(0)
     comps = [torch.randint(6, 20, (1 + i % 3,), generator=g).tolist() for i in range(B)]
     T = max(len(c) for c in comps)
-    return TrainBatch(step=step, prompt_ids=[[7, 8, 9]] * B, completion_ids=comps,
-                      scores=[float(i % 2) for i in range(B)], correct=[float(i % 2) for i in range(B)],
-                      rollout_logprobs=[[-2.0] * len(c) for c in comps],
-                      refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.1))})
+    return TrainBatch(
+        step=step,
+        prompt_ids=[[7, 8, 9]] * B,
+        completion_ids=comps,
+        scores=[float(i % 2) for i in range(B)],
+        correct=[float(i % 2) for i in range(B)],
+        rollout_logprobs=[[-2.0] * len(c) for c in comps],
+        refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.1))},
+    )
 
 
 # --------------------------------------------------------------------------------------------------- KDRL
@@ -180,8 +203,9 @@ def test_teacher_recipe_anneals_and_masks_correct_responses():
     ref = lp + torch.tensor([[0.3, -0.2], [0.1, 0.4], [-0.6, 0.2]])
     correct = torch.tensor([1.0, 0.0, 0.0])
     step = total // 2
-    batch = PolicyBatch(logprobs=lp, mask=torch.ones(3, 2), ref_logprobs={"teacher": ref}, step=step,
-                        extras={"correct": correct})
+    batch = PolicyBatch(
+        logprobs=lp, mask=torch.ones(3, 2), ref_logprobs={"teacher": ref}, step=step, extras={"correct": correct}
+    )
     out = reg(batch)
     want = 3e-3 * 0.5 * (lp - ref) ** 2 * (1 - correct)[:, None]  # k2 = d^2 / 2 on incorrect samples only
     torch.testing.assert_close(out.per_token, want)
@@ -198,8 +222,14 @@ def test_only_incorrect_composes_with_per_sample_weights():
     adv = torch.tensor([1.0, -1.0, 0.5, 0.5])
     correct = torch.tensor([1.0, 0.0, 1.0, 0.0])
     lp = torch.full((4, 2), -1.0)
-    batch = PolicyBatch(logprobs=lp, mask=torch.ones(4, 2), ref_logprobs=lp - 0.5, advantages=adv, accuracy=acc,
-                        extras={"correct": correct})
+    batch = PolicyBatch(
+        logprobs=lp,
+        mask=torch.ones(4, 2),
+        ref_logprobs=lp - 0.5,
+        advantages=adv,
+        accuracy=acc,
+        extras={"correct": correct},
+    )
     (reg,) = build_regularizers([{"name": "kl", "coef": 1.0, "weighting": {"type": "dads", "only_incorrect": True}}])
     want = torch.tensor([_view_r1_kl_weight(1 - a) if v > 0 else 1.0 for a, v in zip(acc.tolist(), adv.tolist())])
     torch.testing.assert_close(reg.weighting.sample_weights(batch), want * (1 - correct))
@@ -207,8 +237,11 @@ def test_only_incorrect_composes_with_per_sample_weights():
 
 def test_learner_puts_correct_into_the_batch(tiny_dir):
     regs = [{"name": "kl", "estimator": "k3", "coef": 0.1, "weighting": {"type": "constant", "only_incorrect": True}}]
-    core = LearnerCore(tiny_dir, {"learning_rate": 1e-4, "group_size": 2, "clip_low": 0.2, "clip_high": 0.28,
-                                  "aggregation": "token-mean"}, regs)
+    core = LearnerCore(
+        tiny_dir,
+        {"learning_rate": 1e-4, "group_size": 2, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean"},
+        regs,
+    )
     data = dataclasses.replace(_data(), correct=[0.0, 0.0, 0.0, 1.0])
     m = core.train_step(data)
     assert m["kl_k3/weight_mean"] == pytest.approx(0.75)  # one correct sample of four is masked
@@ -218,10 +251,10 @@ def test_learner_puts_correct_into_the_batch(tiny_dir):
 def test_paced_normalize_option():
     p = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.8, 1.0])
     for a, b in ((1.0, 1.0), (2.0, 0.5), (0.5, 3.0)):
-        raw = torch.tensor([x ** a * (1 - x) ** b for x in p.tolist()])
+        raw = torch.tensor([x**a * (1 - x) ** b for x in p.tolist()])
         torch.testing.assert_close(paced_weights(p, a, b, normalize=False), raw)
         m = a / (a + b)  # the kernel's mode
-        torch.testing.assert_close(paced_weights(p, a, b), raw / (m ** a * (1 - m) ** b))
+        torch.testing.assert_close(paced_weights(p, a, b), raw / (m**a * (1 - m) ** b))
     torch.testing.assert_close(paced_weights(p, 1, 1), 4 * p * (1 - p))  # a = b = 1: 4x the raw p (1 - p)
     (reg,) = build_regularizers([{"name": "kl", "coef": 1.0, "weighting": {"type": "paced", "normalize": False}}])
     batch = PolicyBatch(logprobs=torch.zeros(6, 1), mask=torch.ones(6, 1), ref_logprobs=torch.zeros(6, 1), accuracy=p)
@@ -262,8 +295,16 @@ def test_trl_alpha_conversion_matches_the_installed_trl(tmp_path):
     spec.loader.exec_module(example)
     alpha = 0.3
     coef = _trl_alpha_coef(alpha, trl.__version__)
-    trainer = example.build_trainer(str(tmp_path), divergence="alpha", alpha=alpha, beta=1.0, ref_seed=1, n_pairs=4,
-                                    f_divergence_type="alpha_divergence", f_alpha_divergence_coef=coef)
+    trainer = example.build_trainer(
+        str(tmp_path),
+        divergence="alpha",
+        alpha=alpha,
+        beta=1.0,
+        ref_seed=1,
+        n_pairs=4,
+        f_divergence_type="alpha_divergence",
+        f_alpha_divergence_coef=coef,
+    )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     model = trainer.model.train()
     with torch.no_grad():
@@ -286,8 +327,9 @@ def test_lp_reg_recipe_uses_the_scripts_clip_range():
     assert (reg.cfg.coef, reg.cfg.min_p, reg.cfg.rho) == (1.0, 0.02, 0.01)
     ratio = torch.tensor([[0.01, 0.5, 3.0, 9.5, 12.0, 0.01, 12.0]])
     adv = torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0, 1.0, -1.0]])
-    loss, _ = clipped_surrogate(ratio.log(), torch.zeros_like(ratio), adv, torch.ones_like(ratio),
-                                g.clip_low, g.clip_high)
+    loss, _ = clipped_surrogate(
+        ratio.log(), torch.zeros_like(ratio), adv, torch.ones_like(ratio), g.clip_low, g.clip_high
+    )
     # independent: max(-A r, -A clip(r, 1e-4, 10)); only r = 12 is clipped for A > 0 (and not for A < 0)
     want = torch.maximum(-adv * ratio, -adv * ratio.clamp(1e-4, 10.0))
     torch.testing.assert_close(loss, want)

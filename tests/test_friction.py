@@ -23,8 +23,14 @@ def _env(home: Path) -> dict:
 
 
 def _rlkit(*args, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=_env(home))
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(home),
+    )
 
 
 def _console(terminal: bool = False):
@@ -89,9 +95,16 @@ def test_sft_progress_on_a_terminal_is_a_live_bar():
 def _sft_recipe(tmp_path, steps=8):
     from rlkit.config import load_recipe
 
-    return load_recipe(ROOT / "recipes/quickstart.yaml", [f"output_dir={tmp_path}", f"sft.max_steps={steps}",
-                                                          "sft.num_examples=96", "sft.batch_size=16",
-                                                          "logging.print_every=2"])
+    return load_recipe(
+        ROOT / "recipes/quickstart.yaml",
+        [
+            f"output_dir={tmp_path}",
+            f"sft.max_steps={steps}",
+            "sft.num_examples=96",
+            "sft.batch_size=16",
+            "logging.print_every=2",
+        ],
+    )
 
 
 def _weights(path):
@@ -161,8 +174,18 @@ def test_eval_in_process_and_through_ray_give_the_same_numbers(tmp_path):
     from rlkit.models.tiny import save_tiny
 
     ck = save_tiny(tmp_path / "ck", seed=3)  # against the seed-0 tiny model as the reference: KL > 0
-    common = [str(ck), "--recipe", "recipes/quickstart.yaml", "--reference", "tiny", "--k", "1,4",
-              "--num-prompts", "5", "ray.torch_threads=1"]
+    common = [
+        str(ck),
+        "--recipe",
+        "recipes/quickstart.yaml",
+        "--reference",
+        "tiny",
+        "--k",
+        "1,4",
+        "--num-prompts",
+        "5",
+        "ray.torch_threads=1",
+    ]
     runs = {}
     for name, extra in (("inprocess", []), ("ray", ["--ray"])):
         proc = _rlkit("eval", *common, "--out", str(tmp_path / f"{name}.json"), *extra, home=tmp_path)
@@ -181,26 +204,48 @@ def test_eval_in_process_and_through_ray_give_the_same_numbers(tmp_path):
 
 
 def _rows(n=6, **series):
-    return [{"step": s + 1, "time": 0.1 * s, **{k: (f(s) if callable(f) else f) for k, f in series.items()}}
-            for s in range(n)]
+    return [
+        {"step": s + 1, "time": 0.1 * s, **{k: (f(s) if callable(f) else f) for k, f in series.items()}}
+        for s in range(n)
+    ]
 
 
 def test_panels_drop_constant_and_duplicate_series_and_keep_loss_and_grad_norm():
     from rlkit.utils.plotting import plan_training_panels
 
-    rows = _rows(**{
-        "rollout/logprob_gap": lambda s: 1e-7 * (s % 2),
-        "kl_k3/value": lambda s: 0.01 * s, "kl_k3/coef": 0.001, "loss/policy": lambda s: 1 / (s + 1),
-        "loss/total": lambda s: 1 / (s + 1) + 1e-3 * 0.01 * s, "policy/entropy": lambda s: 2 - 0.1 * s,
-        "grad_norm": lambda s: 0.5 + 0.1 * s, "skipped_updates": 0.0, "reward/mean": lambda s: 0.1 * s,
-        "reward/accuracy": lambda s: 0.1 * s + 0.05, "response/length": lambda s: 8 + s % 3,
-        "reward/numeric_match": lambda s: 0.1 * s, "reward/failures/numeric_match": 0.0,
-        "kl_initial/k3": lambda s: 3e-14 * (s % 3), "time/step": lambda s: 0.2 + s, "dead": float("nan"),
-        "js/value": lambda s: 0.01 * s,  # a second regularizer that happens to equal the first: still a twin
-    })
+    rows = _rows(
+        **{
+            "rollout/logprob_gap": lambda s: 1e-7 * (s % 2),
+            "kl_k3/value": lambda s: 0.01 * s,
+            "kl_k3/coef": 0.001,
+            "loss/policy": lambda s: 1 / (s + 1),
+            "loss/total": lambda s: 1 / (s + 1) + 1e-3 * 0.01 * s,
+            "policy/entropy": lambda s: 2 - 0.1 * s,
+            "grad_norm": lambda s: 0.5 + 0.1 * s,
+            "skipped_updates": 0.0,
+            "reward/mean": lambda s: 0.1 * s,
+            "reward/accuracy": lambda s: 0.1 * s + 0.05,
+            "response/length": lambda s: 8 + s % 3,
+            "reward/numeric_match": lambda s: 0.1 * s,
+            "reward/failures/numeric_match": 0.0,
+            "kl_initial/k3": lambda s: 3e-14 * (s % 3),
+            "time/step": lambda s: 0.2 + s,
+            "dead": float("nan"),
+            "js/value": lambda s: 0.01 * s,  # a second regularizer that happens to equal the first: still a twin
+        }
+    )
     plan = plan_training_panels(rows)
-    assert plan.series == ["reward/mean", "reward/accuracy", "loss/total", "loss/policy", "grad_norm", "kl_k3/value",
-                           "policy/entropy", "response/length", "rollout/logprob_gap"]
+    assert plan.series == [
+        "reward/mean",
+        "reward/accuracy",
+        "loss/total",
+        "loss/policy",
+        "grad_norm",
+        "kl_k3/value",
+        "policy/entropy",
+        "response/length",
+        "rollout/logprob_gap",
+    ]
     assert plan.dropped["kl_k3/coef"] == "constant 0.001"
     assert plan.dropped["skipped_updates"] == "constant 0"
     assert plan.dropped["reward/failures/numeric_match"] == "constant 0"
@@ -214,27 +259,45 @@ def test_panels_drop_constant_and_duplicate_series_and_keep_loss_and_grad_norm()
 def test_panels_keep_every_regularizer_value_and_components_that_differ():
     from rlkit.utils.plotting import plan_training_panels
 
-    rows = _rows(**{"reward/mean": lambda s: 0.5 * s, "reward/numeric_match": lambda s: 0.4 * s,
-                    "reward/format": lambda s: 0.1 * s, "loss": lambda s: 1.0 / (s + 1),
-                    "kl_k3/value": lambda s: 0.01 * s, "js/value": lambda s: 0.02 * s * s,
-                    "lp_reg/value": lambda s: -0.01 * s, "grad_norm": lambda s: 1.0 + (s % 2)})
+    rows = _rows(
+        **{
+            "reward/mean": lambda s: 0.5 * s,
+            "reward/numeric_match": lambda s: 0.4 * s,
+            "reward/format": lambda s: 0.1 * s,
+            "loss": lambda s: 1.0 / (s + 1),
+            "kl_k3/value": lambda s: 0.01 * s,
+            "js/value": lambda s: 0.02 * s * s,
+            "lp_reg/value": lambda s: -0.01 * s,
+            "grad_norm": lambda s: 1.0 + (s % 2),
+        }
+    )
     plan = plan_training_panels(rows)
-    assert plan.series == ["reward/mean", "reward/numeric_match", "reward/format", "loss", "grad_norm",
-                           "kl_k3/value", "js/value", "lp_reg/value"]
+    assert plan.series == [
+        "reward/mean",
+        "reward/numeric_match",
+        "reward/format",
+        "loss",
+        "grad_norm",
+        "kl_k3/value",
+        "js/value",
+        "lp_reg/value",
+    ]
     assert plan.dropped == {}
 
 
 def test_panels_eval_bars_from_the_summary_and_the_limit():
     from rlkit.utils.plotting import MAX_PANELS, plan_training_panels
 
-    summary = {"eval_before": {"pass@1": 0.2, "pass@8": 0.5, "pass@k": 0.5, "greedy_accuracy": 0.25,
-                               "entropy": 1.5, "k": 8},
-               "eval_after": {"pass@1": 0.4, "pass@8": 0.6, "pass@k": 0.6, "greedy_accuracy": 0.5,
-                              "entropy": 1.1, "k": 8}}
+    summary = {
+        "eval_before": {"pass@1": 0.2, "pass@8": 0.5, "pass@k": 0.5, "greedy_accuracy": 0.25, "entropy": 1.5, "k": 8},
+        "eval_after": {"pass@1": 0.4, "pass@8": 0.6, "pass@k": 0.6, "greedy_accuracy": 0.5, "entropy": 1.1, "k": 8},
+    }
     rows = _rows(**{f"m{i}": (lambda s, i=i: s * (i + 1) + s * s * i) for i in range(20)})
     plan = plan_training_panels(rows, summary)
-    assert plan.eval == {"before": {"pass@1": 0.2, "pass@8": 0.5, "greedy_accuracy": 0.25},
-                         "after": {"pass@1": 0.4, "pass@8": 0.6, "greedy_accuracy": 0.5}}
+    assert plan.eval == {
+        "before": {"pass@1": 0.2, "pass@8": 0.5, "greedy_accuracy": 0.25},
+        "after": {"pass@1": 0.4, "pass@8": 0.6, "greedy_accuracy": 0.5},
+    }
     assert len(plan.series) == MAX_PANELS - 1  # the eval panel takes one slot
     assert sum(why == "over the limit" for why in plan.dropped.values()) == 20 - (MAX_PANELS - 1)
     dpo = plan_training_panels(rows[:2], {"eval_before": None, "eval_after": {"pref/accuracy": 0.7, "pass@1": 0.1}})
@@ -248,10 +311,24 @@ def test_training_curves_png_from_a_run_directory(tmp_path):
 
     with MetricsLogger(tmp_path, tensorboard=False, enabled_progress=False) as logger:
         for step in range(1, 7):
-            logger.log(step, {"reward/mean": 0.1 * step, "reward/numeric_match": 0.1 * step, "kl_k3/coef": 1e-3,
-                              "loss/total": 1.0 / step, "grad_norm": 0.3 + 0.01 * step})
-    (tmp_path / "summary.json").write_text(json.dumps({"eval_before": {"pass@1": 0.1, "greedy_accuracy": 0.2},
-                                                       "eval_after": {"pass@1": 0.3, "greedy_accuracy": 0.4}}))
+            logger.log(
+                step,
+                {
+                    "reward/mean": 0.1 * step,
+                    "reward/numeric_match": 0.1 * step,
+                    "kl_k3/coef": 1e-3,
+                    "loss/total": 1.0 / step,
+                    "grad_norm": 0.3 + 0.01 * step,
+                },
+            )
+    (tmp_path / "summary.json").write_text(
+        json.dumps(
+            {
+                "eval_before": {"pass@1": 0.1, "greedy_accuracy": 0.2},
+                "eval_after": {"pass@1": 0.3, "greedy_accuracy": 0.4},
+            }
+        )
+    )
     keys = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "training_curves.png")
     assert keys == ["reward/mean", "loss/total", "grad_norm"]
     data = (tmp_path / "training_curves.png").read_bytes()
@@ -269,9 +346,22 @@ def test_training_curves_png_from_a_run_directory(tmp_path):
 
 
 def _dpo_args(out: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "recipes/dpo.yaml", f"output_dir={out}", "sft.enabled=false", "model.name_or_path=tiny",
-            f"dpo.steps={steps}", "dpo.num_pairs=64", "dpo.batch_size=4", "dpo.eval_pairs=8", "dpo.task_eval=false",
-            "logging.print_every=1", "logging.tensorboard=false", "logging.plot=false", *extra]
+    return [
+        "train",
+        "recipes/dpo.yaml",
+        f"output_dir={out}",
+        "sft.enabled=false",
+        "model.name_or_path=tiny",
+        f"dpo.steps={steps}",
+        "dpo.num_pairs=64",
+        "dpo.batch_size=4",
+        "dpo.eval_pairs=8",
+        "dpo.task_eval=false",
+        "logging.print_every=1",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        *extra,
+    ]
 
 
 def _steps(out: Path) -> list[int]:
@@ -289,9 +379,13 @@ def test_dpo_signal_finishes_the_step_saves_the_weights_and_exits_128_plus_signa
     from rlkit.utils.checkpoint import checkpoint_problem
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rlkit", *_dpo_args(out, 100_000)], cwd=ROOT,
-                            stdout=(tmp_path / "out.log").open("w"), stderr=(tmp_path / "err.log").open("w"),
-                            env=_env(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlkit", *_dpo_args(out, 100_000)],
+        cwd=ROOT,
+        stdout=(tmp_path / "out.log").open("w"),
+        stderr=(tmp_path / "err.log").open("w"),
+        env=_env(tmp_path),
+    )
     t0 = time.time()
     while len(_steps(out)) < 3:
         assert proc.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
@@ -305,16 +399,23 @@ def test_dpo_signal_finishes_the_step_saves_the_weights_and_exits_128_plus_signa
     lines = [x for x in err.splitlines() if "received" in x]
     assert len(lines) == 1, err[-3000:]
     name = signal.Signals(sig).name
-    m = re.fullmatch(rf"rlkit: received {name} at step (\d+): weights -> (\S+); DPO has no --resume \(no optimizer "
-                     r"state is saved\): rerun to train from the start, or evaluate them with rlkit eval (\S+)",
-                     lines[0])
+    m = re.fullmatch(
+        rf"rlkit: received {name} at step (\d+): weights -> (\S+); DPO has no --resume \(no optimizer "
+        r"state is saved\): rerun to train from the start, or evaluate them with rlkit eval (\S+)",
+        lines[0],
+    )
     assert m, lines[0]
     n, ck = int(m.group(1)), Path(m.group(2))
     assert Path(m.group(3)) == ck == out / f"stopped_at_step_{n:06d}"
     assert _steps(out) == list(range(1, n + 1))  # the step in progress was finished and logged
     assert checkpoint_problem(ck) is None and (ck / "COMPLETE").is_file()
-    assert json.loads((ck / "stopped.json").read_text()) == {"algorithm": "dpo", "step": n, "steps": 100_000,
-                                                             "resumable": False, "signal": name}
+    assert json.loads((ck / "stopped.json").read_text()) == {
+        "algorithm": "dpo",
+        "step": n,
+        "steps": 100_000,
+        "resumable": False,
+        "signal": name,
+    }
     AutoModelForCausalLM.from_pretrained(ck)  # a model directory
     assert not (out / "final").exists() and not (out / "summary.json").exists()
 

@@ -87,8 +87,9 @@ def test_entropy_is_the_textbook_formula_and_has_no_gradient(chunk):
 def test_gradcheck_and_bf16_dtypes():
     h, w, b, tokens, _ = make()
     small = tuple(t.detach().requires_grad_() for t in (h[:2, :3, :4], w[:7, :4], b[:7]))
-    assert torch.autograd.gradcheck(lambda h, w, b: linear_token_logprobs(h, w, tokens[:2, :3] % 7, b, 0.9,
-                                                                          chunk_size=4), small)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: linear_token_logprobs(h, w, tokens[:2, :3] % 7, b, 0.9, chunk_size=4), small
+    )
     hb, wb, bb = (t.detach().bfloat16().requires_grad_() for t in (h, w, b))
     lp = linear_token_logprobs(hb, wb, tokens, bb, chunk_size=4)
     assert lp.dtype == torch.float32
@@ -130,10 +131,12 @@ def test_no_vocab_sized_tensor_forward_or_backward():
 # ------------------------------------------------------------------------------------------------ the model side
 def _batch(vocab=40, seed=0, rows=4):
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(5, vocab, (int(torch.randint(2, 6, (), generator=g)),), generator=g).tolist()
-               for _ in range(rows)]
-    comps = [torch.randint(5, vocab, (int(torch.randint(1, 8, (), generator=g)),), generator=g).tolist()
-             for _ in range(rows)]
+    prompts = [
+        torch.randint(5, vocab, (int(torch.randint(2, 6, (), generator=g)),), generator=g).tolist() for _ in range(rows)
+    ]
+    comps = [
+        torch.randint(5, vocab, (int(torch.randint(1, 8, (), generator=g)),), generator=g).tolist() for _ in range(rows)
+    ]
     return collate(prompts, comps, 0)
 
 
@@ -192,22 +195,36 @@ def test_completion_hidden_on_lora_and_unsupported_heads():
 
 
 # ------------------------------------------------------------------------------------------------ the learner
-GRPO = {"learning_rate": 1e-4, "group_size": 4, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean",
-        "entropy_coef": 0.01}
+GRPO = {
+    "learning_rate": 1e-4,
+    "group_size": 4,
+    "clip_low": 0.2,
+    "clip_high": 0.28,
+    "aggregation": "token-mean",
+    "entropy_coef": 0.01,
+}
 
 
 def _data(step, vocab, with_ref_logits, rows=8, lengths=(3, 12)):
     g = torch.Generator().manual_seed(10 + step)
     lens = [int(torch.randint(*lengths, (), generator=g)) for _ in range(rows)]
-    prompts = [p for p in (torch.randint(5, 40, (4,), generator=g).tolist() for _ in range(rows // 4))
-               for _ in range(4)]
+    prompts = [
+        p for p in (torch.randint(5, 40, (4,), generator=g).tolist() for _ in range(rows // 4)) for _ in range(4)
+    ]
     comps = [torch.randint(5, 40, (n,), generator=g).tolist() for n in lens]
     scores = [float(i % 2) for i in range(rows)]
     ref = ReferenceOutput(logprobs=-torch.rand(rows, max(lens), generator=g) * 3)
     if with_ref_logits:  # already divided by the temperature, as the reference worker sends them
         ref.logits = torch.randn(rows, max(lens), vocab, generator=g) * 2
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
-                      rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens], refs={"initial": ref})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores,
+        correct=scores,
+        rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
+        refs={"initial": ref},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +234,18 @@ def tiny_dir(tmp_path_factory):
     return str(save_tiny(tmp_path_factory.mktemp("tiny"), num_hidden_layers=2))
 
 
-REGS = {"kl_k3": ["kl_k3"], "forward_kl": [{"name": "forward_kl", "mode": "exact", "reference": "initial"}],
-        "kl_exact": ["kl_exact"],
-        # sequence-level gradients through a real learner step: sampled (score-function terms / prefix weights)
-        # and exact (future exact divergences / prefix weights on exact per-state divergences)
-        "kl_seq": ["kl_seq", "forward_kl_seq"],
-        "exact_seq": [{"name": "kl", "mode": "exact", "gradient": "sequence"},
-                      {"name": "forward_kl", "mode": "exact", "gradient": "sequence"}]}
+REGS = {
+    "kl_k3": ["kl_k3"],
+    "forward_kl": [{"name": "forward_kl", "mode": "exact", "reference": "initial"}],
+    "kl_exact": ["kl_exact"],
+    # sequence-level gradients through a real learner step: sampled (score-function terms / prefix weights)
+    # and exact (future exact divergences / prefix weights on exact per-state divergences)
+    "kl_seq": ["kl_seq", "forward_kl_seq"],
+    "exact_seq": [
+        {"name": "kl", "mode": "exact", "gradient": "sequence"},
+        {"name": "forward_kl", "mode": "exact", "gradient": "sequence"},
+    ],
+}
 
 
 @pytest.mark.parametrize("reg", list(REGS))
@@ -231,8 +253,10 @@ REGS = {"kl_k3": ["kl_k3"], "forward_kl": [{"name": "forward_kl", "mode": "exact
 def test_learner_steps_agree_with_and_without_fused_head(tiny_dir, reg, updates, capsys):
     from rlkit.workers.learner import LearnerCore
 
-    cores = {f: LearnerCore(tiny_dir, {**GRPO, **updates, "fused_head": f}, REGS[reg], temperature=0.8)
-             for f in (False, True)}
+    cores = {
+        f: LearnerCore(tiny_dir, {**GRPO, **updates, "fused_head": f}, REGS[reg], temperature=0.8)
+        for f in (False, True)
+    }
     vocab = cores[True].model.config.vocab_size
     init = {n: p.detach().clone() for n, p in cores[True].model.named_parameters()}
     for step in range(2):
@@ -242,8 +266,13 @@ def test_learner_steps_agree_with_and_without_fused_head(tiny_dir, reg, updates,
         for k in base:
             assert fused[k] == pytest.approx(base[k], rel=1e-5, abs=1e-6), k
     assert cores[True]._fused_ok and "falls back" not in capsys.readouterr().out
-    label = {"kl_k3": "kl_k3", "forward_kl": "forward_kl_exact", "kl_exact": "kl_exact", "kl_seq": "kl_k3_seq",
-             "exact_seq": "kl_exact_seq"}[reg]
+    label = {
+        "kl_k3": "kl_k3",
+        "forward_kl": "forward_kl_exact",
+        "kl_exact": "kl_exact",
+        "kl_seq": "kl_k3_seq",
+        "exact_seq": "kl_exact_seq",
+    }[reg]
     assert base[f"{label}/value"] > 0 and base["policy/entropy"] > 0
     if reg in ("kl_seq", "exact_seq"):  # the forward KL's prefix importance weights are reported
         fkl = "forward_kl_seq" if reg == "kl_seq" else "forward_kl_exact_seq"
@@ -272,8 +301,10 @@ def test_lora_and_ppo_learners_agree_with_and_without_fused_head(tiny_dir):
 
     lora = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "all-linear"}
     ppo = PPOConfig(learning_rate=1e-4, critic_learning_rate=1e-3).model_dump()
-    makers = {"lora": lambda f: LearnerCore(tiny_dir, {**GRPO, "fused_head": f}, ["kl_k3"], lora=dict(lora)),
-              "ppo": lambda f: PPOLearnerCore(tiny_dir, {**ppo, "fused_head": f}, ["kl_reward", "kl_k3"])}
+    makers = {
+        "lora": lambda f: LearnerCore(tiny_dir, {**GRPO, "fused_head": f}, ["kl_k3"], lora=dict(lora)),
+        "ppo": lambda f: PPOLearnerCore(tiny_dir, {**ppo, "fused_head": f}, ["kl_reward", "kl_k3"]),
+    }
     for kind, make_core in makers.items():
         cores = {f: make_core(f) for f in (False, True)}
         init = {n: p.detach().clone() for n, p in cores[True].model.named_parameters()}
@@ -303,8 +334,17 @@ def test_fused_learner_never_materialises_batch_logits(tmp_path):
     from rlkit.models.tiny import save_tiny
     from rlkit.workers.learner import LearnerCore
 
-    path = str(save_tiny(tmp_path, vocab_size=6000, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2))
+    path = str(
+        save_tiny(
+            tmp_path,
+            vocab_size=6000,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     largest = {}
     for fused in (True, False):
         core = LearnerCore(path, {**GRPO, "fused_head": fused}, REGS["forward_kl"])

@@ -124,10 +124,15 @@ def expected(tab: Tabular, spec: dict, samples: str):
         # k3's value clamp at 10 (the reference codes' default) bounds the logged value, not the gradient
         spec.setdefault("value_clamp", None)
     (reg,) = build_regularizers([spec])
-    batch = PolicyBatch(logprobs=tab.logprobs(), mask=tab.mask, ref_logprobs=tab.ref_logprobs(),
-                        logits=tab.logits(), ref_logits=tab.ref_logits(),
-                        old_logprobs=tab.logprobs().detach(),
-                        sampled_from="policy" if samples == "policy" else "ref")
+    batch = PolicyBatch(
+        logprobs=tab.logprobs(),
+        mask=tab.mask,
+        ref_logprobs=tab.ref_logprobs(),
+        logits=tab.logits(),
+        ref_logits=tab.ref_logits(),
+        old_logprobs=tab.logprobs().detach(),
+        sampled_from="policy" if samples == "policy" else "ref",
+    )
     out = reg(batch)
     weights = (tab.seq_logprob() if samples == "policy" else tab.ref_seq_logprob()).exp().detach()
     total = (weights * out.per_token.sum(-1)).sum()
@@ -157,8 +162,13 @@ CASES = [
     ({"name": "kl", "estimator": "k2", "gradient": "pathwise"}, "policy", "reverse_kl", "token", False),
     # ... times the differentiated ratio pi/sg(pi_old) (TRL's use_bias_correction_kl): the reverse KL's again
     ({"name": "kl", "gradient": "pathwise", "importance_correction": True}, "policy", "reverse_kl", "token", True),
-    ({"name": "kl", "estimator": "k1", "gradient": "pathwise", "importance_correction": True}, "policy",
-     "reverse_kl", "token", True),
+    (
+        {"name": "kl", "estimator": "k1", "gradient": "pathwise", "importance_correction": True},
+        "policy",
+        "reverse_kl",
+        "token",
+        True,
+    ),
     ({"name": "kl", "importance_correction": True}, "policy", "reverse_kl", "token", True),
     ({"name": "forward_kl"}, "policy", "forward_kl", "token", True),
     ({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True),
@@ -166,8 +176,13 @@ CASES = [
     ({"name": "forward_kl", "mode": "exact", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True),
     ({"name": "forward_kl", "samples": "reference"}, "reference", "forward_kl", "token", True),
     ({"name": "forward_kl", "samples": "reference"}, "reference", "forward_kl", "sequence", True),
-    ({"name": "forward_kl", "samples": "reference", "gradient": "sequence"}, "reference", "forward_kl", "sequence",
-     True),
+    (
+        {"name": "forward_kl", "samples": "reference", "gradient": "sequence"},
+        "reference",
+        "forward_kl",
+        "sequence",
+        True,
+    ),
     ({"name": "js"}, "policy", "js", "token", True),
     ({"name": "js", "mode": "exact"}, "policy", "js", "token", True),
     ({"name": "js", "samples": "reference"}, "reference", "js", "token", True),
@@ -247,25 +262,43 @@ def test_forward_kl_sequence_weights_are_logged_and_the_cap_is_explicit():
 # --- deliberate breaks: each must make the contract tests fail ---------------------------------------------------
 
 MUTANTS = {
-    "no surrogate (pathwise estimator)": (lambda mp: mp.setattr(G, "straight_through", lambda v, f, lp: v),
-                                          [({"name": "forward_kl"}, "policy", "forward_kl", "token", True),
-                                           ({"name": "js"}, "policy", "js", "token", True)]),
-    "no future terms": (lambda mp: mp.setattr(G, "future_sum", lambda v, m: torch.zeros_like(v)),
-                        [({"name": "kl", "gradient": "sequence"}, "policy", "reverse_kl", "sequence", True),
-                         ({"name": "kl", "mode": "exact", "gradient": "sequence"}, "policy", "reverse_kl",
-                          "sequence", True)]),
-    "no prefix weights": (lambda mp: mp.setattr(G, "prefix_weights", lambda lr, m, cap=None, log_clamp=None:
-                                                torch.ones_like(lr)),
-                          [({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True),
-                           ({"name": "kl", "samples": "reference", "gradient": "sequence"}, "reference",
-                            "reverse_kl", "sequence", True)]),
+    "no surrogate (pathwise estimator)": (
+        lambda mp: mp.setattr(G, "straight_through", lambda v, f, lp: v),
+        [
+            ({"name": "forward_kl"}, "policy", "forward_kl", "token", True),
+            ({"name": "js"}, "policy", "js", "token", True),
+        ],
+    ),
+    "no future terms": (
+        lambda mp: mp.setattr(G, "future_sum", lambda v, m: torch.zeros_like(v)),
+        [
+            ({"name": "kl", "gradient": "sequence"}, "policy", "reverse_kl", "sequence", True),
+            ({"name": "kl", "mode": "exact", "gradient": "sequence"}, "policy", "reverse_kl", "sequence", True),
+        ],
+    ),
+    "no prefix weights": (
+        lambda mp: mp.setattr(G, "prefix_weights", lambda lr, m, cap=None, log_clamp=None: torch.ones_like(lr)),
+        [
+            ({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True),
+            (
+                {"name": "kl", "samples": "reference", "gradient": "sequence"},
+                "reference",
+                "reverse_kl",
+                "sequence",
+                True,
+            ),
+        ],
+    ),
     "prefix weights include the current token": (
         lambda mp: mp.setattr(G, "prefix_sum", lambda v, m: (v * m.to(v.dtype)).cumsum(-1)),
-        [({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True)]),
+        [({"name": "forward_kl", "gradient": "sequence"}, "policy", "forward_kl", "sequence", True)],
+    ),
     "uncentred forward-KL factor with the wrong sign": (
-        lambda mp: mp.setattr(G, "score_factor", lambda lp, ref, d, alpha=0.5, log_ratio_clamp=20.0:
-                              torch.exp(ref - lp).detach()),
-        [({"name": "forward_kl"}, "policy", "forward_kl", "token", True)]),
+        lambda mp: mp.setattr(
+            G, "score_factor", lambda lp, ref, d, alpha=0.5, log_ratio_clamp=20.0: torch.exp(ref - lp).detach()
+        ),
+        [({"name": "forward_kl"}, "policy", "forward_kl", "token", True)],
+    ),
 }
 
 

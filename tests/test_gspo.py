@@ -21,8 +21,7 @@ def _batch(shift=0.05, adv=(1.0, -0.5, 2.0), seed=0):
     g = torch.Generator().manual_seed(seed)
     old = -torch.rand(3, 4, generator=g) * 2
     lp = (old + shift * torch.randn(3, 4, generator=g)).requires_grad_(True)
-    return PolicyBatch(logprobs=lp, old_logprobs=old, mask=MASK, advantages=torch.tensor(adv),
-                       ref_logprobs=old - 0.1)
+    return PolicyBatch(logprobs=lp, old_logprobs=old, mask=MASK, advantages=torch.tensor(adv), ref_logprobs=old - 0.1)
 
 
 def test_value_is_the_mean_over_sequences_of_the_clipped_sequence_term():
@@ -76,8 +75,7 @@ def test_regularizers_join_and_token_advantages_are_refused():
     with_kl, m = gspo_loss(b, regs, aggregation="token-mean")
     assert float(with_kl - plain) == pytest.approx(0.1 * m["kl_k3/value"], abs=1e-6)  # float32 sums of O(1) terms
     with pytest.raises(ValueError, match=r"\[B\]"):
-        gspo_loss(PolicyBatch(logprobs=b.logprobs, old_logprobs=b.old_logprobs, mask=MASK,
-                              advantages=torch.ones(3, 4)))
+        gspo_loss(PolicyBatch(logprobs=b.logprobs, old_logprobs=b.old_logprobs, mask=MASK, advantages=torch.ones(3, 4)))
 
 
 def test_the_learner_runs_gspo_and_the_recipe_checks_it(tiny_dir):
@@ -87,10 +85,17 @@ def test_the_learner_runs_gspo_and_the_recipe_checks_it(tiny_dir):
     recipe = build_recipe({"grpo": {"policy_loss": "gspo", "group_size": 2, "clip_low": 3e-4, "clip_high": 4e-4}})
     core = LearnerCore(tiny_dir, recipe.grpo, "kl_k3")
     comps = [[6, 7], [8], [9, 10, 11], [12]]
-    m = core.train_step(TrainBatch(step=0, prompt_ids=[[7, 8, 9]] * 2 + [[7, 9, 9]] * 2, completion_ids=comps,
-                                   scores=[1.0, 0.0, 0.5, 0.0], correct=[1.0, 0.0, 0.0, 0.0],
-                                   rollout_logprobs=[[-2.0] * len(c) for c in comps],
-                                   refs={"initial": ReferenceOutput(logprobs=torch.full((4, 3), -2.1))}))
+    m = core.train_step(
+        TrainBatch(
+            step=0,
+            prompt_ids=[[7, 8, 9]] * 2 + [[7, 9, 9]] * 2,
+            completion_ids=comps,
+            scores=[1.0, 0.0, 0.5, 0.0],
+            correct=[1.0, 0.0, 0.0, 0.0],
+            rollout_logprobs=[[-2.0] * len(c) for c in comps],
+            refs={"initial": ReferenceOutput(logprobs=torch.full((4, 3), -2.1))},
+        )
+    )
     assert m["policy/seq_ratio_mean"] == pytest.approx(1.0)  # one update on the sampling policy: s_i = 1
     assert math.isfinite(m["loss/total"]) and m["skipped_updates"] == 0
     with pytest.raises(ConfigError, match=r"grpo\.tis_cap"):

@@ -18,8 +18,9 @@ Q = "recipes/quickstart.yaml"
 
 def rlkit(*args, tmp_path, env=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_version(tmp_path):
@@ -34,8 +35,15 @@ def test_check_reads_sources_but_creates_nothing(tmp_path):
     data = tmp_path / "ok.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(30)))
     out = tmp_path / "new" / "run"
-    proc = rlkit("check", Q, "sft.enabled=false", f"data.source={data}", f"output_dir={out}",
-                 "model.name_or_path=some-org/some-model", tmp_path=tmp_path)  # a hub id is not looked up
+    proc = rlkit(
+        "check",
+        Q,
+        "sft.enabled=false",
+        f"data.source={data}",
+        f"output_dir={out}",
+        "model.name_or_path=some-org/some-model",
+        tmp_path=tmp_path,
+    )  # a hub id is not looked up
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{Q}: OK"
     assert not (tmp_path / "new").exists()
@@ -43,18 +51,27 @@ def test_check_reads_sources_but_creates_nothing(tmp_path):
 
 def test_check_finds_a_bad_line_among_the_first_rows(tmp_path):
     data = tmp_path / "bad.jsonl"
-    data.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n\n{\"prompt\": \"2+2=\", answer: 4}\n")
+    data.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + '\n\n{"prompt": "2+2=", answer: 4}\n')
     proc = rlkit("check", Q, "sft.enabled=false", f"data.source={data}", tmp_path=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"rlkit: error: data.source: data source '{data}' line 3: not valid JSON")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"rlkit: error: data.source: data source '{data}' line 3: not valid JSON")
+    )
 
 
 def test_grpo_header_counts_the_prompts_evaluated(tmp_path):
     # the run stops at the model check, right after the header: eval.num_prompts (100) of the 200 held out
-    proc = rlkit("train", Q, "sft.enabled=false", f"model.name_or_path={tmp_path}/missing",
-                 f"output_dir={tmp_path}/o", tmp_path=tmp_path)
+    proc = rlkit(
+        "train",
+        Q,
+        "sft.enabled=false",
+        f"model.name_or_path={tmp_path}/missing",
+        f"output_dir={tmp_path}/o",
+        tmp_path=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "eval prompts 100 (of 200 held out)" in proc.stdout, proc.stdout
 
@@ -87,8 +104,9 @@ def test_ray_worker_lines_are_not_coloured_in_a_pipe(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
     env.pop("RAY_COLOR_PREFIX", None)
     env.pop("RAY_AUTH_MODE", None)  # Ray's default: token auth turned on, with a notice start_ray filters out
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "hello from a worker" in proc.stdout + proc.stderr
     assert "\x1b[" not in proc.stdout + proc.stderr
@@ -101,11 +119,13 @@ def test_start_ray_drops_only_rays_token_auth_default_notice():
     from rlkit.trainer.setup import _no_token_auth_default_notice
 
     def record(msg):
-        return logging.LogRecord("ray._private.authentication.authentication_token_setup", logging.WARNING, "", 0,
-                                 msg, None, None)
+        return logging.LogRecord(
+            "ray._private.authentication.authentication_token_setup", logging.WARNING, "", 0, msg, None, None
+        )
 
-    assert not _no_token_auth_default_notice(record("Token authentication is enabled for this Ray cluster. Set "
-                                                    "RAY_AUTH_MODE=disabled to opt out."))
+    assert not _no_token_auth_default_notice(
+        record("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+    )
     assert _no_token_auth_default_notice(record("Token authentication is enabled but no token was found."))
     assert _no_token_auth_default_notice(record("Failed to start GCS."))
 

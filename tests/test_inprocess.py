@@ -15,11 +15,22 @@ from rlkit.config import load_recipe
 from rlkit.workers.local import LocalActor, LocalRef, actor_class, get, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["sft.enabled=false", "grpo.steps=3", "grpo.prompts_per_step=4", "grpo.group_size=4", "eval.before=false",
-        "eval.num_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]", "logging.plot=false", "logging.tensorboard=false",
-        "data.params={n_train: 64, n_eval: 8}", "ray.torch_threads=1",
-        # a dense signal (shorter is better) so that the untrained policy moves within 3 steps
-        "rewards=[{name: numeric_match}, {name: length_penalty, weight: 0.5, params: {max_length: 2, scale: 8}}]"]
+FAST = [
+    "sft.enabled=false",
+    "grpo.steps=3",
+    "grpo.prompts_per_step=4",
+    "grpo.group_size=4",
+    "eval.before=false",
+    "eval.num_prompts=4",
+    "eval.n_samples=2",
+    "eval.ks=[1,2]",
+    "logging.plot=false",
+    "logging.tensorboard=false",
+    "data.params={n_train: 64, n_eval: 8}",
+    "ray.torch_threads=1",
+    # a dense signal (shorter is better) so that the untrained policy moves within 3 steps
+    "rewards=[{name: numeric_match}, {name: length_penalty, weight: 0.5, params: {max_length: 2, scale: 8}}]",
+]
 
 
 class Counter:
@@ -103,12 +114,15 @@ def test_inprocess_run_never_imports_ray(tmp_path):
     assert "no ray" in out.stdout and (tmp_path / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("override,key", [
-    ("rollout.engine=vllm", "rollout.engine"),
-    ("rollout.num_workers=2", "rollout.num_workers"),
-    ("learner.num_workers=2", "learner.num_workers"),
-    ("ray.address=auto", "ray.address"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("rollout.engine=vllm", "rollout.engine"),
+        ("rollout.num_workers=2", "rollout.num_workers"),
+        ("learner.num_workers=2", "learner.num_workers"),
+        ("ray.address=auto", "ray.address"),
+    ],
+)
 def test_inprocess_refuses_what_it_cannot_run(override, key):
     with pytest.raises(ConfigError) as err:
         load_recipe(ROOT / "recipes" / "quickstart.yaml", ["ray.mode=inprocess", override])
@@ -116,15 +130,18 @@ def test_inprocess_refuses_what_it_cannot_run(override, key):
     load_recipe(ROOT / "recipes" / "quickstart.yaml", ["ray.mode=actors", override.replace("vllm", "transformers")])
 
 
-@pytest.mark.parametrize("overrides,placement", [
-    ([], "inprocess"),
-    (["algorithm=ppo"], "inprocess"),
-    (["rollout.engine=vllm"], "actors"),
-    (["rollout.num_workers=2"], "actors"),
-    (["learner.num_workers=2"], "actors"),
-    (["ray.address=auto"], "actors"),
-    (["ray.mode=actors"], "actors"),
-])
+@pytest.mark.parametrize(
+    "overrides,placement",
+    [
+        ([], "inprocess"),
+        (["algorithm=ppo"], "inprocess"),
+        (["rollout.engine=vllm"], "actors"),
+        (["rollout.num_workers=2"], "actors"),
+        (["learner.num_workers=2"], "actors"),
+        (["ray.address=auto"], "actors"),
+        (["ray.mode=actors"], "actors"),
+    ],
+)
 def test_auto_placement_is_inprocess_exactly_when_the_job_fits_one_process(overrides, placement):
     """``ray.mode: auto`` (the default, and the quickstart's) is resolved once, when the recipe is built."""
     from rlkit.config import RayConfig
@@ -136,8 +153,9 @@ def test_auto_placement_is_inprocess_exactly_when_the_job_fits_one_process(overr
 
 def rlkit(*args, home):
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    return subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def metrics(path: Path) -> list[dict]:
@@ -153,8 +171,15 @@ def test_inprocess_trains_exactly_like_ray_actors_and_resumes(tmp_path, async_ro
     runs = {}
     for mode in ("inprocess", "actors"):
         out = tmp_path / mode
-        args = ["train", "recipes/quickstart.yaml", f"output_dir={out}", *FAST, f"ray.mode={mode}",
-                "checkpoint.save_every=2", f"grpo.async_rollout={str(async_rollout).lower()}"]
+        args = [
+            "train",
+            "recipes/quickstart.yaml",
+            f"output_dir={out}",
+            *FAST,
+            f"ray.mode={mode}",
+            "checkpoint.save_every=2",
+            f"grpo.async_rollout={str(async_rollout).lower()}",
+        ]
         proc = rlkit(*args, home=tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[mode] = (metrics(out), proc.stdout, args)
@@ -182,13 +207,22 @@ def test_inprocess_trains_exactly_like_ray_actors_and_resumes(tmp_path, async_ro
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe,extra", [
-    ("recipes/ppo_kl_adaptive.yaml", ["ppo.steps=2", "ppo.prompts_per_step=8"]),
-    ("recipes/grpo_lora.yaml", ["grpo.steps=2"]),
-])
+@pytest.mark.parametrize(
+    "recipe,extra",
+    [
+        ("recipes/ppo_kl_adaptive.yaml", ["ppo.steps=2", "ppo.prompts_per_step=8"]),
+        ("recipes/grpo_lora.yaml", ["grpo.steps=2"]),
+    ],
+)
 def test_inprocess_runs_ppo_and_lora(tmp_path, recipe, extra):
-    args = ["train", recipe, f"output_dir={tmp_path}", *[a for a in FAST if not a.startswith("grpo.")], *extra,
-            "ray.mode=inprocess"]
+    args = [
+        "train",
+        recipe,
+        f"output_dir={tmp_path}",
+        *[a for a in FAST if not a.startswith("grpo.")],
+        *extra,
+        "ray.mode=inprocess",
+    ]
     proc = rlkit(*args, home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(tmp_path)
@@ -204,8 +238,16 @@ def test_inprocess_reference_refresh_reaches_the_reference(tmp_path, async_rollo
     initial model is not. With async rollouts the next batch is generated and scored by the fixed reference while
     the learner trains, but the refreshing reference must score it after the refresh."""
     regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
-    args = ["train", "recipes/quickstart.yaml", f"output_dir={tmp_path}", *FAST, "grpo.steps=2", "ray.mode=inprocess",
-            regs, f"grpo.async_rollout={str(async_rollout).lower()}"]
+    args = [
+        "train",
+        "recipes/quickstart.yaml",
+        f"output_dir={tmp_path}",
+        *FAST,
+        "grpo.steps=2",
+        "ray.mode=inprocess",
+        regs,
+        f"grpo.async_rollout={str(async_rollout).lower()}",
+    ]
     proc = rlkit(*args, home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(tmp_path)
@@ -252,9 +294,19 @@ def test_async_prefetch_scores_fixed_references_early_and_refreshing_ones_after_
 
     monkeypatch.setattr(RewardWorker, "score", counting_score)
     regs = "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, reference: {type: initial, refresh_every: 1}}]"
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
-                         [f"output_dir={tmp_path}", *FAST, "grpo.steps=4", "ray.mode=inprocess",
-                          "grpo.async_rollout=true", "eval.kl_to_initial=false", "checkpoint.save_final=false", regs])
+    recipe = load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [
+            f"output_dir={tmp_path}",
+            *FAST,
+            "grpo.steps=4",
+            "ray.mode=inprocess",
+            "grpo.async_rollout=true",
+            "eval.kl_to_initial=false",
+            "checkpoint.save_final=false",
+            regs,
+        ],
+    )
     threads = torch.get_num_threads()
     try:
         run_grpo(recipe)

@@ -36,8 +36,10 @@ def _batch(step: int, vocab: int) -> TrainBatch:
     short ones: the shards hold very different token counts."""
     g = torch.Generator().manual_seed(100 + step)
     B = GROUP * PROMPTS
-    lens = [int(torch.randint(7, 11, (), generator=g)) if i < B // 2 else int(torch.randint(1, 3, (), generator=g))
-            for i in range(B)]
+    lens = [
+        int(torch.randint(7, 11, (), generator=g)) if i < B // 2 else int(torch.randint(1, 3, (), generator=g))
+        for i in range(B)
+    ]
     plens = [int(torch.randint(3, 6, (), generator=g)) for _ in range(PROMPTS)]
     prompts = [p for p in (torch.randint(5, vocab, (n,), generator=g).tolist() for n in plens) for _ in range(GROUP)]
     comps = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in lens]
@@ -47,9 +49,15 @@ def _batch(step: int, vocab: int) -> TrainBatch:
     ref = torch.zeros(B, T)
     for i, n in enumerate(lens):
         ref[i, :n] = -torch.rand(n, generator=g) * 3
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores.tolist(),
-                      correct=scores.tolist(), rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
-                      refs={"initial": ReferenceOutput(logprobs=ref)})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores.tolist(),
+        correct=scores.tolist(),
+        rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
+        refs={"initial": ReferenceOutput(logprobs=ref)},
+    )
 
 
 # ------------------------------------------------------------------------------------------------ pure parts
@@ -60,7 +68,7 @@ def test_shard_rows_keeps_groups_whole_and_matches_minibatches():
     whole = torch.arange(32).chunk(2)
     for k in range(2):
         for j, mb in enumerate(torch.tensor(rows[k]).chunk(2)):
-            assert mb.tolist() == whole[j][k * 8:(k + 1) * 8].tolist()
+            assert mb.tolist() == whole[j][k * 8 : (k + 1) * 8].tolist()
     assert shard_rows(24, 4, 2, minibatches=2) == [list(range(12)), list(range(12, 24))]  # 6 groups: contiguous
     with pytest.raises(ValueError, match="learner.num_workers=2"):
         shard_rows(12, 4, 2)
@@ -85,8 +93,10 @@ def test_loss_shares_make_the_global_normalizer():
 
 
 def test_merge_metrics():
-    m = merge_metrics([{"a": 1.0, "x_max": 2.0, "count/n": 3.0}, {"a": 3.0, "x_max": 1.0, "count/n": 4.0,
-                                                                   "nonfinite/loss": 1.0}], [0.75, 0.25])
+    m = merge_metrics(
+        [{"a": 1.0, "x_max": 2.0, "count/n": 3.0}, {"a": 3.0, "x_max": 1.0, "count/n": 4.0, "nonfinite/loss": 1.0}],
+        [0.75, 0.25],
+    )
     assert m == {"a": 1.5, "x_max": 2.0, "count/n": 7.0, "nonfinite/loss": 1.0}
 
 
@@ -204,13 +214,40 @@ def test_a_non_finite_loss_on_one_rank_skips_the_update_on_every_rank(runs):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_cli_run_with_two_learner_workers(tmp_path):
-    small = ["sft.max_steps=60", "sft.num_examples=600", "grpo.steps=2", "grpo.prompts_per_step=4",
-             "grpo.group_size=4", "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1",
-             "eval.before=false", "logging.plot=false", "logging.tensorboard=false"]
+    small = [
+        "sft.max_steps=60",
+        "sft.num_examples=600",
+        "grpo.steps=2",
+        "grpo.prompts_per_step=4",
+        "grpo.group_size=4",
+        "eval.num_prompts=8",
+        "eval.n_samples=4",
+        "eval.ks=[1,4]",
+        "logging.print_every=1",
+        "eval.before=false",
+        "logging.plot=false",
+        "logging.tensorboard=false",
+    ]
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "rlkit", "train", "recipes/quickstart.yaml", f"output_dir={tmp_path}",
-                           *small, "learner.num_workers=2", "ray.cpus_per_learner=0.25", "ray.torch_threads=1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlkit",
+            "train",
+            "recipes/quickstart.yaml",
+            f"output_dir={tmp_path}",
+            *small,
+            "learner.num_workers=2",
+            "ray.cpus_per_learner=0.25",
+            "ray.torch_threads=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Learner[0] pid=" in log and "Learner[1] pid=" in log
@@ -221,8 +258,22 @@ def test_cli_run_with_two_learner_workers(tmp_path):
 
 def test_bad_worker_count_is_a_config_error(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rlkit", "train", "recipes/quickstart.yaml", f"output_dir={tmp_path}",
-                           "learner.num_workers=3", "grpo.prompts_per_step=4"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlkit",
+            "train",
+            "recipes/quickstart.yaml",
+            f"output_dir={tmp_path}",
+            "learner.num_workers=3",
+            "grpo.prompts_per_step=4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "grpo.prompts_per_step=4 must be a multiple of learner.num_workers=3" in proc.stderr

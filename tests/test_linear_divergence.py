@@ -59,8 +59,9 @@ MASKS = {
 def call(form, h, w, b, rh, rw, rb, name, alpha, **kw):
     if form == "logits":
         return linear_f_divergence(h, w, logits_of(rh, rw, rb), name, alpha, bias=b, temperature=TEMP, **kw)
-    return linear_f_divergence(h, w, None, name, alpha, ref_hidden=rh, ref_weight=rw, ref_bias=rb, bias=b,
-                               temperature=TEMP, **kw)
+    return linear_f_divergence(
+        h, w, None, name, alpha, ref_hidden=rh, ref_weight=rw, ref_bias=rb, bias=b, temperature=TEMP, **kw
+    )
 
 
 @pytest.mark.parametrize("name,alpha", CASES)
@@ -89,8 +90,9 @@ def test_temperature_is_applied_to_policy_and_hidden_reference_not_to_ref_logits
     got = linear_f_divergence(h, w, zq, "js", bias=b, temperature=2.5)
     torch.testing.assert_close(got.double(), textbook(F.linear(h, w, b) / 2.5, zq, "js", 0.5), rtol=1e-5, atol=1e-6)
     got = linear_f_divergence(h, w, None, "js", bias=b, temperature=2.5, ref_hidden=rh, ref_weight=rw, ref_bias=rb)
-    torch.testing.assert_close(got.double(), textbook(F.linear(h, w, b) / 2.5, zq / 2.5, "js", 0.5),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        got.double(), textbook(F.linear(h, w, b) / 2.5, zq / 2.5, "js", 0.5), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name,alpha", CASES)
@@ -142,8 +144,19 @@ def test_gradcheck_float64(name):
 @pytest.mark.parametrize("name,alpha", CASES)
 def test_zero_value_and_gradient_when_policy_is_the_reference(name, alpha):
     h, w, b, *_ = make(seed=2)
-    out = linear_f_divergence(h, w, None, name, alpha, bias=b, ref_hidden=h.detach(), ref_weight=w.detach(),
-                              ref_bias=b.detach(), temperature=TEMP, chunk_size=4)
+    out = linear_f_divergence(
+        h,
+        w,
+        None,
+        name,
+        alpha,
+        bias=b,
+        ref_hidden=h.detach(),
+        ref_weight=w.detach(),
+        ref_bias=b.detach(),
+        temperature=TEMP,
+        chunk_size=4,
+    )
     torch.testing.assert_close(out, torch.zeros(B, T), rtol=0, atol=3e-6)  # alpha: rounding / (a (a-1))
     for g in torch.autograd.grad(out, (h, w, b), torch.randn(B, T)):
         assert g.abs().max() < 1e-5
@@ -185,9 +198,11 @@ def test_errors():
         linear_f_divergence(h, w, None, "js", ref_hidden=rh)
     with pytest.raises(ValueError, match="go with ref_hidden"):
         linear_f_divergence(h, w, ref, "js", ref_weight=rw)
-    for kw in ({"ref_hidden": rh.clone().requires_grad_(True), "ref_weight": rw},
-               {"ref_hidden": rh, "ref_weight": rw.clone().requires_grad_(True)},
-               {"ref_hidden": rh, "ref_weight": rw, "ref_bias": rb.clone().requires_grad_(True)}):
+    for kw in (
+        {"ref_hidden": rh.clone().requires_grad_(True), "ref_weight": rw},
+        {"ref_hidden": rh, "ref_weight": rw.clone().requires_grad_(True)},
+        {"ref_hidden": rh, "ref_weight": rw, "ref_bias": rb.clone().requires_grad_(True)},
+    ):
         with pytest.raises(ValueError, match="requires grad"):
             linear_f_divergence(h, w, None, "js", **kw)
     with pytest.raises(ValueError, match="ref_logits requires grad"):
@@ -275,8 +290,9 @@ def test_masked_rows_are_not_computed():
     mask[[3, 40]] = True
     mode = _LargestOutput([h, w, b, rh, rw])
     with mode:
-        out = linear_f_divergence(h, w, None, "forward_kl", bias=b, ref_hidden=rh, ref_weight=rw, mask=mask,
-                                  chunk_size=256)
+        out = linear_f_divergence(
+            h, w, None, "forward_kl", bias=b, ref_hidden=rh, ref_weight=rw, mask=mask, chunk_size=256
+        )
         out.sum().backward()
     assert mode.largest <= BIG_V * SMALL_H  # only 2 rows' logits ([2, V]); the largest output is grad of weight
     assert torch.all(out[~mask] == 0) and torch.all(h.grad[~mask] == 0)
@@ -313,8 +329,7 @@ def test_weighted_sum_value_and_gradients_match_autograd_through_textbook(name, 
     h, w, b, rh, rw, rb = make(seed=2)
     mask = MASKS["scattered"] if chunk == 3 else None
     weights = torch.rand(B, T, generator=torch.Generator().manual_seed(7)) * 2 - 0.5  # per position, mixed sign
-    got = call(form, h, w, b, rh, rw, rb, name, alpha, mask=mask, chunk_size=chunk, reduction="sum",
-               weights=weights)
+    got = call(form, h, w, b, rh, rw, rb, name, alpha, mask=mask, chunk_size=chunk, reduction="sum", weights=weights)
     assert got.shape == ()
     (got * 1.7).backward()  # a non-unit incoming gradient
     h64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (h, w, b))
@@ -337,8 +352,9 @@ def test_weighted_sum_equals_the_per_position_path():
     for a, e in zip(g_tot, g_per):
         torch.testing.assert_close(a, e)
     with torch.no_grad():  # no gradient wanted: values only
-        assert torch.allclose(linear_f_divergence(h, w, None, "js", ref_hidden=rh, ref_weight=rw, bias=b,
-                                                  reduction="sum"), per.sum())
+        assert torch.allclose(
+            linear_f_divergence(h, w, None, "js", ref_hidden=rh, ref_weight=rw, bias=b, reduction="sum"), per.sum()
+        )
 
 
 def test_weighted_sum_gradcheck_and_single_backward():
@@ -374,6 +390,7 @@ def test_weighted_sum_allocates_nothing_vocab_sized():
     h, w, b, rh, rw = _big()
     mode = _LargestOutput([h, w, b, rh, rw])
     with mode:
-        linear_f_divergence(h, w, None, "forward_kl", ref_hidden=rh, ref_weight=rw, bias=b, chunk_size=CHUNK,
-                            reduction="sum").backward()
+        linear_f_divergence(
+            h, w, None, "forward_kl", ref_hidden=rh, ref_weight=rw, bias=b, chunk_size=CHUNK, reduction="sum"
+        ).backward()
     assert CHUNK * BIG_V <= mode.largest < N_ROWS * BIG_V

@@ -16,8 +16,10 @@ from rlkit.utils.metrics import MetricsLogger, metrics_logger, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
-STEPS = [(1, {"reward/mean": 0.5, "eval/pass@1": 0.25, "kl": 0.125}),
-         (2, {"reward/mean": float("nan"), "eval/pass@1": 0.5, "kl": 0.0625})]
+STEPS = [
+    (1, {"reward/mean": 0.5, "eval/pass@1": 0.25, "kl": 0.125}),
+    (2, {"reward/mean": float("nan"), "eval/pass@1": 0.5, "kl": 0.0625}),
+]
 
 
 class Recorder:
@@ -44,6 +46,7 @@ def _same(a: float, b: float) -> bool:
 
 
 # ---------------------------------------------------------------- the interface and the registry
+
 
 def test_default_backends_are_jsonl_and_tensorboard(tmp_path):
     logger = MetricsLogger(tmp_path, enabled_progress=False)
@@ -88,7 +91,9 @@ def test_jsonl_time_is_the_loggers_clock(tmp_path):
     backend.log(4, {"a": float("inf")})
     backend.close()
     assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
-        {"step": 3, "time": 1.5, "a": 1.0}, {"step": 4, "time": 2.25, "a": None}]
+        {"step": 3, "time": 1.5, "a": 1.0},
+        {"step": 4, "time": 2.25, "a": None},
+    ]
 
 
 def test_a_failing_backend_does_not_leave_the_others_open(tmp_path):
@@ -108,14 +113,18 @@ def test_a_failing_backend_does_not_leave_the_others_open(tmp_path):
 
 # ---------------------------------------------------------------- logging.* in recipes
 
-@pytest.mark.parametrize("override, message", [
-    ("logging.backends=[jsonl,nope]", "logging: backends: 'nope' is not a logging backend (known: jsonl, "),
-    ("logging.backends=[jsonl,jsonl]", "logging: backends lists a backend twice"),
-    ("logging.backends=[tensorboard]", "logging: plot draws metrics.jsonl: keep jsonl in backends"),
-    ("logging.wandb={project: p, colour: red}", "logging: wandb.colour: unknown key (allowed: project, "),
-    ("logging.wandb={mode: cloud}", "logging: wandb.mode must be offline, online or disabled, got 'cloud'"),
-    ("logging.mlflow={uri: x}", "logging: mlflow.uri: unknown key (allowed: tracking_uri, "),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("logging.backends=[jsonl,nope]", "logging: backends: 'nope' is not a logging backend (known: jsonl, "),
+        ("logging.backends=[jsonl,jsonl]", "logging: backends lists a backend twice"),
+        ("logging.backends=[tensorboard]", "logging: plot draws metrics.jsonl: keep jsonl in backends"),
+        ("logging.wandb={project: p, colour: red}", "logging: wandb.colour: unknown key (allowed: project, "),
+        ("logging.wandb={mode: cloud}", "logging: wandb.mode must be offline, online or disabled, got 'cloud'"),
+        ("logging.mlflow={uri: x}", "logging: mlflow.uri: unknown key (allowed: tracking_uri, "),
+    ],
+)
 def test_bad_logging_sections_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_recipe(QUICKSTART, [override])
@@ -127,7 +136,8 @@ def test_tensorboard_false_drops_it_from_the_default_backends():
     recipe = load_recipe(QUICKSTART, ["logging.tensorboard=false", "logging.backends=[jsonl,tensorboard,mlflow]"])
     assert recipe.logging.selected_backends() == ["jsonl", "mlflow"]
     assert load_recipe(QUICKSTART, ["logging.backends=[tensorboard]", "logging.plot=false"]).logging.backends == [
-        "tensorboard"]
+        "tensorboard"
+    ]
 
 
 def test_dpo_logs_to_the_recipes_backends(tmp_path):
@@ -140,16 +150,29 @@ def test_dpo_logs_to_the_recipes_backends(tmp_path):
     from rlkit.trainer.dpo import run_dpo
 
     out = tmp_path / "run"
-    recipe = load_recipe(ROOT / "recipes" / "dpo.yaml", [
-        f"output_dir={out}", "sft.enabled=false", "model.name_or_path=tiny", "dpo.num_pairs=12", "dpo.eval_pairs=6",
-        "dpo.batch_size=12", "dpo.steps=2", "dpo.task_eval=false", "logging.plot=false", "checkpoint.save_final=false",
-        "logging.backends=[jsonl,mlflow]"])
+    recipe = load_recipe(
+        ROOT / "recipes" / "dpo.yaml",
+        [
+            f"output_dir={out}",
+            "sft.enabled=false",
+            "model.name_or_path=tiny",
+            "dpo.num_pairs=12",
+            "dpo.eval_pairs=6",
+            "dpo.batch_size=12",
+            "dpo.steps=2",
+            "dpo.task_eval=false",
+            "logging.plot=false",
+            "checkpoint.save_final=false",
+            "logging.backends=[jsonl,mlflow]",
+        ],
+    )
     run_dpo(recipe, Console(file=io.StringIO()))
     assert [r["step"] for r in read_metrics(out)] == [1, 2]
     assert (out / "mlflow.db").is_file() and not (out / "tensorboard").exists()
 
 
 # ---------------------------------------------------------------- wandb (offline) and MLflow (sqlite)
+
 
 def _wandb_records(path: Path):
     """The records of a wandb transaction log: a 7-byte file header, then 32 KiB blocks of chunks
@@ -162,11 +185,11 @@ def _wandb_records(path: Path):
     pos, chunk = 7, b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
         if kind == 0:
             pos += left
             continue
-        chunk, pos = chunk + data[pos + 7:pos + 7 + n], pos + 7 + n
+        chunk, pos = chunk + data[pos + 7 : pos + 7 + n], pos + 7 + n
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(chunk)
@@ -189,8 +212,9 @@ def wandb_history(run_dir: Path, timeout_s: float = 60.0) -> tuple[list[dict], d
     rows, config = [], {}
     for record in records:
         kind = record.WhichOneof("record_type")
-        items = {"history": record.history.item, "run": record.run.config.update,
-                 "config": record.config.update}.get(kind)
+        items = {"history": record.history.item, "run": record.run.config.update, "config": record.config.update}.get(
+            kind
+        )
         if items is None:
             continue
         values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
@@ -208,8 +232,7 @@ def test_wandb_offline_run_holds_the_logged_values(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     out = tmp_path / "run"
     recipe = load_recipe(QUICKSTART, ["logging.backends=[jsonl,wandb]", "logging.wandb={project: rlkit-test}"])
-    _log_steps(metrics_logger(out, recipe.logging, config={"grpo": {"steps": 2}, "seed": 0},
-                              enabled_progress=False))
+    _log_steps(metrics_logger(out, recipe.logging, config={"grpo": {"steps": 2}, "seed": 0}, enabled_progress=False))
     rows, config = wandb_history(out)
     assert [r["_step"] for r in rows] == [1, 2]
     for row, (_, metrics) in zip(rows, STEPS):
@@ -224,11 +247,19 @@ def test_mlflow_sqlite_run_holds_the_logged_values(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    recipe = load_recipe(QUICKSTART, ["logging.backends=[jsonl,mlflow]",
-                                      f"logging.mlflow={{tracking_uri: '{uri}', experiment: exp, tags: {{a: b}}}}"])
+    recipe = load_recipe(
+        QUICKSTART,
+        [
+            "logging.backends=[jsonl,mlflow]",
+            f"logging.mlflow={{tracking_uri: '{uri}', experiment: exp, tags: {{a: b}}}}",
+        ],
+    )
     for run in ("first", "second"):  # the second run finds the experiment the first created
-        _log_steps(metrics_logger(tmp_path / run, recipe.logging, config={"grpo": {"steps": 2}, "note": "x"},
-                                  enabled_progress=False))
+        _log_steps(
+            metrics_logger(
+                tmp_path / run, recipe.logging, config={"grpo": {"steps": 2}, "note": "x"}, enabled_progress=False
+            )
+        )
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id], order_by=["attributes.start_time"])
     assert [r.info.run_name for r in runs] == ["first", "second"]
@@ -238,8 +269,9 @@ def test_mlflow_sqlite_run_holds_the_logged_values(tmp_path, monkeypatch):
     for name in ("reward/mean", "kl", "eval/pass_1"):  # '@' is not allowed in an MLflow name
         source = "eval/pass@1" if name == "eval/pass_1" else name
         got = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
-        assert len(got) == 2 and all(s == step and _same(v, metrics[source])
-                                     for (s, v), (step, metrics) in zip(got, STEPS)), (name, got)
+        assert len(got) == 2 and all(
+            s == step and _same(v, metrics[source]) for (s, v), (step, metrics) in zip(got, STEPS)
+        ), (name, got)
 
 
 def test_mlflow_default_store_is_sqlite_in_the_output_dir(tmp_path, monkeypatch):

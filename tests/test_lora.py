@@ -16,12 +16,26 @@ GRPO = {"learning_rate": 1e-2, "group_size": 4, "clip_low": 0.2, "clip_high": 0.
 
 def _batch_data(tok, step=0):
     prompts = [tok(p)["input_ids"] for p in ("12+7=", "3+4=") for _ in range(4)]
-    texts = ["<answer>19</answer>", "<answer>18</answer>", "<answer>9</answer>", "<answer>1</answer>",
-             "<answer>7</answer>", "<answer>7</answer>", "<answer>8</answer>", "<answer>77</answer>"]
+    texts = [
+        "<answer>19</answer>",
+        "<answer>18</answer>",
+        "<answer>9</answer>",
+        "<answer>1</answer>",
+        "<answer>7</answer>",
+        "<answer>7</answer>",
+        "<answer>8</answer>",
+        "<answer>77</answer>",
+    ]
     comps = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
     scores = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores,
-                      correct=[s > 0 for s in scores], rollout_logprobs=[[-1.0] * len(c) for c in comps])
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores,
+        correct=[s > 0 for s in scores],
+        rollout_logprobs=[[-1.0] * len(c) for c in comps],
+    )
 
 
 def _logprobs(model, data, temperature=1.0):
@@ -58,8 +72,11 @@ def test_only_adapter_parameters_train(lora_learner):
     # the learner served "initial" itself: the k3 term and the kl_initial diagnostic are there
     assert "kl_k3/value" in metrics and "kl_initial/k3" in metrics
     assert learner.needs().served == ("initial",)
-    base_after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-                  for k, v in learner.model.state_dict().items() if "lora_" not in k}
+    base_after = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in learner.model.state_dict().items()
+        if "lora_" not in k
+    }
     assert all(torch.equal(base_after[k], base_before[k]) for k in base_before)  # W0 frozen
     b = [p for n, p in learner.model.named_parameters() if "lora_B" in n]
     assert any(p.abs().max() > 0 for p in b)  # B left zero: the adapters did move
@@ -233,8 +250,10 @@ def test_refreshed_reference_has_its_own_key_and_config_errors():
     from rlkit.config import load_recipe
     from rlkit.regularizers import build_regularizers
 
-    r = load_recipe("recipes/quickstart.yaml",
-                    ["regularizers=[kl_k3, {name: kl, label: tr, reference: {type: initial, refresh_every: 4}}]"])
+    r = load_recipe(
+        "recipes/quickstart.yaml",
+        ["regularizers=[kl_k3, {name: kl, label: tr, reference: {type: initial, refresh_every: 4}}]"],
+    )
     keys = [reg.reference_key for reg in build_regularizers(r.regularizers)]
     assert keys == ["initial", "initial-refresh4-1"]  # the kl_initial diagnostic keeps the true initial
     bad = {
@@ -265,8 +284,11 @@ def test_teacher_must_share_the_tokenizer(tmp_path):
     swapped = VOCAB[:4] + VOCAB[5:6] + VOCAB[4:5] + VOCAB[6:]  # two ids exchanged
     backend = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(swapped)}, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>").save_pretrained(other)
-    with pytest.raises(ConfigError, match=r"regularizers\[0\]\.reference\.model: .*does not share the policy's "
-                                          r"tokenizer.*'</?answer>' has id"):
+    with pytest.raises(
+        ConfigError,
+        match=r"regularizers\[0\]\.reference\.model: .*does not share the policy's "
+        r"tokenizer.*'</?answer>' has id",
+    ):
         check_same_vocabulary("tiny", str(other), "regularizers[0].reference.model")
 
 
@@ -284,10 +306,13 @@ def _rows(out):
 def test_lora_recipe_end_to_end(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    regs = ("regularizers=[kl_k3, {name: kl, label: kl_tr, "
-            "reference: {type: initial, refresh_every: 1, refresh_rate: 0.5}}]")
-    proc = rlkit("train", "recipes/grpo_lora.yaml", f"output_dir={tmp_path}", *SMALL, "sft.max_steps=20", regs,
-                 home=tmp_path)
+    regs = (
+        "regularizers=[kl_k3, {name: kl, label: kl_tr, "
+        "reference: {type: initial, refresh_every: 1, refresh_rate: 0.5}}]"
+    )
+    proc = rlkit(
+        "train", "recipes/grpo_lora.yaml", f"output_dir={tmp_path}", *SMALL, "sft.max_steps=20", regs, home=tmp_path
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "Learner pid=" in log
@@ -309,8 +334,15 @@ def test_lora_recipe_end_to_end(tmp_path):
 def test_teacher_recipe_end_to_end(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    proc = rlkit("train", "recipes/grpo_teacher.yaml", f"output_dir={tmp_path}", *SMALL, "sft.max_steps=20",
-                 "eval.before=false", home=tmp_path)
+    proc = rlkit(
+        "train",
+        "recipes/grpo_teacher.yaml",
+        f"output_dir={tmp_path}",
+        *SMALL,
+        "sft.max_steps=20",
+        "eval.before=false",
+        home=tmp_path,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "ReferenceWorker[teacher]" in log and "ReferenceWorker[initial]" in log

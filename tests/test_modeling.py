@@ -15,11 +15,12 @@ def test_completion_logits_match_full_forward_slice():
     batch = collate(prompts, comps, pad_id=0)
     with torch.no_grad():
         got = completion_logits(model, batch, temperature=0.7)
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     position_ids=batch["position_ids"]).logits
+        full = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
     assert got.shape == (3, T, model.config.vocab_size)
-    torch.testing.assert_close(got, full[:, P - 1:P + T - 1] / 0.7, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, full[:, P - 1 : P + T - 1] / 0.7, rtol=1e-5, atol=1e-5)
     # and the log-prob of each completion token by hand
     lp = token_logprobs(got, batch["completion_ids"])
     for i, c in enumerate(comps):
@@ -33,5 +34,4 @@ def test_entropy_chunked_equals_textbook():
     p = torch.softmax(logits.double(), -1)
     expect = -(p * p.log()).sum(-1)
     for chunk in (1, 4, 1000):
-        torch.testing.assert_close(entropy_from_logits(logits, chunk_rows=chunk).double(), expect, rtol=1e-5,
-                                   atol=1e-6)
+        torch.testing.assert_close(entropy_from_logits(logits, chunk_rows=chunk).double(), expect, rtol=1e-5, atol=1e-6)

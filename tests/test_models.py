@@ -145,6 +145,6 @@ def test_generate_with_left_padding_matches_unpadded(tiny_dir):
     for i, p in enumerate(prompts):
         single = tok(p, return_tensors="pt")
         with torch.no_grad():
-            alone = model.generate(**single, **kw)[0, single["input_ids"].shape[1]:].tolist()
-        batched = out[i, width:].tolist()[:len(alone)]
+            alone = model.generate(**single, **kw)[0, single["input_ids"].shape[1] :].tolist()
+        batched = out[i, width:].tolist()[: len(alone)]
         assert batched == alone, (p, batched, alone)

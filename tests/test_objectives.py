@@ -89,8 +89,13 @@ def test_lp_reg_overrides_surrogate_on_selected_tokens_only():
     g = torch.Generator().manual_seed(1)
     lp = (-torch.rand(b, t, generator=g) * 6).requires_grad_(True)
     proxy = lp.detach() + 0.5  # proxy above the policy everywhere -> eligible where selected
-    batch = PolicyBatch(logprobs=lp, old_logprobs=lp.detach() - 0.5, mask=torch.ones(b, t),
-                        advantages=torch.tensor([-1.0, -1.0, 1.0, 1.0]), proxy_logprobs=proxy)
+    batch = PolicyBatch(
+        logprobs=lp,
+        old_logprobs=lp.detach() - 0.5,
+        mask=torch.ones(b, t),
+        advantages=torch.tensor([-1.0, -1.0, 1.0, 1.0]),
+        proxy_logprobs=proxy,
+    )
     (reg,) = build_regularizers([{"name": "lp_reg", "rho": 0.1}])
     sel = reg.selected(batch)
     assert sel.sum().item() == 10  # 10% of the 100 negative-advantage tokens
@@ -112,8 +117,13 @@ def test_lp_reg_overrides_surrogate_on_selected_tokens_only():
 
 def test_lp_reg_needs_proxy_above_policy():
     lp = -torch.rand(2, 10) * 3
-    batch = PolicyBatch(logprobs=lp, old_logprobs=lp, mask=torch.ones(2, 10), advantages=torch.tensor([-1.0, -1.0]),
-                        proxy_logprobs=lp - 1.0)  # proxy below policy: filtered/penalised tokens excluded
+    batch = PolicyBatch(
+        logprobs=lp,
+        old_logprobs=lp,
+        mask=torch.ones(2, 10),
+        advantages=torch.tensor([-1.0, -1.0]),
+        proxy_logprobs=lp - 1.0,
+    )  # proxy below policy: filtered/penalised tokens excluded
     (reg,) = build_regularizers([{"name": "lp_reg", "rho": 0.5}])
     assert not reg.selected(batch).any()
 
@@ -124,6 +134,7 @@ def test_dads_weights_scale_the_kl_per_sample():
     (dads,) = build_regularizers([{"name": "kl", "coef": 1.0, "weighting": {"type": "dads", "eta": 2.0}}])
     a, b = plain(batch).per_token, dads(batch).per_token
     import math
+
     torch.testing.assert_close(b[0], a[0] * (1 - math.exp(-0.5)))  # positive advantage, acc 0.25
     torch.testing.assert_close(b[1], a[1])  # negative advantage
     torch.testing.assert_close(b[2], a[2] * (1 - math.exp(-1.0)))

@@ -23,11 +23,17 @@ def test_types_import_without_torch_and_pickle():
     code = "import sys, rlkit.types\nassert 'torch' not in sys.modules, 'torch'\nprint('ok')\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-    batch = TrainBatch(step=3, prompt_ids=[[1, 2]] * 2, completion_ids=[[3], [4, 5]], scores=[1.0, 0.0],
-                       correct=[True, False], rollout_logprobs=[[-1.0], [-2.0, -3.0]],
-                       refs={"initial": ReferenceOutput(logprobs=torch.zeros(2, 2), hidden=torch.ones(2, 2, 3),
-                                                        head_version=1)},
-                       rehearsal=RehearsalBatch([[1]], [[2]], [[-0.5]], [0]), group=[0, 0])
+    batch = TrainBatch(
+        step=3,
+        prompt_ids=[[1, 2]] * 2,
+        completion_ids=[[3], [4, 5]],
+        scores=[1.0, 0.0],
+        correct=[True, False],
+        rollout_logprobs=[[-1.0], [-2.0, -3.0]],
+        refs={"initial": ReferenceOutput(logprobs=torch.zeros(2, 2), hidden=torch.ones(2, 2, 3), head_version=1)},
+        rehearsal=RehearsalBatch([[1]], [[2]], [[-0.5]], [0]),
+        group=[0, 0],
+    )
     again = pickle.loads(pickle.dumps(batch))
     assert again.step == 3 and again.group == [0, 0] and again.rehearsal == batch.rehearsal
     assert torch.equal(again.refs["initial"].hidden, batch.refs["initial"].hidden)
@@ -43,17 +49,27 @@ def test_rollout_batch_groups_completions_by_prompt():
     assert ro.texts == ["t0", "t1", "t2", "t3"] and ro.completion_ids == [[0], [1], [2], [3]]
     with pytest.raises(ValueError, match="3 completions for 2 prompts x 2"):
         RolloutBatch.from_completions(rows, comps[:3], 2)
-    scored = ScoredBatch(totals=[1.0, 0.0, 0.5, 0.5], components={"m": [1.0, 0.0, 0.5, 0.5]}, failures={"m": 1},
-                         correct=[True, False, False, False])
+    scored = ScoredBatch(
+        totals=[1.0, 0.0, 0.5, 0.5],
+        components={"m": [1.0, 0.0, 0.5, 0.5]},
+        failures={"m": 1},
+        correct=[True, False, False, False],
+    )
     metrics = scored.metrics()
     assert metrics["reward/m"] == 0.5 and metrics["reward/failures/m"] == 1.0
 
 
-NEEDS = LearnerNeeds(ref_logprobs=("soup", "initial"), ref_logits=("teacher",), ref_hidden=("teacher",),
-                     labels=("a", "b", "c"),
-                     references={"initial": {"type": "initial", "refresh_every": None},
-                                 "soup": {"type": "soup", "refresh_every": 2, "refresh_rate": 0.5},
-                                 "teacher": {"type": "teacher", "model": "x"}})
+NEEDS = LearnerNeeds(
+    ref_logprobs=("soup", "initial"),
+    ref_logits=("teacher",),
+    ref_hidden=("teacher",),
+    labels=("a", "b", "c"),
+    references={
+        "initial": {"type": "initial", "refresh_every": None},
+        "soup": {"type": "soup", "refresh_every": 2, "refresh_rate": 0.5},
+        "teacher": {"type": "teacher", "model": "x"},
+    },
+)
 
 
 def test_reference_plan_decides_once_what_each_reference_sends():
@@ -62,8 +78,9 @@ def test_reference_plan_decides_once_what_each_reference_sends():
     assert [plan.sends(k) for k in plan.spawned] == ["logprobs", "logprobs", "hidden"]
     assert plan.due(1) == {} and plan.due(2) == {"soup": 0.5} and plan.initial_source() == "worker"
     # eval.kl_to_initial adds "initial" without a regularizer asking for it; the needs are not modified
-    needs = replace(NEEDS, ref_logprobs=("soup",), ref_logits=(), ref_hidden=(),
-                    references={"soup": NEEDS.references["soup"]})
+    needs = replace(
+        NEEDS, ref_logprobs=("soup",), ref_logits=(), ref_hidden=(), references={"soup": NEEDS.references["soup"]}
+    )
     plan = ReferencePlan.from_needs(needs, kl_to_initial=True)
     assert plan.spawned == ("initial", "soup") and plan.specs["initial"] == {"type": "initial"}
     assert "initial" not in needs.references
@@ -123,8 +140,10 @@ def test_weight_sync_strategies():
     shared.after_step(2)  # the soup is due at step 2: weights fetched once, for it
     assert learner.instance.calls == 1 and soup.instance.got == [("refresh", {"w": 1}, 0.5)]
     store = make_weight_sync(False, False, learner, [rollout], refs, plan, version=0)
-    assert type(store) is ObjectStoreSync and type(make_weight_sync(False, True, learner, [], {}, plan, 0)) is \
-        LearnerGroupSync
+    assert (
+        type(store) is ObjectStoreSync
+        and type(make_weight_sync(False, True, learner, [], {}, plan, 0)) is LearnerGroupSync
+    )
     store.after_step(3)
     assert rollout.instance.got[-1] == ({"w": 2}, 3) and store.version == 3
 
@@ -138,8 +157,15 @@ def test_learner_checks_that_groups_are_consecutive_blocks():
 
     def batch(group, n=4):
         n = len(group) if group is not None else n
-        return TrainBatch(step=0, prompt_ids=[[1]] * n, completion_ids=[[2]] * n, scores=[0.0] * n,
-                          correct=[0.0] * n, rollout_logprobs=[[-1.0]] * n, group=group)
+        return TrainBatch(
+            step=0,
+            prompt_ids=[[1]] * n,
+            completion_ids=[[2]] * n,
+            scores=[0.0] * n,
+            correct=[0.0] * n,
+            rollout_logprobs=[[-1.0]] * n,
+            group=group,
+        )
 
     LearnerCore._check_groups(core, batch([0, 0, 1, 1]))
     LearnerCore._check_groups(core, batch(None))  # not given: the rows are taken as consecutive groups

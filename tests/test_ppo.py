@@ -65,10 +65,15 @@ def _data(B=6, step=0, ref_shift=0.1, seed=0):
     prompts = [[7, 8, 9][: 1 + i % 3] for i in range(B)]
     comps = [torch.randint(6, 20, (1 + i % 4,), generator=g).tolist() for i in range(B)]
     T = max(len(c) for c in comps)
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps,
-                      scores=[float(i % 2) for i in range(B)], correct=[float(i % 2) for i in range(B)],
-                      rollout_logprobs=[[-2.0] * len(c) for c in comps],
-                      refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.0 - ref_shift))})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=[float(i % 2) for i in range(B)],
+        correct=[float(i % 2) for i in range(B)],
+        rollout_logprobs=[[-2.0] * len(c) for c in comps],
+        refs={"initial": ReferenceOutput(logprobs=torch.full((B, T), -2.0 - ref_shift))},
+    )
 
 
 def _core(tiny_dir, regs="kl_reward", **cfg):
@@ -77,13 +82,17 @@ def _core(tiny_dir, regs="kl_reward", **cfg):
 
 def _independent_values(model, w, b, batch):
     """Values from ``output_hidden_states`` (not the hook): w . h + b at the position predicting token t."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], output_hidden_states=True)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        output_hidden_states=True,
+    )
     h = out.hidden_states[-1]
     # the last hidden state is the one the LM head reads
     assert torch.allclose(model.get_output_embeddings()(h), out.logits, atol=1e-5)
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
-    return h[:, P - 1:P + T - 1] @ w + b
+    return h[:, P - 1 : P + T - 1] @ w + b
 
 
 @pytest.mark.parametrize("critic", ["value_head", "separate"])
@@ -138,15 +147,22 @@ def test_one_step_updates_policy_and_critic(tiny_dir, critic):
     policy0 = {k: v.clone() for k, v in core.model.state_dict().items()}
     critic0 = {k: v.clone() for k, v in core.critic.state_dict().items()}
     m = core.train_step(_data())
-    assert {"loss/value", "loss/policy", "value/mean", "critic/grad_norm", "reward_penalty/kl_k1/value",
-            "reward_penalty/kl_k1/coef"} <= set(m)
+    assert {
+        "loss/value",
+        "loss/policy",
+        "value/mean",
+        "critic/grad_norm",
+        "reward_penalty/kl_k1/value",
+        "reward_penalty/kl_k1/coef",
+    } <= set(m)
     assert m["reward_penalty/kl_k1/value"] == pytest.approx(0.1, abs=1e-5)
     assert m["skipped_updates"] == 0 and m["loss/value"] > 0
     assert any(not torch.equal(v, core.model.state_dict()[k]) for k, v in policy0.items())
     assert not torch.equal(critic0["head.weight"], core.critic.state_dict()["head.weight"])
     if critic == "separate":  # the critic has its own trunk, trained by the value loss
-        assert not torch.equal(critic0["trunk.layers.0.mlp.up_proj.weight"],
-                               core.critic.state_dict()["trunk.layers.0.mlp.up_proj.weight"])
+        assert not torch.equal(
+            critic0["trunk.layers.0.mlp.up_proj.weight"], core.critic.state_dict()["trunk.layers.0.mlp.up_proj.weight"]
+        )
 
 
 def test_value_loss_falls_on_a_repeated_batch(tiny_dir):
@@ -192,8 +208,9 @@ def test_grpo_advantages_unchanged_by_the_hook(tiny_dir):
     mask = torch.ones(6, 4)
     with_pen = AdvantageInputs(scores=scores, mask=mask, group_size=3, penalty=pen)
     assert torch.equal(core._advantages(with_pen, {}), group_advantages(scores - pen.sum(-1), 3))
-    assert torch.equal(core._advantages(AdvantageInputs(scores=scores, mask=mask, group_size=3), {}),
-                       group_advantages(scores, 3))
+    assert torch.equal(
+        core._advantages(AdvantageInputs(scores=scores, mask=mask, group_size=3), {}), group_advantages(scores, 3)
+    )
 
 
 def test_ppo_config_errors_name_the_key():
@@ -208,9 +225,18 @@ def test_ppo_config_errors_name_the_key():
 
 # ------------------------------------------------------------------------------------ end to end (CLI, Ray)
 
-SMALL = ["sft.max_steps=20", "sft.num_examples=600", "ppo.steps=2", "ppo.prompts_per_step=8", "eval.num_prompts=8",
-         "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1", "eval.before=false",
-         "ray.mode=actors"]  # end to end through Ray actors (tests/test_inprocess.py runs PPO in-process)
+SMALL = [
+    "sft.max_steps=20",
+    "sft.num_examples=600",
+    "ppo.steps=2",
+    "ppo.prompts_per_step=8",
+    "eval.num_prompts=8",
+    "eval.n_samples=4",
+    "eval.ks=[1,4]",
+    "logging.print_every=1",
+    "eval.before=false",
+    "ray.mode=actors",
+]  # end to end through Ray actors (tests/test_inprocess.py runs PPO in-process)
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +252,9 @@ def _rows(out):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ppo_salsa_recipe(sft_cache, tmp_path):
-    proc = cli("train", "recipes/ppo_salsa.yaml", f"output_dir={tmp_path}", *SMALL, f"sft.cache_dir={sft_cache}",
-                 home=tmp_path)
+    proc = cli(
+        "train", "recipes/ppo_salsa.yaml", f"output_dir={tmp_path}", *SMALL, f"sft.cache_dir={sft_cache}", home=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "algorithm=ppo critic=value_head" in log and "ReferenceWorker[soup]" in log
@@ -241,8 +268,14 @@ def test_ppo_salsa_recipe(sft_cache, tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ppo_kl_adaptive_recipe_and_resume(sft_cache, tmp_path):
-    args = ["train", "recipes/ppo_kl_adaptive.yaml", f"output_dir={tmp_path}", *SMALL, f"sft.cache_dir={sft_cache}",
-            "checkpoint.save_every=1"]
+    args = [
+        "train",
+        "recipes/ppo_kl_adaptive.yaml",
+        f"output_dir={tmp_path}",
+        *SMALL,
+        f"sft.cache_dir={sft_cache}",
+        "checkpoint.save_every=1",
+    ]
     proc = cli(*args, home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(tmp_path)

@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _linear_dtypes(model, run) -> list:
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype)) for m in model.modules()
-             if isinstance(m, torch.nn.Linear)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
     try:
         run()
     finally:
@@ -81,8 +84,9 @@ def test_native_sampler_drives_a_bf16_mixed_model(capsys):
     from rlkit.rollout.hf import TransformersEngine
 
     model, tok = load_model_and_tokenizer("tiny", dtype="bf16-mixed")
-    out = TransformersEngine(model, tok, batch_size=8).generate([tok("12+7=")["input_ids"]],
-                                                               SamplingParams(n=2, max_new_tokens=4, seed=0))
+    out = TransformersEngine(model, tok, batch_size=8).generate(
+        [tok("12+7=")["input_ids"]], SamplingParams(n=2, max_new_tokens=4, seed=0)
+    )
     assert len(out) == 2 and "cannot drive" not in capsys.readouterr().out
 
 
@@ -108,13 +112,27 @@ def test_precision_names():
 
 @pytest.mark.slow
 def test_grpo_trains_in_bf16_mixed(tmp_path):
-    args = ["train", "recipes/quickstart.yaml", f"output_dir={tmp_path}", "sft.enabled=false", "grpo.steps=2",
-            "grpo.prompts_per_step=4", "grpo.group_size=4", "eval.before=false", "eval.num_prompts=4",
-            "eval.n_samples=2", "eval.ks=[1,2]", "logging.plot=false", "logging.tensorboard=false",
-            "ray.torch_threads=1", "model.dtype=bf16-mixed"]
+    args = [
+        "train",
+        "recipes/quickstart.yaml",
+        f"output_dir={tmp_path}",
+        "sft.enabled=false",
+        "grpo.steps=2",
+        "grpo.prompts_per_step=4",
+        "grpo.group_size=4",
+        "eval.before=false",
+        "eval.num_prompts=4",
+        "eval.n_samples=2",
+        "eval.ks=[1,2]",
+        "logging.plot=false",
+        "logging.tensorboard=false",
+        "ray.torch_threads=1",
+        "model.dtype=bf16-mixed",
+    ]
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlkit", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cannot drive" not in proc.stdout
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -27,8 +27,9 @@ def grouped_batch(sizes=(3, 1, 4, 2), max_len=9, seed=0, T_min=1):
         p = torch.randint(5, 50, (2 + (3 * i) % 5,), generator=g).tolist()
         for _ in range(n):
             prompts.append(p)
-            comps.append(torch.randint(4, 50, (int(torch.randint(T_min, max_len + 1, (), generator=g)),),
-                                       generator=g).tolist())
+            comps.append(
+                torch.randint(4, 50, (int(torch.randint(T_min, max_len + 1, (), generator=g)),), generator=g).tolist()
+            )
     return collate(prompts, comps, 0)
 
 
@@ -72,8 +73,9 @@ def test_single_completion_token_and_hidden_state_path():
     model = build_tiny_model(seed=2, num_hidden_layers=2)
     one = collate([[5, 6, 7]] * 3 + [[8]] * 2, [[9], [10], [11], [12], [13]], 0)  # T = 1: prefill only
     group = prompt_groups(one)
-    torch.testing.assert_close(completion_logits(model, one, 1.0, group), completion_logits(model, one),
-                               rtol=0, atol=2e-5)
+    torch.testing.assert_close(
+        completion_logits(model, one, 1.0, group), completion_logits(model, one), rtol=0, atol=2e-5
+    )
     batch = grouped_batch((2, 3), seed=4)
     group = prompt_groups(batch)
     (h0, w0, b0), (h1, w1, b1) = completion_hidden(model, batch), completion_hidden(model, batch, group)
@@ -87,8 +89,9 @@ def test_lora_model_values_and_adapter_gradients():
     from peft import LoraConfig, get_peft_model
 
     base = build_tiny_model(seed=3, num_hidden_layers=2)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     batch = grouped_batch((4, 4), seed=5)
     a, b = values_and_grads(model, batch, None), values_and_grads(model, batch, prompt_groups(batch))
     assert all("lora" in n for n in a[1])
@@ -127,20 +130,38 @@ def test_guard_turns_it_off_for_a_model_that_ignores_the_cache(capsys):
     assert SharedPrefix(False, "Tester").group(model, batch) is None
 
 
-GRPO = {"learning_rate": 1e-4, "group_size": 4, "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token-mean",
-        "entropy_coef": 0.01}
+GRPO = {
+    "learning_rate": 1e-4,
+    "group_size": 4,
+    "clip_low": 0.2,
+    "clip_high": 0.28,
+    "aggregation": "token-mean",
+    "entropy_coef": 0.01,
+}
 
 
 def learner_data(step, rows=16):
     g = torch.Generator().manual_seed(20 + step)
     lens = [int(torch.randint(2, 12, (), generator=g)) for _ in range(rows)]
-    prompts = [p for p in (torch.randint(5, 40, (int(torch.randint(2, 7, (), generator=g)),),
-                                         generator=g).tolist() for _ in range(rows // 4)) for _ in range(4)]
+    prompts = [
+        p
+        for p in (
+            torch.randint(5, 40, (int(torch.randint(2, 7, (), generator=g)),), generator=g).tolist()
+            for _ in range(rows // 4)
+        )
+        for _ in range(4)
+    ]
     comps = [torch.randint(5, 40, (n,), generator=g).tolist() for n in lens]
     scores = [float(i % 3 == 0) for i in range(rows)]
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
-                      rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
-                      refs={"initial": ReferenceOutput(logprobs=-torch.rand(rows, max(lens), generator=g) * 3)})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores,
+        correct=scores,
+        rollout_logprobs=[(-torch.rand(n, generator=g)).tolist() for n in lens],
+        refs={"initial": ReferenceOutput(logprobs=-torch.rand(rows, max(lens), generator=g) * 3)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +174,10 @@ def tiny_dir(tmp_path_factory):
 def test_learner_steps_agree_with_and_without_shared_prefix(tiny_dir, updates, capsys):
     from rlkit.workers.learner import LearnerCore
 
-    cores = {s: LearnerCore(tiny_dir, {**GRPO, **updates, "shared_prefix": s}, ["kl_k3"], temperature=0.8)
-             for s in (False, True)}
+    cores = {
+        s: LearnerCore(tiny_dir, {**GRPO, **updates, "shared_prefix": s}, ["kl_k3"], temperature=0.8)
+        for s in (False, True)
+    }
     # plain SGD, so a weight difference is a gradient difference: AdamW divides each entry by its own running RMS,
     # which turns float32 noise in near-zero gradient entries into lr-sized steps (measured 1.5e-5 at lr 1e-4 over
     # 6 updates here, the same in a float64 model: RoPE runs in float32), and no bound would then mean anything
@@ -181,7 +204,11 @@ def test_reference_worker_scores_equal_with_and_without_shared_prefix(tiny_dir):
 
     cls = actor_class(ReferenceWorker)
     data = learner_data(0)
-    outs = [cls("initial", [tiny_dir], temperature=0.7, shared_prefix=s).compute(
-        data.prompt_ids, data.completion_ids, want_logits=True) for s in (False, True)]
+    outs = [
+        cls("initial", [tiny_dir], temperature=0.7, shared_prefix=s).compute(
+            data.prompt_ids, data.completion_ids, want_logits=True
+        )
+        for s in (False, True)
+    ]
     for key in ("logprobs", "logits"):
         torch.testing.assert_close(outs[1][key], outs[0][key], rtol=0, atol=2e-5)

@@ -27,8 +27,9 @@ def test_proxy_matches_explicit_filter_and_renormalise(relative, temp):
     logits = torch.randn(4, 5, 20, generator=g, dtype=torch.float64) * 3
     tokens = torch.randint(0, 20, (4, 5), generator=g)
     min_p = 0.05
-    out = lp_reg_proxy_logprobs(logits, tokens, min_p=min_p, temperature=temp,
-                                threshold="relative" if relative else "absolute")
+    out = lp_reg_proxy_logprobs(
+        logits, tokens, min_p=min_p, temperature=temp, threshold="relative" if relative else "absolute"
+    )
     n_filtered = 0
     for i in range(4):
         for j in range(5):
@@ -54,8 +55,9 @@ def test_proxy_raises_kept_tokens_and_has_no_grad():
 def test_proxy_chunking_identical():
     logits = torch.randn(3, 9, 30)
     tokens = torch.randint(0, 30, (3, 9))
-    torch.testing.assert_close(lp_reg_proxy_logprobs(logits, tokens, chunk_size=4),
-                               lp_reg_proxy_logprobs(logits, tokens))
+    torch.testing.assert_close(
+        lp_reg_proxy_logprobs(logits, tokens, chunk_size=4), lp_reg_proxy_logprobs(logits, tokens)
+    )
 
 
 def test_soup_weighted_average_float32():

@@ -51,4 +51,4 @@ def test_rollout_logprobs_match_learner_logprobs(cluster, tiny_dir):
     with torch.no_grad():
         lp = token_logprobs(completion_logits(model.eval(), batch, 0.8), batch["completion_ids"])
     for i, c in enumerate(comps):
-        torch.testing.assert_close(lp[i, :len(c["logprobs"])], torch.tensor(c["logprobs"]), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(lp[i, : len(c["logprobs"])], torch.tensor(c["logprobs"]), atol=2e-4, rtol=1e-4)

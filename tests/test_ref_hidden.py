@@ -30,10 +30,12 @@ def narrow_dir(tmp_path_factory):
 
 def batch_ids(rows=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    prompts = [p for p in (torch.randint(5, 40, (3,), generator=g).tolist() for _ in range(rows // 4))
-               for _ in range(4)]
-    comps = [torch.randint(5, 40, (int(torch.randint(2, 9, (), generator=g)),), generator=g).tolist()
-             for _ in range(rows)]
+    prompts = [
+        p for p in (torch.randint(5, 40, (3,), generator=g).tolist() for _ in range(rows // 4)) for _ in range(4)
+    ]
+    comps = [
+        torch.randint(5, 40, (int(torch.randint(2, 9, (), generator=g)),), generator=g).tolist() for _ in range(rows)
+    ]
     return prompts, comps
 
 
@@ -70,8 +72,11 @@ def test_exact_divergence_from_reference_hidden_equals_from_reference_logits(div
     ref_logits = torch.nn.functional.linear(ref_h, ref_w, ref_b) / temp
 
     def batch(ref_form):
-        kw = ({"ref_hidden": {"initial": (ref_h, ref_w, ref_b, temp)}} if ref_form == "hidden"
-              else {"ref_logits": {"initial": ref_logits}})
+        kw = (
+            {"ref_hidden": {"initial": (ref_h, ref_w, ref_b, temp)}}
+            if ref_form == "hidden"
+            else {"ref_logits": {"initial": ref_logits}}
+        )
         if fused:
             return PolicyBatch(logprobs=torch.zeros(B, T), mask=mask, hidden=hidden, lm_head=(weight, bias, temp), **kw)
         logits = torch.nn.functional.linear(hidden, weight, bias) / temp
@@ -85,8 +90,9 @@ def test_exact_divergence_from_reference_hidden_equals_from_reference_logits(div
     torch.testing.assert_close(outs["hidden"][0], outs["logits"][0], rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(outs["hidden"][1], outs["logits"][1], rtol=1e-9, atol=1e-10)
     # and both against the textbook formula on materialised logits
-    want = f_divergence(torch.nn.functional.linear(hidden, weight, bias).detach() / temp, ref_logits, divergence,
-                        mask=mask)
+    want = f_divergence(
+        torch.nn.functional.linear(hidden, weight, bias).detach() / temp, ref_logits, divergence, mask=mask
+    )
     torch.testing.assert_close(outs["hidden"][0], want, rtol=1e-9, atol=1e-10)
 
 
@@ -100,9 +106,15 @@ def learner_data(step, ref, prompts, comps, form):
     g = torch.Generator().manual_seed(30 + step)
     out = ref.compute(prompts, comps, want_logits=form == "logits", hidden=form == "hidden")
     scores = [float(i % 3 == 0) for i in range(len(comps))]
-    return TrainBatch(step=step, prompt_ids=prompts, completion_ids=comps, scores=scores, correct=scores,
-                      rollout_logprobs=[(-torch.rand(len(c), generator=g)).tolist() for c in comps],
-                      refs={"initial": ReferenceOutput.from_dict(out)})
+    return TrainBatch(
+        step=step,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=scores,
+        correct=scores,
+        rollout_logprobs=[(-torch.rand(len(c), generator=g)).tolist() for c in comps],
+        refs={"initial": ReferenceOutput.from_dict(out)},
+    )
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -110,8 +122,9 @@ def test_learner_steps_agree_with_reference_hidden_or_logits_and_cache_the_head(
     from rlkit.workers.learner import LearnerCore
 
     ref = actor_class(ReferenceWorker)("initial", [narrow_dir], temperature=0.8)
-    cores = {f: LearnerCore(narrow_dir, {**GRPO, "fused_head": fused}, REGS, temperature=0.8)
-             for f in ("hidden", "logits")}
+    cores = {
+        f: LearnerCore(narrow_dir, {**GRPO, "fused_head": fused}, REGS, temperature=0.8) for f in ("hidden", "logits")
+    }
     assert cores["hidden"].needs().ref_hidden == ("initial",)
     for step in range(2):
         prompts, comps = batch_ids(seed=step)
@@ -159,14 +172,35 @@ def test_grpo_run_sends_hidden_states_and_each_head_version_once(tmp_path, narro
 
     monkeypatch.setattr(cls, "compute", recording_compute)
     monkeypatch.setattr(cls, "head", recording_head)
-    regs = ("regularizers=[{name: forward_kl, mode: exact, reference: initial}, {name: js, mode: exact, label: tr, "
-            "reference: {type: initial, refresh_every: 1}}]")
-    recipe = load_recipe("recipes/quickstart.yaml", [
-        f"output_dir={tmp_path}", f"model.name_or_path={narrow_dir}", "sft.enabled=false", "grpo.steps=3",
-        "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.fused_head=true", "ray.mode=inprocess",
-        "ray.torch_threads=1", "eval.before=false", "eval.num_prompts=2", "eval.n_samples=2", "eval.ks=[1,2]",
-        "eval.kl_to_initial=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.save_final=false",
-        "data.params={n_train: 32, n_eval: 4}", regs, DENSE])
+    regs = (
+        "regularizers=[{name: forward_kl, mode: exact, reference: initial}, {name: js, mode: exact, label: tr, "
+        "reference: {type: initial, refresh_every: 1}}]"
+    )
+    recipe = load_recipe(
+        "recipes/quickstart.yaml",
+        [
+            f"output_dir={tmp_path}",
+            f"model.name_or_path={narrow_dir}",
+            "sft.enabled=false",
+            "grpo.steps=3",
+            "grpo.prompts_per_step=2",
+            "grpo.group_size=4",
+            "grpo.fused_head=true",
+            "ray.mode=inprocess",
+            "ray.torch_threads=1",
+            "eval.before=false",
+            "eval.num_prompts=2",
+            "eval.n_samples=2",
+            "eval.ks=[1,2]",
+            "eval.kl_to_initial=false",
+            "logging.plot=false",
+            "logging.tensorboard=false",
+            "checkpoint.save_final=false",
+            "data.params={n_train: 32, n_eval: 4}",
+            regs,
+            DENSE,
+        ],
+    )
     threads = torch.get_num_threads()
     try:
         summary = run_grpo(recipe)
@@ -178,8 +212,12 @@ def test_grpo_run_sends_hidden_states_and_each_head_version_once(tmp_path, narro
     train = [c for c in computes if c[1]]
     assert len(train) == 6 and all(not has_logits for _, _, has_logits in train), computes
     # the fixed reference's head once; the refreshed one's at each of its 3 versions (refreshed after steps 1, 2)
-    assert sorted(heads) == [("initial", 0), ("initial-refresh1-1", 0), ("initial-refresh1-1", 1),
-                             ("initial-refresh1-1", 2)], heads
+    assert sorted(heads) == [
+        ("initial", 0),
+        ("initial-refresh1-1", 0),
+        ("initial-refresh1-1", 1),
+        ("initial-refresh1-1", 2),
+    ], heads
 
 
 @pytest.mark.slow
@@ -196,14 +234,38 @@ def test_hidden_state_references_train_identically_through_ray_actors(tmp_path, 
     for mode in ("inprocess", "actors"):
         out = tmp_path / mode
         proc = subprocess.run(
-            [sys.executable, "-m", "rlkit", "train", "recipes/quickstart.yaml", f"output_dir={out}",
-             f"model.name_or_path={narrow_dir}", "sft.enabled=false", "grpo.steps=2", "grpo.prompts_per_step=2",
-             "grpo.group_size=4", "grpo.fused_head=true", f"ray.mode={mode}", "ray.torch_threads=1",
-             "eval.before=false", "eval.num_prompts=2", "eval.n_samples=2", "eval.ks=[1,2]", "logging.plot=false",
-             "logging.tensorboard=false", "data.params={n_train: 32, n_eval: 4}",
-             "regularizers=[{name: forward_kl, mode: exact, reference: initial}, {name: js, mode: exact, label: tr, "
-             "reference: {type: initial, refresh_every: 1, refresh_rate: 0.5}}]", DENSE],
-            cwd=root, capture_output=True, text=True, timeout=600, env=env)
+            [
+                sys.executable,
+                "-m",
+                "rlkit",
+                "train",
+                "recipes/quickstart.yaml",
+                f"output_dir={out}",
+                f"model.name_or_path={narrow_dir}",
+                "sft.enabled=false",
+                "grpo.steps=2",
+                "grpo.prompts_per_step=2",
+                "grpo.group_size=4",
+                "grpo.fused_head=true",
+                f"ray.mode={mode}",
+                "ray.torch_threads=1",
+                "eval.before=false",
+                "eval.num_prompts=2",
+                "eval.n_samples=2",
+                "eval.ks=[1,2]",
+                "logging.plot=false",
+                "logging.tensorboard=false",
+                "data.params={n_train: 32, n_eval: 4}",
+                "regularizers=[{name: forward_kl, mode: exact, reference: initial}, {name: js, mode: exact, label: tr, "
+                "reference: {type: initial, refresh_every: 1, refresh_rate: 0.5}}]",
+                DENSE,
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         rows[mode] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows["actors"]) == 2

@@ -18,9 +18,17 @@ def _batch_from_logits(b=3, t=4, v=9, same=False, seed=0):
     tokens = torch.randint(0, v, (b, t), generator=g)
     lp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
     ref = torch.log_softmax(ref_logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
-    return PolicyBatch(logprobs=lp, old_logprobs=lp.detach(), ref_logprobs=ref, logits=logits, ref_logits=ref_logits,
-                       mask=torch.ones(b, t), advantages=torch.tensor([1.0, -1.0, 0.5])[:b],
-                       accuracy=torch.full((b,), 0.5), proxy_logprobs=lp.detach())
+    return PolicyBatch(
+        logprobs=lp,
+        old_logprobs=lp.detach(),
+        ref_logprobs=ref,
+        logits=logits,
+        ref_logits=ref_logits,
+        mask=torch.ones(b, t),
+        advantages=torch.tensor([1.0, -1.0, 0.5])[:b],
+        accuracy=torch.full((b,), 0.5),
+        proxy_logprobs=lp.detach(),
+    )
 
 
 @pytest.mark.parametrize("preset", sorted(p for p in PRESETS if p != "none"))
@@ -32,8 +40,17 @@ def test_every_preset_builds_and_is_zero_at_equality(preset):
         batch.sampled_from = "ref" if getattr(reg.cfg, "samples", "policy") == "reference" else "policy"
         out = reg(batch)
         assert torch.allclose(out.per_token, torch.zeros_like(out.per_token), atol=1e-6), reg.label
-        assert reg.requires() <= {"logprobs", "ref_logprobs", "logits", "ref_logits", "mask", "old_logprobs",
-                                  "advantages", "proxy_logprobs", "accuracy"}
+        assert reg.requires() <= {
+            "logprobs",
+            "ref_logprobs",
+            "logits",
+            "ref_logits",
+            "mask",
+            "old_logprobs",
+            "advantages",
+            "proxy_logprobs",
+            "accuracy",
+        }
 
 
 @pytest.mark.parametrize("name", ["kl", "forward_kl", "js", "alpha"])
@@ -59,8 +76,11 @@ def test_sampled_mode_is_unbiased_for_exact_mode(name):
     (sampled,) = build_regularizers([{"name": name, "coef": 1.0}])
     est = sampled.divergence(PolicyBatch(logprobs=lp, ref_logprobs=lr, mask=torch.ones_like(lp)))
     (exact,) = build_regularizers([{"name": name, "coef": 1.0, "mode": "exact"}])
-    want = exact.divergence(PolicyBatch(logprobs=lp[:, :1], logits=logits[None, None],
-                                        ref_logits=ref_logits[None, None], mask=torch.ones(1, 1))).item()
+    want = exact.divergence(
+        PolicyBatch(
+            logprobs=lp[:, :1], logits=logits[None, None], ref_logits=ref_logits[None, None], mask=torch.ones(1, 1)
+        )
+    ).item()
     se = est.std().item() / math.sqrt(n)
     assert abs(est.mean().item() - want) < 5 * se + 1e-7
 
@@ -81,8 +101,10 @@ BAD = [
     ([{"name": "dads", "placement": "reward"}], "regularizers[0].weighting: 'dads' weights depend on advantages"),
     ([{"name": "kl", "weighting": {"type": "adaptive"}}], "regularizers[0].weighting.target: required key is missing"),
     ([{"name": "kl", "weighting": "bogus"}], "regularizers[0].weighting:"),
-    ([{"name": "kl", "mode": "exact", "estimator": "k1"}],
-     "regularizers[0].estimator: estimators apply to mode 'sampled'"),
+    (
+        [{"name": "kl", "mode": "exact", "estimator": "k1"}],
+        "regularizers[0].estimator: estimators apply to mode 'sampled'",
+    ),
     ([{"name": "js", "mode": "exact", "samples": "reference"}], "regularizers[0].samples:"),
     ([{"name": "forward_kl", "samples": "reference", "placement": "reward"}], "regularizers[0].samples:"),
     ([{"name": "kl", "importance_correction": True, "samples": "reference"}], "regularizers[0].importance_correction"),
@@ -100,11 +122,13 @@ def test_bad_specs_are_refused_with_key_path(spec, message):
 
 def test_free_combinations_compose():
     """Combinations no paper ran must still work: JS toward a soup with DADS weights; adaptive forward KL."""
-    regs = build_regularizers([
-        {"name": "js", "reference": {"type": "soup", "checkpoints": ["a", "b"]}, "weighting": "dads"},
-        {"name": "forward_kl", "mode": "exact", "weighting": {"type": "adaptive", "target": 0.1}, "label": "fkl"},
-        {"name": "kl_k3", "reference": {"type": "teacher", "model": "path/to/teacher"}, "coef": 0.01},
-    ])
+    regs = build_regularizers(
+        [
+            {"name": "js", "reference": {"type": "soup", "checkpoints": ["a", "b"]}, "weighting": "dads"},
+            {"name": "forward_kl", "mode": "exact", "weighting": {"type": "adaptive", "target": 0.1}, "label": "fkl"},
+            {"name": "kl_k3", "reference": {"type": "teacher", "model": "path/to/teacher"}, "coef": 0.01},
+        ]
+    )
     assert [r.reference_key for r in regs] == ["soup", "initial", "teacher"]
     b = _batch_from_logits()
     b.ref_logprobs = {"soup": b.ref_logprobs, "teacher": b.ref_logprobs * 1.1}
@@ -144,8 +168,9 @@ def test_adaptive_coefficient_observes_and_checkpoints():
 
 
 def test_scheduled_coefficient():
-    (reg,) = build_regularizers([{"name": "kl", "coef": 0.1,
-                                  "weighting": {"type": "linear", "end": 0.0, "total_steps": 10}}])
+    (reg,) = build_regularizers(
+        [{"name": "kl", "coef": 0.1, "weighting": {"type": "linear", "end": 0.0, "total_steps": 10}}]
+    )
     b = _batch_from_logits()
     b.step = 5
     assert reg(b).metrics["kl_k3_linear/coef"] == pytest.approx(0.05)
@@ -172,6 +197,7 @@ def test_registering_a_new_regularizer_is_one_class_one_line():
 
         def divergence(self, batch):
             from rlkit.functional import f_divergence_sampled
+
             return f_divergence_sampled(batch.logprobs, batch.reference("ref_logprobs", "initial", "tv"), "tv")
 
     register("tv_test")(TV)
@@ -192,10 +218,18 @@ def test_readme_catalogue_is_the_registry_catalogue():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("<!-- catalogue:")
-    table = readme[readme.index("\n", start) + 1:readme.index("<!-- /catalogue -->")]
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- /catalogue -->")]
     # the built-in registry, in a fresh interpreter (other tests register names of their own in this one)
-    fresh = subprocess.run([sys.executable, "-c", "from rlkit.regularizers.registry import catalogue_markdown; "
-                            "print(catalogue_markdown(), end='')"], capture_output=True, text=True, check=True).stdout
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rlkit.regularizers.registry import catalogue_markdown; print(catalogue_markdown(), end='')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert table == fresh
     rows = fresh.splitlines()[2:]
     assert len(rows) == len(PRESETS) + len({"kl", "forward_kl", "js", "alpha", "lp_reg"} - set(PRESETS))

@@ -24,6 +24,7 @@ DPH = str(ROOT / "recipes" / "grpo_dph.yaml")
 
 # --- (a) the split --------------------------------------------------------------------------------------------------
 
+
 def test_split_keeps_only_prompts_solved_k_of_k():
     correct = [[True] * 4, [True, True, True, False], [False] * 4, [True] * 4, [False, True, True, True]]
     perfect, explore = split_by_correctness(correct)
@@ -47,11 +48,20 @@ def test_rehearsal_rows_walk_the_pool_in_shuffled_passes():
 
 
 def test_rehearsal_set_batches_and_round_trips_json():
-    responses = [{"prompt": p, "prompt_ids": [5, 6 + p], "completion_ids": [7] * (1 + j),
-                  "ref_logprobs": [-0.5] * (1 + j)}
-                 for p in (0, 2) for j in range(2)]
-    rs = RehearsalSet(perfect=[0, 2], explore=[1, 3], responses=responses, presampled=4, presample_s=1.5,
-                      key={"k": 2}, counts=[2, 1, 2, 0])
+    responses = [
+        {"prompt": p, "prompt_ids": [5, 6 + p], "completion_ids": [7] * (1 + j), "ref_logprobs": [-0.5] * (1 + j)}
+        for p in (0, 2)
+        for j in range(2)
+    ]
+    rs = RehearsalSet(
+        perfect=[0, 2],
+        explore=[1, 3],
+        responses=responses,
+        presampled=4,
+        presample_s=1.5,
+        key={"k": 2},
+        counts=[2, 1, 2, 0],
+    )
     again = RehearsalSet.from_json(json.loads(json.dumps(rs.to_json())))
     assert again == rs and rs.histogram(2) == "0/2: 1, 1/2: 1, 2/2: 2"
     b = rs.batch(step=1, per_step=3, seed=0)
@@ -62,6 +72,7 @@ def test_rehearsal_set_batches_and_round_trips_json():
 
 
 # --- the loss -------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["forward_kl", "js"])
 def test_rehearsal_loss_is_the_coefficient_times_the_token_mean_estimator(name):
@@ -83,6 +94,7 @@ def test_rehearsal_loss_is_the_coefficient_times_the_token_mean_estimator(name):
 
 # --- (c) the rehearsal term's gradient in a learner step ------------------------------------------------------------
 
+
 def _learner_step_delta(learner, data, start):
     """Apply one train_step with plain SGD (lr 1, no clipping) from ``start``; return -grad as parameter deltas."""
     learner.model.load_state_dict(start)
@@ -98,23 +110,36 @@ def test_learner_adds_the_rehearsal_gradient_of_coef_times_mean_forward_kl(tiny_
 
     coef, temperature = 0.5, 0.7
     cfg = GRPOConfig(group_size=2, max_grad_norm=None).model_dump()
-    learner = LearnerCore(tiny_dir, cfg, [{"name": "forward_kl", "samples": "reference", "coef": coef}],
-                          temperature=temperature)
+    learner = LearnerCore(
+        tiny_dir, cfg, [{"name": "forward_kl", "samples": "reference", "coef": coef}], temperature=temperature
+    )
     (reg,) = learner.rehearsal_regs
     assert learner.policy_regs == []
     g = torch.Generator().manual_seed(1)
     tok = lambda n: torch.randint(6, 40, (n,), generator=g).tolist()  # noqa: E731
     prompts = [tok(4), tok(4), tok(3), tok(3)]
     comps = [tok(3), tok(5), tok(2), tok(4)]
-    data = TrainBatch(step=0, prompt_ids=prompts, completion_ids=comps, scores=[1.0, 0.0, 0.0, 1.0],
-                      correct=[True, False, False, True], rollout_logprobs=[[-1.0] * len(c) for c in comps], refs={})
+    data = TrainBatch(
+        step=0,
+        prompt_ids=prompts,
+        completion_ids=comps,
+        scores=[1.0, 0.0, 0.0, 1.0],
+        correct=[True, False, False, True],
+        rollout_logprobs=[[-1.0] * len(c) for c in comps],
+        refs={},
+    )
     r_prompts, r_comps = [tok(5), tok(3), tok(5)], [tok(4), tok(1), tok(6)]
     r_ref = [(-2.0 - torch.rand(len(c), generator=g)).tolist() for c in r_comps]
     start = {n: p.detach().clone() for n, p in learner.model.state_dict().items()}
 
     plain, _ = _learner_step_delta(learner, data, start)
-    with_reh, metrics = _learner_step_delta(learner, dataclasses.replace(data, rehearsal=RehearsalBatch(
-        prompt_ids=r_prompts, completion_ids=r_comps, ref_logprobs=r_ref)), start)
+    with_reh, metrics = _learner_step_delta(
+        learner,
+        dataclasses.replace(
+            data, rehearsal=RehearsalBatch(prompt_ids=r_prompts, completion_ids=r_comps, ref_logprobs=r_ref)
+        ),
+        start,
+    )
 
     # independent: the model's own forward, log-softmax at the temperature, u - log u - 1 averaged over the tokens
     model = learner.model
@@ -123,7 +148,7 @@ def test_learner_adds_the_rehearsal_gradient_of_coef_times_mean_forward_kl(tiny_
     total, n_tok = 0.0, 0
     for p, c, ref in zip(r_prompts, r_comps, r_ref):
         ids = torch.tensor([p + c])
-        logits = model(input_ids=ids).logits[0, len(p) - 1:len(p) + len(c) - 1] / temperature
+        logits = model(input_ids=ids).logits[0, len(p) - 1 : len(p) + len(c) - 1] / temperature
         lp = torch.log_softmax(logits.double(), -1).gather(-1, torch.tensor(c)[:, None])[:, 0]
         u = torch.exp(lp - torch.tensor(ref, dtype=torch.float64))
         total = total + (u - torch.log(u) - 1).sum()
@@ -144,6 +169,7 @@ def test_learner_adds_the_rehearsal_gradient_of_coef_times_mean_forward_kl(tiny_
 
 # --- (d) config -----------------------------------------------------------------------------------------------------
 
+
 def test_reference_samples_without_rehearsal_section_is_refused_with_the_key(capsys):
     from rlkit.cli import main
 
@@ -160,16 +186,25 @@ def test_reference_samples_without_rehearsal_section_is_refused_with_the_key(cap
     assert recipe.rehearsal.k == 4 and recipe.rehearsal.responses_per_step is None
 
 
-@pytest.mark.parametrize("override,key,needle", [
-    (["regularizers=[{name: kl, estimator: k3}]"], "rehearsal", "no regularizer has samples 'reference'"),
-    (["algorithm=ppo"], "rehearsal", "'grpo' only"),
-    (["learner.num_workers=2"], "rehearsal", "num_workers"),
-    (["regularizers=[{name: forward_kl, samples: reference, reference: {type: teacher, model: x}}]"],
-     "regularizers[0].reference", "initial"),
-    (["regularizers=[{name: forward_kl, samples: reference, weighting: {type: dads}}]"], "regularizers[0].weighting",
-     "advantages"),
-    (["rehearsal.k=0"], "rehearsal.k", "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "override,key,needle",
+    [
+        (["regularizers=[{name: kl, estimator: k3}]"], "rehearsal", "no regularizer has samples 'reference'"),
+        (["algorithm=ppo"], "rehearsal", "'grpo' only"),
+        (["learner.num_workers=2"], "rehearsal", "num_workers"),
+        (
+            ["regularizers=[{name: forward_kl, samples: reference, reference: {type: teacher, model: x}}]"],
+            "regularizers[0].reference",
+            "initial",
+        ),
+        (
+            ["regularizers=[{name: forward_kl, samples: reference, weighting: {type: dads}}]"],
+            "regularizers[0].weighting",
+            "advantages",
+        ),
+        (["rehearsal.k=0"], "rehearsal.k", "greater than 0"),
+    ],
+)
 def test_bad_rehearsal_recipes_name_the_key(override, key, needle):
     with pytest.raises(ConfigError) as err:
         load_recipe(DPH, override)
@@ -180,13 +215,28 @@ def test_bad_rehearsal_recipes_name_the_key(override, key, needle):
 
 # untrained tiny policy, no SFT; the verifier (the first reward) is "the completion contains a digit", so that about
 # a third of the prompts are solved k/k by the initial policy and both sets are non-empty
-E2E = ["ray.mode=inprocess", "sft.enabled=false", "grpo.steps=3", "grpo.prompts_per_step=4", "grpo.group_size=4",
-       "eval.before=false", "eval.num_prompts=4", "eval.n_samples=2", "eval.ks=[1,2]", "logging.plot=false",
-       "logging.tensorboard=false", "data.params={n_train: 32, n_eval: 8}", "ray.torch_threads=1",
-       "rollout.max_new_tokens=4", "rehearsal.k=2", "rehearsal.responses_per_step=3", "rehearsal.max_prompts=24",
-       "logging.print_every=1",
-       "checkpoint.save_final=false",
-       'rewards=[{name: format, params: {pattern: ".*[0-9].*"}}, {name: numeric_match}]']
+E2E = [
+    "ray.mode=inprocess",
+    "sft.enabled=false",
+    "grpo.steps=3",
+    "grpo.prompts_per_step=4",
+    "grpo.group_size=4",
+    "eval.before=false",
+    "eval.num_prompts=4",
+    "eval.n_samples=2",
+    "eval.ks=[1,2]",
+    "logging.plot=false",
+    "logging.tensorboard=false",
+    "data.params={n_train: 32, n_eval: 8}",
+    "ray.torch_threads=1",
+    "rollout.max_new_tokens=4",
+    "rehearsal.k=2",
+    "rehearsal.responses_per_step=3",
+    "rehearsal.max_prompts=24",
+    "logging.print_every=1",
+    "checkpoint.save_final=false",
+    'rewards=[{name: format, params: {pattern: ".*[0-9].*"}}, {name: numeric_match}]',
+]
 
 
 @pytest.fixture

@@ -256,8 +256,12 @@ def test_numeric_match_tolerance():
 def test_synthetic_arithmetic_batch():
     """rlkit's default synthetic task: small-integer arithmetic answered as <answer>N</answer> plus maybe EOS."""
     prompts = ["3+4=?", "10-12=?", "6*7=?", "9-9=?"]
-    completions = ["<answer>7</answer><|endoftext|>", "<answer>-2</answer></s>", "<answer>41</answer>",
-                   "<answer>0</answer>"]
+    completions = [
+        "<answer>7</answer><|endoftext|>",
+        "<answer>-2</answer></s>",
+        "<answer>41</answer>",
+        "<answer>0</answer>",
+    ]
     answers = ["7", "-2", "42", "0"]
     assert NumericMatch()(prompts, completions, answers) == [1.0, 1.0, 0.0, 1.0]
     assert ExactAnswer()(prompts, completions, answers) == [1.0, 1.0, 0.0, 1.0]
@@ -437,9 +441,16 @@ def make_model(num_labels: int = 1, pad_token_id: int | None = 0, seed: int = 0)
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(WORDS) + 3, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, num_labels=num_labels,
-        pad_token_id=pad_token_id, initializer_range=0.2,
+        vocab_size=len(WORDS) + 3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        pad_token_id=pad_token_id,
+        initializer_range=0.2,
     )
     return AutoModelForSequenceClassification.from_config(config).eval()
 
@@ -456,8 +467,14 @@ def direct_logits(model, tokenizer, texts, add_special_tokens=True):
     return torch.stack(rows)
 
 
-PROMPTS = ["what is six times seven ?", "the capital of france", "what is six times seven ?", "what", "the answer",
-           "six"]
+PROMPTS = [
+    "what is six times seven ?",
+    "the capital of france",
+    "what is six times seven ?",
+    "what",
+    "the answer",
+    "six",
+]
 COMPLETIONS = [" <answer>42</answer>", " is paris", " <answer>41</answer>", " is", " is 42 42 42 answer", ""]
 
 

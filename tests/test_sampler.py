@@ -60,8 +60,9 @@ def brute_nucleus(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return torch.tensor([x[i] if i in kept else float("-inf") for i in range(len(x))], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.3, 5, 1.0), (0.8, 12, 0.6),
-                                                     (1.0, 0, 0.05)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.3, 5, 1.0), (0.8, 12, 0.6), (1.0, 0, 0.05)]
+)
 def test_process_logits_matches_brute_force(temperature, top_k, top_p):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 40, generator=g) * 3
@@ -82,8 +83,16 @@ def test_greedy_equals_generate_with_rows_ending_at_different_steps(model, tok):
     P = max(map(len, prompts))
     ids = torch.tensor([[PAD_ID] * (P - len(p)) + p for p in prompts])
     attn = (torch.arange(P)[None] >= torch.tensor([P - len(p) for p in prompts])[:, None]).long()
-    ref = model.generate(input_ids=ids, attention_mask=attn, do_sample=False, max_new_tokens=10, eos_token_id=eos,
-                         pad_token_id=PAD_ID, return_dict_in_generate=True, output_scores=True)
+    ref = model.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        do_sample=False,
+        max_new_tokens=10,
+        eos_token_id=eos,
+        pad_token_id=PAD_ID,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     new = ref.sequences[:, P:]
     ref_lp = torch.log_softmax(torch.stack(ref.scores, 1).float(), -1).gather(-1, new[..., None]).squeeze(-1)
     for i in range(len(prompts)):
@@ -99,19 +108,30 @@ def full_forward_logprobs(model, prompt, completion, temperature, top_k, top_p):
     """Log-prob of each completion token under the processed distribution, from one cache-free forward."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
     proc = process_logits(logits, temperature, top_k, top_p)
     return torch.log_softmax(proc, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,compact", [(1.0, 0, 1.0, 0.25), (0.7, 8, 0.9, 0.0),
-                                                             (1.5, 0, 0.8, 1.0)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,compact", [(1.0, 0, 1.0, 0.25), (0.7, 8, 0.9, 0.0), (1.5, 0, 0.8, 1.0)]
+)
 def test_sampled_logprobs_match_a_cache_free_forward(soft, tok, temperature, top_k, top_p, compact):
     model, prompts = soft, prompts_of(tok, TEXTS)
     torch.manual_seed(5)
     eos = int(sample(model, prompts, 1, 3, eos_id=-1, pad_id=PAD_ID, greedy=True)[0][1, 1])
-    toks, lps, lengths = sample(model, prompts, 4, 8, eos_id=eos, pad_id=PAD_ID, temperature=temperature, top_k=top_k,
-                                top_p=top_p, compact_fraction=compact)
+    toks, lps, lengths = sample(
+        model,
+        prompts,
+        4,
+        8,
+        eos_id=eos,
+        pad_id=PAD_ID,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        compact_fraction=compact,
+    )
     assert toks.shape == (len(prompts) * 4, 8)
     assert (lengths < 8).any(), "some rows should end early (and, with compaction, leave the batch)"
     for r in range(len(prompts) * 4):

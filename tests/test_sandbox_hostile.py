@@ -80,48 +80,73 @@ ATTACKS = [
     ("/proc/<me>/root", FS, "open('/proc/{me}/root' + {t!r}, 'w').write('x'); ok = True"),
     ("/proc/<ppid>/cwd", FS, "open(f'/proc/{{os.getppid()}}/cwd/' + {rel!r}, 'w').write('x'); ok = True"),
     ("/proc/<me>/cwd", FS, "open('/proc/{me}/cwd/' + {rel!r}, 'w').write('x'); ok = True"),
-    ("dir_fd of /", FS,
-     "d = os.open('/', os.O_RDONLY | os.O_DIRECTORY)\n"
-     "os.close(os.open({t!r}.lstrip('/'), os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=d)); ok = True"),
-    ("dir_fd + ..", FS,
-     "d = os.open('.', os.O_RDONLY | os.O_DIRECTORY)\n"
-     "os.close(os.open('../' * 12 + {t!r}.lstrip('/'), os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=d)); ok = True"),
+    (
+        "dir_fd of /",
+        FS,
+        "d = os.open('/', os.O_RDONLY | os.O_DIRECTORY)\n"
+        "os.close(os.open({t!r}.lstrip('/'), os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=d)); ok = True",
+    ),
+    (
+        "dir_fd + ..",
+        FS,
+        "d = os.open('.', os.O_RDONLY | os.O_DIRECTORY)\n"
+        "os.close(os.open('../' * 12 + {t!r}.lstrip('/'), os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=d)); ok = True",
+    ),
     ("append to the secret", FS, "open({secret!r}, 'a').write('pwned'); ok = True"),
     ("chmod the secret", FS, "os.chmod({secret!r}, 0o777); ok = True"),
     ("truncate the secret", FS, "os.truncate({secret!r}, 0); ok = True"),
     ("unlink the secret", FS, "os.unlink({secret!r}); ok = True"),
-    ("mount (libc)", FS | SC,
-     "import ctypes; ok = ctypes.CDLL(None).mount(b'none', {outside!r}.encode(), b'tmpfs', 0, None) == 0"),
-    ("unshare a user namespace (libc)", SC,
-     "import ctypes; ok = ctypes.CDLL(None).unshare(0x10000000) == 0"),
-    ("_ctypes found via __subclasses__", FS,
-     "todo, seen = [object], {{}}\n"
-     "while todo:\n"
-     "    c = todo.pop()\n"
-     "    for s in type.__subclasses__(c):\n"
-     "        if s not in seen.values(): seen[s.__name__] = s; todo.append(s)\n"
-     "F, S = seen['CFuncPtr'], seen['_SimpleCData']\n"
-     "L = type('L', (S,), {{'_type_': 'l'}}); Fn = type('Fn', (F,), {{'_flags_': 1, '_restype_': L}})\n"
-     "lib = type('D', (), {{'_handle': 0}})()\n"
-     "ok = Fn(('mkdir', lib))({t!r}.encode(), 0o755) == 0"),
+    (
+        "mount (libc)",
+        FS | SC,
+        "import ctypes; ok = ctypes.CDLL(None).mount(b'none', {outside!r}.encode(), b'tmpfs', 0, None) == 0",
+    ),
+    ("unshare a user namespace (libc)", SC, "import ctypes; ok = ctypes.CDLL(None).unshare(0x10000000) == 0"),
+    (
+        "_ctypes found via __subclasses__",
+        FS,
+        "todo, seen = [object], {{}}\n"
+        "while todo:\n"
+        "    c = todo.pop()\n"
+        "    for s in type.__subclasses__(c):\n"
+        "        if s not in seen.values(): seen[s.__name__] = s; todo.append(s)\n"
+        "F, S = seen['CFuncPtr'], seen['_SimpleCData']\n"
+        "L = type('L', (S,), {{'_type_': 'l'}}); Fn = type('Fn', (F,), {{'_flags_': 1, '_restype_': L}})\n"
+        "lib = type('D', (), {{'_handle': 0}})()\n"
+        "ok = Fn(('mkdir', lib))({t!r}.encode(), 0o755) == 0",
+    ),
     # -- signals, by every route
     ("kill the victim", SC | {"pidns"}, "os.kill({victim}, 9); ok = True"),
     ("killpg the victim", SC | {"pidns"}, "os.killpg({victim}, 9); ok = True"),
-    ("pidfd the victim", SC | {"pidns"},
-     "import signal; signal.pidfd_send_signal(os.pidfd_open({victim}), 9); ok = True"),
-    ("pidfd the parent", SC | {"pidns"},
-     "import signal; signal.pidfd_send_signal(os.pidfd_open(os.getppid()), 0); ok = True"),
+    (
+        "pidfd the victim",
+        SC | {"pidns"},
+        "import signal; signal.pidfd_send_signal(os.pidfd_open({victim}), 9); ok = True",
+    ),
+    (
+        "pidfd the parent",
+        SC | {"pidns"},
+        "import signal; signal.pidfd_send_signal(os.pidfd_open(os.getppid()), 0); ok = True",
+    ),
     ("signal 0 to the parent", SC | {"pidns"}, "p = os.getppid(); os.kill(p, 0); ok = p > 1"),
     ("signal 0 to this test", SC | {"pidns"}, "os.kill({me}, 0); ok = True"),
-    ("signal 0 to pid 1", SC | {"pidns"}, "if os.getpid() != 1:  # in a PID namespace, pid 1 is the program\n"
-     "    os.kill(1, 0); ok = True"),
+    (
+        "signal 0 to pid 1",
+        SC | {"pidns"},
+        "if os.getpid() != 1:  # in a PID namespace, pid 1 is the program\n    os.kill(1, 0); ok = True",
+    ),
     ("signal 0 to pid -1", SC | {"pidns"}, "os.kill(-1, 0); ok = True"),
-    ("kill the victim (libc)", SC | {"pidns"},
-     "import ctypes; ok = ctypes.CDLL(None).kill({victim}, 9) == 0"),
-    ("tgkill the victim (libc)", SC | {"pidns"},
-     "import ctypes; ok = ctypes.CDLL(None).tgkill({victim}, {victim}, 9) == 0"),
-    ("ptrace the victim (libc)", SC | {"pidns"},
-     "import ctypes; ok = ctypes.CDLL(None).ptrace(16, {victim}, 0, 0) == 0"),
+    ("kill the victim (libc)", SC | {"pidns"}, "import ctypes; ok = ctypes.CDLL(None).kill({victim}, 9) == 0"),
+    (
+        "tgkill the victim (libc)",
+        SC | {"pidns"},
+        "import ctypes; ok = ctypes.CDLL(None).tgkill({victim}, {victim}, 9) == 0",
+    ),
+    (
+        "ptrace the victim (libc)",
+        SC | {"pidns"},
+        "import ctypes; ok = ctypes.CDLL(None).ptrace(16, {victim}, 0, 0) == 0",
+    ),
     ("setsid (leave the process group)", SC, "os.setsid(); ok = True"),
     # -- other processes
     ("list /proc", FS, "pids = [e for e in os.listdir('/proc') if e.isdigit()]; ok = '{me}' in pids or len(pids) > 1"),
@@ -137,52 +162,82 @@ ATTACKS = [
     ("stat the repo (no audit event)", FS, "os.stat({repo!r}); ok = True"),
     ("readlink /proc/<me>/cwd (no audit event)", FS, "os.readlink('/proc/{me}/cwd'); ok = True"),
     # -- network
-    ("TCP connect to a local listener", SC | {"netns"},
-     "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1); ok = True"),
-    ("TCP via _socket", SC | {"netns"},
-     "import _socket; s = _socket.socket(); s.settimeout(1); s.connect(('127.0.0.1', {port})); ok = True"),
-    ("UDP to a local listener", SC | {"netns"},
-     "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {uport})); ok = True"),
-    ("abstract AF_UNIX socket", SC | {"netns"},
-     "import socket; s = socket.socket(socket.AF_UNIX); s.connect({abstract!r}); ok = True"),
+    (
+        "TCP connect to a local listener",
+        SC | {"netns"},
+        "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1); ok = True",
+    ),
+    (
+        "TCP via _socket",
+        SC | {"netns"},
+        "import _socket; s = _socket.socket(); s.settimeout(1); s.connect(('127.0.0.1', {port})); ok = True",
+    ),
+    (
+        "UDP to a local listener",
+        SC | {"netns"},
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {uport})); "
+        "ok = True",
+    ),
+    (
+        "abstract AF_UNIX socket",
+        SC | {"netns"},
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({abstract!r}); ok = True",
+    ),
     ("DNS", SC | {"netns"}, "import socket; socket.getaddrinfo('example.com', 80); ok = True"),
     # -- processes and resources
-    ("fork", SC,
-     "kids = []\n"
-     "for _ in range(20):\n"
-     "    pid = os.fork()\n"
-     "    if pid == 0:\n"
-     "        open('/proc/self/comm', 'w').write('rlkit-{token}'); import time; time.sleep(20); os._exit(0)\n"
-     "    kids.append(pid)\n"
-     "ok = len(kids) == 20"),
+    (
+        "fork",
+        SC,
+        "kids = []\n"
+        "for _ in range(20):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        open('/proc/self/comm', 'w').write('rlkit-{token}'); import time; time.sleep(20); os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "ok = len(kids) == 20",
+    ),
     ("fork (libc)", SC, "import ctypes; ok = ctypes.CDLL(None).fork() > 0"),
     ("subprocess", SC, "import subprocess; ok = subprocess.run(['/bin/sh', '-c', 'touch ' + {t!r}]).returncode == 0"),
     ("os.system", SC, "ok = os.system('touch ' + {t!r}) == 0"),
-    ("posix_spawn", SC,
-     "pid = os.posix_spawn('/usr/bin/touch', ['touch', {t!r}], {{}}); ok = os.waitpid(pid, 0)[1] == 0"),
+    (
+        "posix_spawn",
+        SC,
+        "pid = os.posix_spawn('/usr/bin/touch', ['touch', {t!r}], {{}}); ok = os.waitpid(pid, 0)[1] == 0",
+    ),
     ("execv", SC, "os.execv('/bin/sh', ['sh', '-c', 'touch ' + {t!r}])"),
     ("memory", set(), "x = bytearray(2 << 30); ok = True"),
     ("mmap", set(), "import mmap; m = mmap.mmap(-1, 2 << 30); ok = True"),
-    ("disk fill", FS,
-     "total = 0\n"
-     "for i in range(300):\n"
-     "    with open(f'f{{i}}', 'wb') as f: f.write(b'x' * (1 << 20))\n"
-     "    total += 1 << 20\n"
-     "ok = total >= 256 << 20"),
+    (
+        "disk fill",
+        FS,
+        "total = 0\n"
+        "for i in range(300):\n"
+        "    with open(f'f{{i}}', 'wb') as f: f.write(b'x' * (1 << 20))\n"
+        "    total += 1 << 20\n"
+        "ok = total >= 256 << 20",
+    ),
     ("fd exhaustion", set(), "fds = [os.dup(1) for _ in range(1000)]; ok = True"),
-    ("threads", set(),
-     "import threading, time\n"
-     "threading.stack_size(1 << 16)\n"
-     "for _ in range(5000): threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
-     "ok = True"),
+    (
+        "threads",
+        set(),
+        "import threading, time\n"
+        "threading.stack_size(1 << 16)\n"
+        "for _ in range(5000): threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "ok = True",
+    ),
 ]
 if os.uname().machine == "x86_64":
-    ATTACKS.append(("i386 ABI syscall (int 0x80)", SC,
-                    "import ctypes, mmap\n"
-                    "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
-                    "m.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 20 (getpid); int 0x80; ret\n"
-                    "addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n"
-                    "ok = ctypes.CFUNCTYPE(ctypes.c_int)(addr)() > 0"))
+    ATTACKS.append(
+        (
+            "i386 ABI syscall (int 0x80)",
+            SC,
+            "import ctypes, mmap\n"
+            "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+            "m.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 20 (getpid); int 0x80; ret\n"
+            "addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n"
+            "ok = ctypes.CFUNCTYPE(ctypes.c_int)(addr)() > 0",
+        )
+    )
 
 
 def _modes() -> list[str]:
@@ -222,10 +277,23 @@ def world(tmp_path_factory):
     for s in (tcp, udp, unix):
         s.setblocking(False)
     state = {
-        "outside": outside, "secret": secret, "victim": victim, "tcp": tcp, "udp": udp, "unix": unix,
-        "params": {"outside": str(outside), "secret": str(secret), "token": TOKEN, "me": os.getpid(),
-                   "victim": victim.pid, "port": tcp.getsockname()[1], "uport": udp.getsockname()[1],
-                   "abstract": abstract, "repo": str(REPO_FILE)},
+        "outside": outside,
+        "secret": secret,
+        "victim": victim,
+        "tcp": tcp,
+        "udp": udp,
+        "unix": unix,
+        "params": {
+            "outside": str(outside),
+            "secret": str(secret),
+            "token": TOKEN,
+            "me": os.getpid(),
+            "victim": victim.pid,
+            "port": tcp.getsockname()[1],
+            "uport": udp.getsockname()[1],
+            "abstract": abstract,
+            "repo": str(REPO_FILE),
+        },
         "repo_hash": hashlib.sha256(REPO_FILE.read_bytes()).hexdigest(),
     }
     yield state
@@ -245,8 +313,9 @@ def _restore(world):
     world["secret"].write_text(f"TOP-SECRET-{TOKEN}")
     world["secret"].chmod(0o644)
     if world["victim"].poll() is not None:
-        world["victim"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
-                                           start_new_session=True)
+        world["victim"] = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+        )
         world["params"]["victim"] = world["victim"].pid
     for listener in (world["tcp"], world["unix"]):
         try:
@@ -347,8 +416,20 @@ def test_isolation_string_lists_the_layers_in_place():
         res = run_sandboxed("import os; print(os.getpid(), os.getppid())", **LIMITS)
         assert res.ok and res.isolation == PROBE.isolation and res.stdout == "1 0\n", res
         res = run_sandboxed("import os; print(sorted(os.listdir('/')))", audit_hook=False, **LIMITS)
-        allowed = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
-                   Path(os.path.realpath(sys.base_prefix)).parts[1]}  # the Python prefix's top folder (/root here)
+        allowed = {
+            "bin",
+            "dev",
+            "etc",
+            "lib",
+            "lib32",
+            "lib64",
+            "libx32",
+            "proc",
+            "sbin",
+            "tmp",
+            "usr",
+            Path(os.path.realpath(sys.base_prefix)).parts[1],
+        }  # the Python prefix's top folder (/root here)
         assert res.ok and set(ast.literal_eval(res.stdout)) <= allowed, res.stdout
     without = run_sandboxed("print(1)", namespaces=False, **LIMITS)
     assert without.ok and not {"userns", "mntns", "pidns", "netns"} & set(without.isolation.split("+"))
@@ -374,15 +455,20 @@ def test_ordinary_programs_still_work_under_every_layer():
         res = run_sandboxed(program, **{**LIMITS, **kw})
         assert res.ok and res.stdout == expected, (kw, res)
     if "seccomp" in LAYERS:  # with the audit hook out of the way, a signal to itself passes the filter
-        res = run_sandboxed("import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: print('usr1'))\n"
-                            "os.kill(os.getpid(), signal.SIGUSR1)", audit_hook=False, **LIMITS)
+        res = run_sandboxed(
+            "import os, signal\nsignal.signal(signal.SIGUSR1, lambda *a: print('usr1'))\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)",
+            audit_hook=False,
+            **LIMITS,
+        )
         assert res.ok and res.stdout == "usr1\n", res
 
 
 def test_cpu_and_wall_limits_still_kill_pid_1():
     assert run_sandboxed("while True: pass", timeout_s=10.0, cpu_time_s=1).status == "timeout"
-    res = run_sandboxed("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass",
-                        timeout_s=10.0, cpu_time_s=1)
+    res = run_sandboxed(
+        "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass", timeout_s=10.0, cpu_time_s=1
+    )
     assert res.status == "timeout" and res.wall_s < 5
 
 
@@ -412,8 +498,17 @@ def test_seccomp_program_per_architecture():
     missing = [name for name in boot.DENY if name not in boot._X86_64]
     assert missing == [], missing  # every x86_64 name has a number; aarch64 lacks only the legacy calls
     assert {n for n in boot.DENY if n not in boot._AARCH64} <= {
-        "fork", "vfork", "modify_ldt", "iopl", "ioperm", "uselib", "_sysctl", "create_module", "get_kernel_syms",
-        "query_module"}
+        "fork",
+        "vfork",
+        "modify_ldt",
+        "iopl",
+        "ioperm",
+        "uselib",
+        "_sysctl",
+        "create_module",
+        "get_kernel_syms",
+        "query_module",
+    }
 
 
 def _fake_run_once(results):

@@ -22,10 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _args(out: Path, steps: int, *extra: str, mode: str = "inprocess") -> list[str]:
     """A tiny GRPO run: the untrained tiny model (no SFT), 2 prompts x 2 samples per step (~0.3 s a step)."""
-    return ["train", "recipes/quickstart.yaml", f"output_dir={out}", "sft.enabled=false", f"grpo.steps={steps}",
-            "grpo.prompts_per_step=2", "grpo.group_size=2", "eval.before=false", "eval.num_prompts=2",
-            "eval.n_samples=2", "eval.ks=[1,2]", "logging.print_every=1", "logging.plot=false",
-            "logging.tensorboard=false", f"ray.mode={mode}", "ray.torch_threads=1", *extra]
+    return [
+        "train",
+        "recipes/quickstart.yaml",
+        f"output_dir={out}",
+        "sft.enabled=false",
+        f"grpo.steps={steps}",
+        "grpo.prompts_per_step=2",
+        "grpo.group_size=2",
+        "eval.before=false",
+        "eval.num_prompts=2",
+        "eval.n_samples=2",
+        "eval.ks=[1,2]",
+        "logging.print_every=1",
+        "logging.plot=false",
+        "logging.tensorboard=false",
+        f"ray.mode={mode}",
+        "ray.torch_threads=1",
+        *extra,
+    ]
 
 
 def _wait_for(cond, proc, timeout=600):
@@ -37,16 +52,26 @@ def _wait_for(cond, proc, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,mode", [(signal.SIGTERM, "inprocess"), (signal.SIGINT, "inprocess"),
-                                      pytest.param(signal.SIGTERM, "actors", marks=pytest.mark.ray)])
+@pytest.mark.parametrize(
+    "sig,mode",
+    [
+        (signal.SIGTERM, "inprocess"),
+        (signal.SIGINT, "inprocess"),
+        pytest.param(signal.SIGTERM, "actors", marks=pytest.mark.ray),
+    ],
+)
 def test_signal_writes_a_checkpoint_and_resume_continues(tmp_path, sig, mode):
     from rlkit.utils.checkpoint import checkpoint_problem
     from rlkit.utils.train_state import read_state
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "rlkit", *_args(out, 200, mode=mode)], cwd=ROOT,
-                            stdout=(tmp_path / "out.log").open("w"), stderr=(tmp_path / "err.log").open("w"),
-                            env=_env(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlkit", *_args(out, 200, mode=mode)],
+        cwd=ROOT,
+        stdout=(tmp_path / "out.log").open("w"),
+        stderr=(tmp_path / "err.log").open("w"),
+        env=_env(tmp_path),
+    )
     _wait_for(lambda: len(_steps(out)) >= 3, proc)
     os.kill(proc.pid, sig)  # the driver only, as `kill PID` and Kubernetes do
     rc = proc.wait(timeout=300)
@@ -150,8 +175,14 @@ def test_sigkill_of_the_driver_leaves_no_ray_process_behind(tmp_path):
     SIGKILLed driver by about a minute (~180 MB); rlkit's reaper ends them within seconds."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=_env(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(tmp_path),
+    )
     try:
         kids = json.loads(proc.stdout.readline())
     finally:
@@ -215,8 +246,9 @@ def test_resume_skips_a_truncated_newest_checkpoint(trained, tmp_path):
     _truncate(newest / "model.safetensors")  # its COMPLETE marker stays
     proc = _run(_args(out, 6, "checkpoint.save_every=2", "--resume"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(rf"resume: skipping {newest}: model\.safetensors: \d+ bytes, \d+ when it was saved",
-                     proc.stdout), proc.stdout[-3000:]
+    assert re.search(
+        rf"resume: skipping {newest}: model\.safetensors: \d+ bytes, \d+ when it was saved", proc.stdout
+    ), proc.stdout[-3000:]
     assert f"resumed from {out / 'checkpoints' / 'step_000002'} at step 2" in proc.stdout
     assert _steps(out) == [1, 2, 3, 4, 5, 6]
     assert (out / "checkpoints" / "step_000004" / "COMPLETE").is_file()  # rewritten by the resumed run
@@ -242,8 +274,12 @@ def test_checkpoint_problem_reads_safetensors_headers_without_a_size_manifest(tm
 
     from rlkit.utils.checkpoint import checkpoint_problem, save_hf_checkpoint
 
-    ck = save_hf_checkpoint(AutoModelForCausalLM.from_pretrained(tiny_dir), None, tmp_path / "step_000002",
-                            extra_files={"optimizer.safetensors": b"", "trainer_state.json": "{}"})
+    ck = save_hf_checkpoint(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        None,
+        tmp_path / "step_000002",
+        extra_files={"optimizer.safetensors": b"", "trainer_state.json": "{}"},
+    )
     assert checkpoint_problem(ck) is None
     marker = json.loads((ck / "COMPLETE").read_text())
     assert marker["sizes"]["model.safetensors"] == (ck / "model.safetensors").stat().st_size
@@ -266,32 +302,46 @@ def test_resume_refuses_a_recipe_change_that_invalidates_the_saved_state(trained
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
-    assert err == (f"rlkit: error: grpo.group_size: is 4 but {out / 'checkpoints' / 'step_000004'} was trained "
-                   "with 2; --resume continues a run only with the same values (restore them, start a new "
-                   "output_dir, or pass --allow-recipe-change)"), err
+    assert err == (
+        f"rlkit: error: grpo.group_size: is 4 but {out / 'checkpoints' / 'step_000004'} was trained "
+        "with 2; --resume continues a run only with the same values (restore them, start a new "
+        "output_dir, or pass --allow-recipe-change)"
+    ), err
     assert (out / "recipe.yaml").read_text() == recipe_yaml  # nothing in out/ was touched
     assert _steps(out) == [1, 2, 3, 4]
 
     # harmless changes resume: more steps, logging, checkpoint cadence, evaluation
-    proc = _run(_args(out, 6, "logging.print_every=2", "checkpoint.save_every=3", "eval.n_samples=4",
-                      "eval.ks=[1,4]", "--resume"), tmp_path)
+    proc = _run(
+        _args(
+            out, 6, "logging.print_every=2", "checkpoint.save_every=3", "eval.n_samples=4", "eval.ks=[1,4]", "--resume"
+        ),
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "at step 4" in proc.stdout and _steps(out) == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("override,key,old,new", [
-    ("grpo.group_size=4", "grpo.group_size", 2, 4),
-    ("grpo.prompts_per_step=3", "grpo.prompts_per_step", 2, 3),
-    ("grpo.learning_rate=0.01", "grpo.learning_rate", 5e-4, 0.01),
-    ("regularizers=[{name: kl, estimator: k3, coef: 0.01, reference: initial}]", "regularizers[0].coef", 0.001, 0.01),
-    ("regularizers=js", "regularizers[0].name", "kl", "js"),
-    ("regularizers=null", "regularizers[0].name", "kl", "<unset>"),
-    ("algorithm=ppo", "algorithm", "grpo", "ppo"),
-    ("model.dtype=bfloat16", "model.dtype", "float32", "bfloat16"),
-    ("seed=1", "seed", 0, 1),
-    ("sft.enabled=true", "sft.enabled", False, True),
-    ("data.params={ops: ['-'], max_operand: 49, n_eval: 200}", "data.params.ops[0]", "+", "-"),
-])
+@pytest.mark.parametrize(
+    "override,key,old,new",
+    [
+        ("grpo.group_size=4", "grpo.group_size", 2, 4),
+        ("grpo.prompts_per_step=3", "grpo.prompts_per_step", 2, 3),
+        ("grpo.learning_rate=0.01", "grpo.learning_rate", 5e-4, 0.01),
+        (
+            "regularizers=[{name: kl, estimator: k3, coef: 0.01, reference: initial}]",
+            "regularizers[0].coef",
+            0.001,
+            0.01,
+        ),
+        ("regularizers=js", "regularizers[0].name", "kl", "js"),
+        ("regularizers=null", "regularizers[0].name", "kl", "<unset>"),
+        ("algorithm=ppo", "algorithm", "grpo", "ppo"),
+        ("model.dtype=bfloat16", "model.dtype", "float32", "bfloat16"),
+        ("seed=1", "seed", 0, 1),
+        ("sft.enabled=true", "sft.enabled", False, True),
+        ("data.params={ops: ['-'], max_operand: 49, n_eval: 200}", "data.params.ops[0]", "+", "-"),
+    ],
+)
 def test_changed_resume_keys_are_named_with_both_values(tmp_path, override, key, old, new):
     from rlkit._config import ConfigError
     from rlkit.config import load_recipe
@@ -313,10 +363,20 @@ def test_harmless_changes_and_equivalent_specs_resume(tmp_path):
 
     base = ["sft.enabled=false", "grpo.prompts_per_step=2", "grpo.group_size=2"]
     saved = json.loads(json.dumps(resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", base))))
-    for extra in (["grpo.steps=999", "logging.print_every=1", "checkpoint.save_every=7", "eval.n_samples=16",
-                   "eval.ks=[1,16]", "ray.mode=inprocess", "output_dir=elsewhere", "sft.cache_dir=/tmp/x"],
-                  # the preset written out as its full spec is the same regularizer
-                  ["regularizers=kl_k3"]):
+    for extra in (
+        [
+            "grpo.steps=999",
+            "logging.print_every=1",
+            "checkpoint.save_every=7",
+            "eval.n_samples=16",
+            "eval.ks=[1,16]",
+            "ray.mode=inprocess",
+            "output_dir=elsewhere",
+            "sft.cache_dir=/tmp/x",
+        ],
+        # the preset written out as its full spec is the same regularizer
+        ["regularizers=kl_k3"],
+    ):
         check_resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", [*base, *extra]), saved, tmp_path)
     check_resume_recipe(load_recipe(ROOT / "recipes/quickstart.yaml", base), None, tmp_path)  # older checkpoint
 
@@ -326,8 +386,12 @@ def test_a_changed_file_of_the_same_size_is_caught_by_its_hash(tmp_path, tiny_di
 
     from rlkit.utils.checkpoint import checkpoint_problem, file_sha256, save_hf_checkpoint
 
-    ck = save_hf_checkpoint(AutoModelForCausalLM.from_pretrained(tiny_dir), None, tmp_path / "step_000002",
-                            extra_files={"trainer_state.json": '{"step": 2}'})
+    ck = save_hf_checkpoint(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        None,
+        tmp_path / "step_000002",
+        extra_files={"trainer_state.json": '{"step": 2}'},
+    )
     marker = json.loads((ck / "COMPLETE").read_text())
     assert marker["sha256"]["model.safetensors"] == file_sha256(ck / "model.safetensors")
     assert checkpoint_problem(ck) is None

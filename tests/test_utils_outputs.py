@@ -21,6 +21,7 @@ from rlkit.utils.plotting import default_plot_keys, plot_pass_at_k, plot_trainin
 
 # ---------------------------------------------------------------- pass@k
 
+
 def brute_force_pass_at_k(n, c, k):
     """Independent reference: fraction of all k-subsets of the n samples that contain a correct one."""
     subsets = list(itertools.combinations(range(n), k))
@@ -82,6 +83,7 @@ def test_print_summary_table_rows_and_deltas():
 
 # ---------------------------------------------------------------- atomic writes, state dicts
 
+
 def test_atomic_write_json_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "sub" / "state.json"
     ckpt.atomic_write_json(target, {"a": 1})
@@ -127,12 +129,20 @@ def test_list_complete_checkpoints_ignores_temp_and_incomplete(tmp_path):
 
 # ---------------------------------------------------------------- Hugging Face checkpoints
 
+
 def tiny_model(seed):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -236,6 +246,7 @@ def test_save_hf_checkpoint_crash_keeps_previous(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- metrics
 
+
 def strict_json(line):
     def refuse(constant):
         raise ValueError(f"non-strict JSON constant {constant}")
@@ -293,8 +304,9 @@ def test_metrics_logger_ci_lines_every_n_steps(tmp_path):
     assert not list(tmp_path.glob("tensorboard"))
 
     quiet = io.StringIO()
-    with MetricsLogger(tmp_path / "q", tensorboard=False, enabled_progress=False,
-                       console=Console(file=quiet, force_terminal=False)) as logger:
+    with MetricsLogger(
+        tmp_path / "q", tensorboard=False, enabled_progress=False, console=Console(file=quiet, force_terminal=False)
+    ) as logger:
         logger.log(0, {"reward": 1.0})
     assert quiet.getvalue() == ""
 
@@ -330,6 +342,7 @@ def test_read_metrics_tolerates_only_a_truncated_last_line(tmp_path):
 
 # ---------------------------------------------------------------- plots
 
+
 def png_size(path):
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -339,9 +352,23 @@ def png_size(path):
 def test_plot_training_curves(tmp_path):
     with MetricsLogger(tmp_path, tensorboard=False, enabled_progress=False) as logger:
         for step in range(5):
-            logger.log(step, {"lr": 1e-6, "policy/loss": 1.0 / (step + 1), "m1": 1, "m2": 2, "m3": 3, "m4": 4,
-                              "m5": 5, "m6": 6, "entropy": 2.0, "kl": step * 0.01, "reward/mean": step * 0.1,
-                              "dead": float("nan")})
+            logger.log(
+                step,
+                {
+                    "lr": 1e-6,
+                    "policy/loss": 1.0 / (step + 1),
+                    "m1": 1,
+                    "m2": 2,
+                    "m3": 3,
+                    "m4": 4,
+                    "m5": 5,
+                    "m6": 6,
+                    "entropy": 2.0,
+                    "kl": step * 0.01,
+                    "reward/mean": step * 0.1,
+                    "dead": float("nan"),
+                },
+            )
     keys = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "all.png")
     # the constant series (lr, m1..m6, entropy) and the all-NaN one are left out (tests/test_friction.py)
     assert keys == ["reward/mean", "policy/loss", "kl"]

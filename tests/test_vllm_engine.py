@@ -65,11 +65,35 @@ def test_grpo_with_vllm_rollouts(tmp_path):
     """The quickstart recipe, a few GRPO steps with vLLM generating; the learner's log-probs of the sampled tokens
     must agree with the engine's (logged as rollout/logprob_gap), with TIS on."""
     env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    small = ["sft.max_steps=60", "sft.num_examples=600", "grpo.steps=3", "grpo.prompts_per_step=4",
-             "grpo.group_size=4", "eval.num_prompts=8", "eval.n_samples=4", "eval.ks=[1,4]", "logging.print_every=1"]
-    proc = subprocess.run([sys.executable, "-m", "rlkit", "train", "recipes/quickstart.yaml", f"output_dir={tmp_path}",
-                           "rollout.engine=vllm", "grpo.tis_cap=2.0", *small], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, env=env)
+    small = [
+        "sft.max_steps=60",
+        "sft.num_examples=600",
+        "grpo.steps=3",
+        "grpo.prompts_per_step=4",
+        "grpo.group_size=4",
+        "eval.num_prompts=8",
+        "eval.n_samples=4",
+        "eval.ks=[1,4]",
+        "logging.print_every=1",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlkit",
+            "train",
+            "recipes/quickstart.yaml",
+            f"output_dir={tmp_path}",
+            "rollout.engine=vllm",
+            "grpo.tis_cap=2.0",
+            *small,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "engine=vllm" in proc.stdout + proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -25,7 +25,7 @@ ALIASES = {"regularizer": "regularizers"}
 
 @dataclass(frozen=True)
 class Cell:
-    group: str                      # "regularizers=js" (grid values only; the same for every seed)
+    group: str  # "regularizers=js" (grid values only; the same for every seed)
     seed: int
     values: dict[str, Any] = field(hash=False)  # recipe key -> value
 
@@ -93,8 +93,7 @@ def parse_sweep_arg(arg: str) -> tuple[str, list[Any]]:
     return key, values
 
 
-def expand(grid: dict[str, list[Any]], seeds: list[int], arms: dict[str, dict[str, Any]] | None = None
-           ) -> list[Cell]:
+def expand(grid: dict[str, list[Any]], seeds: list[int], arms: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
     """Every combination of grid values (first key varies slowest) x every seed, seed-major so that a partial
     run already covers every group once.
 
@@ -112,7 +111,7 @@ def expand(grid: dict[str, list[Any]], seeds: list[int], arms: dict[str, dict[st
     keys = list(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
     groups = []
-    for arm, over in (arms.items() if arms else [(None, {})]):
+    for arm, over in arms.items() if arms else [(None, {})]:
         for combo in combos:
             values = {**over, **dict(zip(keys, combo))}
             label = ",".join([f"arm={arm}"] * (arm is not None) + [f"{k}={value_label(values[k])}" for k in keys])

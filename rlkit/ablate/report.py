@@ -24,10 +24,19 @@ from rlkit.utils.metrics import read_metrics
 from .grid import Cell
 
 #: (column title, how to get it from a cell's record)
-COLUMNS = [("final reward", "final_reward"), ("greedy acc", "greedy_accuracy"), ("KL(pi||pi0)", "kl_to_initial"),
-           ("entropy", "entropy"), ("length", "response_length"), ("GRPO time (s)", "train_time_s")]
-CURVE_KEYS = [("reward/mean", "train reward"), ("kl_initial/k3", "KL to initial policy (k3)"),
-              ("policy/entropy", "token entropy")]
+COLUMNS = [
+    ("final reward", "final_reward"),
+    ("greedy acc", "greedy_accuracy"),
+    ("KL(pi||pi0)", "kl_to_initial"),
+    ("entropy", "entropy"),
+    ("length", "response_length"),
+    ("GRPO time (s)", "train_time_s"),
+]
+CURVE_KEYS = [
+    ("reward/mean", "train reward"),
+    ("kl_initial/k3", "KL to initial policy (k3)"),
+    ("policy/entropy", "token entropy"),
+]
 
 
 def cell_record(cell_dir: Path) -> dict | None:
@@ -38,7 +47,7 @@ def cell_record(cell_dir: Path) -> dict | None:
         return None
     rows = read_metrics(cell_dir / "metrics.jsonl") if (cell_dir / "metrics.jsonl").exists() else []
     rewards = [r["reward/mean"] for r in rows if isinstance(r.get("reward/mean"), (int, float))]
-    tail = rewards[-max(1, len(rewards) // 10):]
+    tail = rewards[-max(1, len(rewards) // 10) :]
     after = summary.get("eval_after") or {}
     rec = {k: v for k, v in after.items() if k.startswith("pass@") and k != "pass@k"}
     rec.update({k: after.get(k) for k in ("greedy_accuracy", "kl_to_initial", "entropy", "response_length")})
@@ -109,9 +118,38 @@ def markdown_table(keys: list[str], table: dict[str, dict]) -> str:
 #: metrics of the paired comparison (the largest pass@k is added)
 PAIRED_KEYS = ("pass@1", "greedy_accuracy", "kl_to_initial", "entropy")
 #: Student's t, 97.5% quantile, by degrees of freedom (two-sided 95%); beyond 30: the normal 1.96
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-        21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+}
 
 
 def t975(df: int) -> float:
@@ -127,16 +165,24 @@ def paired_table(groups: dict[str, list[dict]], keys: list[str]) -> str:
     largest = [k for k in keys if k.startswith("pass@")][-1:]
     cols = list(dict.fromkeys(k for k in (PAIRED_KEYS[0], *largest, *PAIRED_KEYS[1:]) if k in keys))
     base = {r["seed"]: r for r in groups[names[0]]}
-    lines = [f"Paired differences from `{names[0]}` (same seed: same warm start and held-out prompts); mean ± SE over "
-             "seeds, * where the 95% t-interval excludes 0 (|mean| > t_0.975,n-1 SE).", "",
-             "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    lines = [
+        f"Paired differences from `{names[0]}` (same seed: same warm start and held-out prompts); mean ± SE over "
+        "seeds, * where the 95% t-interval excludes 0 (|mean| > t_0.975,n-1 SE).",
+        "",
+        "| group | seeds | " + " | ".join(f"Δ {_title(k)}" for k in cols) + " |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
     for name in names[1:]:
         cells = []
         n = 0
         for k in cols:
-            diffs = [float(r[k]) - float(base[r["seed"]][k]) for r in groups[name]
-                     if r["seed"] in base and isinstance(r.get(k), (int, float))
-                     and isinstance(base[r["seed"]].get(k), (int, float))]
+            diffs = [
+                float(r[k]) - float(base[r["seed"]][k])
+                for r in groups[name]
+                if r["seed"] in base
+                and isinstance(r.get(k), (int, float))
+                and isinstance(base[r["seed"]].get(k), (int, float))
+            ]
             n = max(n, len(diffs))
             if not diffs:
                 cells.append("n/a")
@@ -221,17 +267,21 @@ def write_report(out: str | Path, cells: list[Cell], console=None) -> Path:
     atomic_write_bytes(rep / "paired.md", paired.encode())
     md_all = md + ("\n" + paired if paired else "")
     head = ["group", "seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
-    rows = [head] + [[g, max(v[2] for v in row.values())] + [x for k in keys for x in row[k][:2]]
-                     for g, row in table.items()]
+    rows = [head] + [
+        [g, max(v[2] for v in row.values())] + [x for k in keys for x in row[k][:2]] for g, row in table.items()
+    ]
     atomic_write_bytes(rep / "table.csv", _csv(rows))
-    cell_rows = [["group", "seed", "cell"] + keys] + [[g, r["seed"], r["cell"]] + [r.get(k) for k in keys]
-                                                      for g, recs in groups.items() for r in recs]
+    cell_rows = [["group", "seed", "cell"] + keys] + [
+        [g, r["seed"], r["cell"]] + [r.get(k) for k in keys] for g, recs in groups.items() for r in recs
+    ]
     atomic_write_bytes(rep / "cells.csv", _csv(cell_rows))
     images = []
     if groups:
         plot_curves(groups, out, rep / "curves.png")
-        pk = {g: {int(k.split("@")[1]): row[k][0] for k in keys if k.startswith("pass@") and row[k][0] is not None}
-              for g, row in table.items()}
+        pk = {
+            g: {int(k.split("@")[1]): row[k][0] for k in keys if k.startswith("pass@") and row[k][0] is not None}
+            for g, row in table.items()
+        }
         plot_pass_at_k({g: c for g, c in pk.items() if c}, rep / "pass_at_k.png")
         plot_frontier(groups, rep / "kl_frontier.png")
         images = ["curves.png", "pass_at_k.png", "kl_frontier.png"]
@@ -260,15 +310,18 @@ def _html(out: Path, md: str, table, keys, groups, images, missing) -> str:
         n = max(v[2] for v in row.values())
         tds = "".join(f"<td>{esc(_fmt(row[k][0], row[k][1], 1 if k == 'train_time_s' else 3))}</td>" for k in keys)
         trs.append(f"<tr><td>{esc(group)}</td><td>{n}</td>{tds}</tr>")
-    imgs = "".join(f'<figure><img src="{esc(i)}" alt="{esc(i)}"><figcaption>{esc(i)}</figcaption></figure>'
-                   for i in images)
+    imgs = "".join(
+        f'<figure><img src="{esc(i)}" alt="{esc(i)}"><figcaption>{esc(i)}</figcaption></figure>' for i in images
+    )
     cells = []
     for group, recs in groups.items():
         for r in recs:
             base = f"../cells/{r['cell']}"
-            cells.append(f'<li>{esc(group)} seed {r["seed"]}: <a href="{esc(base)}/train.log">log</a> · '
-                         f'<a href="{esc(base)}/summary.json">summary</a> · '
-                         f'<a href="{esc(base)}/training_curves.png">curves</a></li>')
+            cells.append(
+                f'<li>{esc(group)} seed {r["seed"]}: <a href="{esc(base)}/train.log">log</a> · '
+                f'<a href="{esc(base)}/summary.json">summary</a> · '
+                f'<a href="{esc(base)}/training_curves.png">curves</a></li>'
+            )
     miss = f"<p class=warn>Not finished: {esc(', '.join(missing))}</p>" if missing else ""
     cmd = meta.get("command") or f"rlkit ablate {meta.get('recipe', '')}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>rlkit ablation</title>
@@ -278,7 +331,7 @@ img{{max-width:100%}}figure{{display:inline-block;margin:0 1em 1em 0}}.warn{{col
 <h1>rlkit ablation</h1><p><code>{esc(cmd)}</code></p>
 <p>Held-out evaluation after GRPO; mean ± std over seeds (sample std). KL(pi||pi0): Monte-Carlo estimate per
 generated token on the held-out samples. Final reward: mean training reward over the last 10% of steps.</p>
-<table><tr>{th}</tr>{''.join(trs)}</table>{miss}
-{imgs}<h2>Cells</h2><ul>{''.join(cells)}</ul>
+<table><tr>{th}</tr>{"".join(trs)}</table>{miss}
+{imgs}<h2>Cells</h2><ul>{"".join(cells)}</ul>
 <h2>Markdown</h2><pre>{esc(md)}</pre></body></html>
 """

@@ -73,13 +73,30 @@ def is_finished(cell_dir: Path, digest: str) -> bool:
 
 
 def _command(recipe_path: str, overrides: list[str], cell: Cell, cell_dir: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "rlkit", "train", recipe_path, *overrides, *cell.overrides(),
-            f"output_dir={cell_dir}", f"sft.cache_dir={out / 'sft_cache'}", "sweep=null"]
+    return [
+        sys.executable,
+        "-m",
+        "rlkit",
+        "train",
+        recipe_path,
+        *overrides,
+        *cell.overrides(),
+        f"output_dir={cell_dir}",
+        f"sft.cache_dir={out / 'sft_cache'}",
+        "sweep=null",
+    ]
 
 
-def run_ablation(recipe_path: str, out: str | Path, sweeps: list[str] | None = None, seeds: list[int] | None = None,
-                 overrides: list[str] | None = None, parallel: int | None = None, report_only: bool = False,
-                 console=None) -> int:
+def run_ablation(
+    recipe_path: str,
+    out: str | Path,
+    sweeps: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    parallel: int | None = None,
+    report_only: bool = False,
+    console=None,
+) -> int:
     """Run (or resume) the grid into ``out/cells/<cell>`` and write ``out/report``. Returns the number of failed
     cells (0: everything ran)."""
     from rich.console import Console
@@ -91,14 +108,25 @@ def run_ablation(recipe_path: str, out: str | Path, sweeps: list[str] | None = N
     sweep, cells, resolved = plan(recipe_path, list(sweeps or []), seeds, overrides)
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "ablation.json", {
-        "recipe": recipe_path, "overrides": overrides, "grid": sweep.grid, "arms": sweep.arms, "seeds": sweep.seeds,
-        "cells": [{"name": c.name, "group": c.group, "seed": c.seed} for c in cells],
-        "command": " ".join(shlex.quote(a) for a in ["rlkit", "ablate", *sys.argv[2:]]) if sys.argv[1:2] == ["ablate"]
-        else None})
+    atomic_write_json(
+        out / "ablation.json",
+        {
+            "recipe": recipe_path,
+            "overrides": overrides,
+            "grid": sweep.grid,
+            "arms": sweep.arms,
+            "seeds": sweep.seeds,
+            "cells": [{"name": c.name, "group": c.group, "seed": c.seed} for c in cells],
+            "command": " ".join(shlex.quote(a) for a in ["rlkit", "ablate", *sys.argv[2:]])
+            if sys.argv[1:2] == ["ablate"]
+            else None,
+        },
+    )
     groups = sorted({c.group for c in cells}, key=[c.group for c in cells].index)
-    console.print(f"[bold]rlkit ablate[/] {recipe_path}: {len(groups)} groups x {len(sweep.seeds)} seeds = "
-                  f"{len(cells)} cells -> {out}")
+    console.print(
+        f"[bold]rlkit ablate[/] {recipe_path}: {len(groups)} groups x {len(sweep.seeds)} seeds = "
+        f"{len(cells)} cells -> {out}"
+    )
     failed: list[str] = []
     if not report_only:
         failed = _run_cells(recipe_path, overrides, cells, resolved, out, parallel or sweep.parallel, console)
@@ -136,8 +164,10 @@ def _run_cells(recipe_path, overrides, cells, resolved, out: Path, parallel: int
         else:
             failed.append(cell.name)
             tail = (cell_dir / "train.log").read_text(errors="replace").strip().splitlines()[-3:]
-            console.print(f"  [red][{n_done}/{len(cells)}] {cell.group} seed {cell.seed}: FAILED "
-                          f"(exit {proc.returncode})[/] " + " | ".join(tail))
+            console.print(
+                f"  [red][{n_done}/{len(cells)}] {cell.group} seed {cell.seed}: FAILED "
+                f"(exit {proc.returncode})[/] " + " | ".join(tail)
+            )
 
     try:
         _launch_all(todo, running, parallel, finish, recipe_path, overrides, out, env, console)
@@ -159,9 +189,16 @@ def _launch_all(todo, running, parallel, finish, recipe_path, overrides, out, en
             shutil.rmtree(cell_dir)  # a crashed or stale attempt: start clean (metrics.jsonl is appended to)
         cell_dir.mkdir(parents=True)
         cmd = _command(recipe_path, overrides, cell, cell_dir, out)
-        atomic_write_json(cell_dir / "cell.json", {
-            "group": cell.group, "seed": cell.seed, "values": cell.values, "recipe_digest": digest,
-            "command": " ".join(shlex.quote(a) for a in cmd)})
+        atomic_write_json(
+            cell_dir / "cell.json",
+            {
+                "group": cell.group,
+                "seed": cell.seed,
+                "values": cell.values,
+                "recipe_digest": digest,
+                "command": " ".join(shlex.quote(a) for a in cmd),
+            },
+        )
         console.print(f"  {cell.group} seed {cell.seed}: running -> {cell_dir / 'train.log'}")
         log = open(cell_dir / "train.log", "w")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

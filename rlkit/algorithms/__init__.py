@@ -6,5 +6,12 @@ from . import clipped, gae, group, gspo  # noqa: F401 (the built-ins register th
 from .base import AdvantageEstimator, AdvantageInputs, AdvantageOutput, PolicyLoss
 from .registry import ADVANTAGES, POLICY_LOSSES, Registry
 
-__all__ = ["ADVANTAGES", "POLICY_LOSSES", "AdvantageEstimator", "AdvantageInputs", "AdvantageOutput", "PolicyLoss",
-           "Registry"]
+__all__ = [
+    "ADVANTAGES",
+    "POLICY_LOSSES",
+    "AdvantageEstimator",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "PolicyLoss",
+    "Registry",
+]

@@ -76,6 +76,11 @@ class PolicyLoss:
         """Refuse settings of the section this loss cannot honour (raise :class:`rlkit.ConfigError` naming the
         key under ``path``, the section's name); called when the recipe is validated."""
 
-    def __call__(self, batch, regularizers: Sequence = (), entropy: torch.Tensor | None = None,
-                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        batch,
+        regularizers: Sequence = (),
+        entropy: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -18,9 +18,22 @@ class ClippedSurrogateLoss(PolicyLoss):
     entropy_coef agg(H)`` per token (Schulman et al. 2017; DAPO's clip-higher when ``clip_high > clip_low``).
     ``cfg``: ``clip_low``, ``clip_high``, ``aggregation``, ``norm_length``, ``entropy_coef``."""
 
-    def __call__(self, batch, regularizers: Sequence = (), entropy: torch.Tensor | None = None,
-                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        batch,
+        regularizers: Sequence = (),
+        entropy: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        return policy_loss(batch, regularizers, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                           aggregation=cfg.aggregation, norm_length=cfg.norm_length, entropy=entropy,
-                           entropy_coef=cfg.entropy_coef, token_weights=token_weights)
+        return policy_loss(
+            batch,
+            regularizers,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            aggregation=cfg.aggregation,
+            norm_length=cfg.norm_length,
+            entropy=entropy,
+            entropy_coef=cfg.entropy_coef,
+            token_weights=token_weights,
+        )

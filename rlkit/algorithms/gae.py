@@ -26,7 +26,9 @@ class GAEAdvantage(AdvantageEstimator):
         mask, values = inputs.mask, inputs.values
         rewards = token_level_rewards(inputs.scores, mask, inputs.penalty)
         adv, returns = gae_advantages(rewards, values, mask, self.cfg.gamma, self.cfg.lam)
-        metrics = {"advantage/abs_mean": float(masked_mean(adv.abs(), mask)),
-                   "value/returns_mean": float(masked_mean(returns, mask)),
-                   "value/old_mean": float(masked_mean(values, mask))}
+        metrics = {
+            "advantage/abs_mean": float(masked_mean(adv.abs(), mask)),
+            "value/returns_mean": float(masked_mean(returns, mask)),
+            "value/old_mean": float(masked_mean(values, mask)),
+        }
         return AdvantageOutput(whiten(adv, mask) if self.cfg.whiten_advantages else adv, returns, metrics)

@@ -28,14 +28,27 @@ class GSPOLoss(PolicyLoss):
         if cfg.tis_cap is not None:
             raise ConfigError(f"{path}.tis_cap", "policy_loss 'gspo' weighs whole sequences; token weights don't apply")
         if ADVANTAGES.get(cfg.advantage, f"{path}.advantage").needs_values:
-            raise ConfigError(f"{path}.policy_loss", f"'gspo' takes one advantage per sequence; {cfg.advantage!r} "
-                              "gives one per token")
+            raise ConfigError(
+                f"{path}.policy_loss", f"'gspo' takes one advantage per sequence; {cfg.advantage!r} gives one per token"
+            )
 
-    def __call__(self, batch, regularizers: Sequence = (), entropy: torch.Tensor | None = None,
-                 token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        batch,
+        regularizers: Sequence = (),
+        entropy: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if token_weights is not None:
             raise ValueError("policy_loss 'gspo' takes no token weights: unset grpo.tis_cap")
         cfg = self.cfg
-        return gspo_loss(batch, regularizers, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                         aggregation=cfg.aggregation, norm_length=cfg.norm_length, entropy=entropy,
-                         entropy_coef=cfg.entropy_coef)
+        return gspo_loss(
+            batch,
+            regularizers,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            aggregation=cfg.aggregation,
+            norm_length=cfg.norm_length,
+            entropy=entropy,
+            entropy_coef=cfg.entropy_coef,
+        )

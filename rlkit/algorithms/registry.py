@@ -46,8 +46,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str, key: str | None = None) -> type[T]:
         if name not in self._items:
-            raise ConfigError(key or self.key, f"unknown {self.what} {name!r}; registered: {', '.join(self.names())} "
-                              "(a module of your own joins through the recipe's 'plugins' list)")
+            raise ConfigError(
+                key or self.key,
+                f"unknown {self.what} {name!r}; registered: {', '.join(self.names())} "
+                "(a module of your own joins through the recipe's 'plugins' list)",
+            )
         return self._items[name]
 
     def __contains__(self, name: str) -> bool:

@@ -7,11 +7,51 @@ from rlkit._config import ConfigError
 from rlkit._yaml import _parse_value, apply_overrides, deep_merge, load_yaml
 
 from .recipe import Recipe, build_recipe, load_recipe, resolve_placement
-from .sections import (CheckpointConfig, DataConfig, DPOConfig, EvalConfig, GRPOConfig, LearnerConfig,
-                       LoggingConfig, LoRAConfig, ModelConfig, PPOConfig, RayConfig, RehearsalConfig, RewardSpec,
-                       RolloutConfig, SFTConfig, SweepConfig, VLLMOptions)
+from .sections import (
+    CheckpointConfig,
+    DataConfig,
+    DPOConfig,
+    EvalConfig,
+    GRPOConfig,
+    LearnerConfig,
+    LoggingConfig,
+    LoRAConfig,
+    ModelConfig,
+    PPOConfig,
+    RayConfig,
+    RehearsalConfig,
+    RewardSpec,
+    RolloutConfig,
+    SFTConfig,
+    SweepConfig,
+    VLLMOptions,
+)
 
-__all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "DPOConfig", "EvalConfig", "GRPOConfig", "LearnerConfig",
-           "LoggingConfig", "LoRAConfig", "ModelConfig", "PPOConfig", "RayConfig", "Recipe", "RehearsalConfig",
-           "RewardSpec", "RolloutConfig", "SFTConfig", "SweepConfig", "VLLMOptions", "_parse_value",
-           "apply_overrides", "build_recipe", "deep_merge", "load_recipe", "load_yaml", "resolve_placement"]
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "DPOConfig",
+    "EvalConfig",
+    "GRPOConfig",
+    "LearnerConfig",
+    "LoggingConfig",
+    "LoRAConfig",
+    "ModelConfig",
+    "PPOConfig",
+    "RayConfig",
+    "Recipe",
+    "RehearsalConfig",
+    "RewardSpec",
+    "RolloutConfig",
+    "SFTConfig",
+    "SweepConfig",
+    "VLLMOptions",
+    "_parse_value",
+    "apply_overrides",
+    "build_recipe",
+    "deep_merge",
+    "load_recipe",
+    "load_yaml",
+    "resolve_placement",
+]

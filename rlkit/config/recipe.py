@@ -11,9 +11,23 @@ from pydantic import Field
 from rlkit._config import ConfigError, StrictModel, validate_model
 from rlkit._yaml import apply_overrides, load_yaml
 
-from .sections import (CheckpointConfig, DataConfig, DPOConfig, EvalConfig, LearnerConfig, LoggingConfig,
-                       ModelConfig, PPOConfig, RayConfig, RehearsalConfig, RewardSpec, RolloutConfig, SFTConfig,
-                       SweepConfig, GRPOConfig)
+from .sections import (
+    CheckpointConfig,
+    DataConfig,
+    DPOConfig,
+    EvalConfig,
+    LearnerConfig,
+    LoggingConfig,
+    ModelConfig,
+    PPOConfig,
+    RayConfig,
+    RehearsalConfig,
+    RewardSpec,
+    RolloutConfig,
+    SFTConfig,
+    SweepConfig,
+    GRPOConfig,
+)
 
 
 class Recipe(StrictModel):
@@ -63,8 +77,11 @@ def build_recipe(data: dict) -> Recipe:
     if recipe.model.lora is not None and recipe.algorithm != "grpo":
         raise ConfigError("model.lora", f"LoRA is implemented for algorithm 'grpo' only, not {recipe.algorithm!r}")
     if recipe.model.lora is not None and recipe.learner.num_workers > 1:
-        raise ConfigError("model.lora", "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
-                                        "yet: use learner.num_workers=1")
+        raise ConfigError(
+            "model.lora",
+            "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
+            "yet: use learner.num_workers=1",
+        )
     if recipe.ray.mode == "auto":
         recipe.ray.mode = resolve_placement(recipe)
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
@@ -85,8 +102,9 @@ def _check_algorithm(recipe: Recipe) -> None:
     if estimator.needs_values != (alg == "ppo"):
         kinds = [n for n in ADVANTAGES.names() if ADVANTAGES.get(n).needs_values == (alg == "ppo")]
         kind = "a critic-based" if estimator.needs_values else "a group-relative"
-        raise ConfigError(f"{alg}.advantage", f"{cfg.advantage!r} is {kind} estimator; algorithm {alg!r} takes "
-                          f"{', '.join(kinds)}")
+        raise ConfigError(
+            f"{alg}.advantage", f"{cfg.advantage!r} is {kind} estimator; algorithm {alg!r} takes {', '.join(kinds)}"
+        )
     POLICY_LOSSES.get(cfg.policy_loss, f"{alg}.policy_loss").check(cfg, alg)
 
 
@@ -111,25 +129,41 @@ def _check_rehearsal(recipe: Recipe) -> None:
                 paths.append(f"regularizers[{i}]")
                 ref = reg.cfg.reference
                 if ref.type != "initial" or ref.refresh_every:
-                    raise ConfigError(f"regularizers[{i}].reference", "rehearsal responses are sampled from the "
-                                      "initial policy: samples 'reference' needs reference 'initial' (no refresh)")
+                    raise ConfigError(
+                        f"regularizers[{i}].reference",
+                        "rehearsal responses are sampled from the "
+                        "initial policy: samples 'reference' needs reference 'initial' (no refresh)",
+                    )
                 if weighting_class(reg.cfg.weighting.type).needs_rewards:
-                    raise ConfigError(f"regularizers[{i}].weighting", f"'{reg.cfg.weighting.type}' weights need "
-                                      "advantages/accuracy, which rehearsal responses do not have")
+                    raise ConfigError(
+                        f"regularizers[{i}].weighting",
+                        f"'{reg.cfg.weighting.type}' weights need "
+                        "advantages/accuracy, which rehearsal responses do not have",
+                    )
     if paths and recipe.rehearsal is None:
-        raise ConfigError(f"{paths[0]}.samples", "samples 'reference' needs responses pre-sampled from the initial "
-                          "policy: add a `rehearsal:` section (DPH-RL, see recipes/grpo_dph.yaml) or use samples "
-                          "'policy'")
+        raise ConfigError(
+            f"{paths[0]}.samples",
+            "samples 'reference' needs responses pre-sampled from the initial "
+            "policy: add a `rehearsal:` section (DPH-RL, see recipes/grpo_dph.yaml) or use samples "
+            "'policy'",
+        )
     if recipe.rehearsal is not None:
         if not paths:
-            raise ConfigError("rehearsal", "no regularizer has samples 'reference', so the rehearsal set would carry "
-                              "no loss: add one (e.g. {name: forward_kl, samples: reference}) or remove `rehearsal:`")
+            raise ConfigError(
+                "rehearsal",
+                "no regularizer has samples 'reference', so the rehearsal set would carry "
+                "no loss: add one (e.g. {name: forward_kl, samples: reference}) or remove `rehearsal:`",
+            )
         if recipe.algorithm != "grpo":
-            raise ConfigError("rehearsal", f"rehearsal is implemented for algorithm 'grpo' only, not "
-                              f"{recipe.algorithm!r}")
+            raise ConfigError(
+                "rehearsal", f"rehearsal is implemented for algorithm 'grpo' only, not {recipe.algorithm!r}"
+            )
         if recipe.learner.num_workers > 1:
-            raise ConfigError("rehearsal", "rehearsal with data-parallel learners (learner.num_workers > 1) is not "
-                              "supported yet: use learner.num_workers=1")
+            raise ConfigError(
+                "rehearsal",
+                "rehearsal with data-parallel learners (learner.num_workers > 1) is not "
+                "supported yet: use learner.num_workers=1",
+            )
 
 
 def _check_inprocess(recipe: Recipe) -> None:
@@ -142,8 +176,11 @@ def _check_inprocess(recipe: Recipe) -> None:
 def _inprocess_conflicts(recipe: Recipe) -> tuple[tuple[str, bool, str], ...]:
     return (
         ("ray.address", recipe.ray.address is not None, "joins a Ray cluster; in-process mode uses no Ray"),
-        ("rollout.engine", recipe.rollout.engine != "transformers", "must be 'transformers' (it generates with the "
-                                                                    "learner's module)"),
+        (
+            "rollout.engine",
+            recipe.rollout.engine != "transformers",
+            "must be 'transformers' (it generates with the learner's module)",
+        ),
         ("rollout.num_workers", recipe.rollout.num_workers != 1, "must be 1"),
         ("learner.num_workers", recipe.learner.num_workers != 1, "must be 1"),
     )

@@ -98,8 +98,10 @@ class VLLMOptions(StrictModel):
     @model_validator(mode="after")
     def _placement(self):
         if self.placement == "separate":
-            raise ValueError("placement 'separate' (NCCL weight broadcast to engines on their own GPUs) is designed "
-                             "but not implemented yet; use 'colocated' (weights through the Ray object store)")
+            raise ValueError(
+                "placement 'separate' (NCCL weight broadcast to engines on their own GPUs) is designed "
+                "but not implemented yet; use 'colocated' (weights through the Ray object store)"
+            )
         return self
 
 

@@ -26,8 +26,9 @@ def format_completion(answer) -> str:
     return f"<answer>{answer}</answer>"
 
 
-def problem_pool(max_operand: int = 30, ops=("+", "-"), min_operand: int = 0, max_mul_operand: int = 12,
-                 nonnegative: bool = False) -> list[tuple[str, str]]:
+def problem_pool(
+    max_operand: int = 30, ops=("+", "-"), min_operand: int = 0, max_mul_operand: int = 12, nonnegative: bool = False
+) -> list[tuple[str, str]]:
     """Every ``(prompt, answer)`` of the task, in a fixed (unshuffled) order."""
     if isinstance(ops, str):
         ops = tuple(ops)
@@ -51,8 +52,10 @@ def _split(seed: int, n_eval: int, task: dict) -> tuple[list[tuple[str, str]], l
     pool = problem_pool(**task)
     random.Random(seed).shuffle(pool)
     if n_eval < 0 or n_eval >= len(pool):
-        raise ValueError(f"n_eval={n_eval}: the task has {len(pool)} problems, n_eval must leave some for "
-                         f"training (raise max_operand or add ops)")
+        raise ValueError(
+            f"n_eval={n_eval}: the task has {len(pool)} problems, n_eval must leave some for "
+            f"training (raise max_operand or add ops)"
+        )
     return pool[n_eval:], pool[:n_eval]
 
 
@@ -61,15 +64,28 @@ def _dataset(rows: list[tuple[str, str]], names=("prompt", "answer")):
     return datasets.Dataset.from_dict({names[0]: [r[0] for r in rows], names[1]: [r[1] for r in rows]})
 
 
-def make_arithmetic_splits(n_train: int | None = 2000, n_eval: int = 200, seed: int = 0, *,
-                           max_operand: int = 30, ops=("+", "-"), min_operand: int = 0,
-                           max_mul_operand: int = 12, nonnegative: bool = False):
+def make_arithmetic_splits(
+    n_train: int | None = 2000,
+    n_eval: int = 200,
+    seed: int = 0,
+    *,
+    max_operand: int = 30,
+    ops=("+", "-"),
+    min_operand: int = 0,
+    max_mul_operand: int = 12,
+    nonnegative: bool = False,
+):
     """``(train, eval)`` ``datasets.Dataset`` with string columns ``prompt`` and ``answer``.
 
     Deterministic given ``seed`` and the task knobs; no prompt is in both splits. ``train`` has
     ``min(n_train, pool size - n_eval)`` distinct prompts (``n_train=None``: all of them)."""
-    task = dict(max_operand=max_operand, ops=ops, min_operand=min_operand, max_mul_operand=max_mul_operand,
-                nonnegative=nonnegative)
+    task = dict(
+        max_operand=max_operand,
+        ops=ops,
+        min_operand=min_operand,
+        max_mul_operand=max_mul_operand,
+        nonnegative=nonnegative,
+    )
     train, held = _split(seed, n_eval, task)
     if n_train is not None:
         if n_train < 1:
@@ -94,10 +110,21 @@ def dropped_carry(prompt: str) -> str | None:
     return str(out)
 
 
-def make_sft_dataset(n: int = 4000, seed: int = 0, label_noise: float = 0.0, *, split_seed: int = 0,
-                     n_eval: int = 200, n_train: int | None = None, max_operand: int = 30, ops=("+", "-"),
-                     min_operand: int = 0, max_mul_operand: int = 12, nonnegative: bool = False,
-                     noise: str = "neighbor"):
+def make_sft_dataset(
+    n: int = 4000,
+    seed: int = 0,
+    label_noise: float = 0.0,
+    *,
+    split_seed: int = 0,
+    n_eval: int = 200,
+    n_train: int | None = None,
+    max_operand: int = 30,
+    ops=("+", "-"),
+    min_operand: int = 0,
+    max_mul_operand: int = 12,
+    nonnegative: bool = False,
+    noise: str = "neighbor",
+):
     """``n`` prompt-completion pairs (TRL ``SFTTrainer``'s prompt-completion format: columns ``prompt``,
     ``completion`` = ``"<answer>X</answer>"``), drawn with replacement (``seed``) from the *training* problems
     of ``make_arithmetic_splits(n_train, n_eval, split_seed, ...)`` only: the held-out prompts never appear.
@@ -110,9 +137,16 @@ def make_sft_dataset(n: int = 4000, seed: int = 0, label_noise: float = 0.0, *, 
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
     if noise not in ("neighbor", "dropped_carry"):
         raise ValueError(f"noise must be 'neighbor' or 'dropped_carry', got {noise!r}")
-    train, _ = make_arithmetic_splits(n_train, n_eval, split_seed, max_operand=max_operand, ops=ops,
-                                      min_operand=min_operand, max_mul_operand=max_mul_operand,
-                                      nonnegative=nonnegative)
+    train, _ = make_arithmetic_splits(
+        n_train,
+        n_eval,
+        split_seed,
+        max_operand=max_operand,
+        ops=ops,
+        min_operand=min_operand,
+        max_mul_operand=max_mul_operand,
+        nonnegative=nonnegative,
+    )
     problems = list(zip(train["prompt"], train["answer"]))
     rng = random.Random(seed)
     rows = []

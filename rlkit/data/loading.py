@@ -17,8 +17,9 @@ BUILTIN = ("arithmetic",)
 EVAL_SPLITS = ("eval", "test", "validation", "held_out", "heldout")
 
 
-def load_prompt_dataset(source, split: str = "train", prompt_column: str = "prompt",
-                        answer_column: str | None = "answer", **kwargs):
+def load_prompt_dataset(
+    source, split: str = "train", prompt_column: str = "prompt", answer_column: str | None = "answer", **kwargs
+):
     """A ``datasets.Dataset`` with columns ``prompt`` (and ``answer``), other columns kept.
 
     ``source``:
@@ -57,8 +58,9 @@ def load_prompt_dataset(source, split: str = "train", prompt_column: str = "prom
     return _canonical(ds, src, prompt_column, answer_column)
 
 
-def peek_prompt_dataset(source, prompt_column: str = "prompt", answer_column: str | None = "answer",
-                        rows: int = 100, split: str = "train"):
+def peek_prompt_dataset(
+    source, prompt_column: str = "prompt", answer_column: str | None = "answer", rows: int = 100, split: str = "train"
+):
     """The first ``rows`` rows of ``source`` as a ``datasets.Dataset``, through the checks of
     :func:`load_prompt_dataset` (file exists, parses, has the columns, no null or empty prompt), reading only what
     that needs: a data file or data directory is streamed and nothing is written to the cache (``rlkit check``).
@@ -92,8 +94,9 @@ def peek_prompt_dataset(source, prompt_column: str = "prompt", answer_column: st
             head = list(itertools.islice(stream, rows))
     except (DatasetGenerationError, ValueError, TypeError, KeyError) as err:  # pyarrow's ArrowInvalid included
         cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
-        raise ValueError(_bad_json_line(src) or f"data source {src!r} could not be read: {type(cause).__name__}: "
-                                                f"{cause}") from err
+        raise ValueError(
+            _bad_json_line(src) or f"data source {src!r} could not be read: {type(cause).__name__}: {cause}"
+        ) from err
     if not head:
         raise ValueError(f"data source {src!r} is empty (0 rows)")
     return _canonical(datasets.Dataset.from_list(head), src, prompt_column, answer_column)
@@ -114,15 +117,15 @@ def _builtin(src, split, kwargs):
         return train
     if split in EVAL_SPLITS:
         return held
-    raise ValueError(f"data source {src!r} has splits 'train' and 'eval' (also called test/validation), "
-                     f"not {split!r}")
+    raise ValueError(f"data source {src!r} has splits 'train' and 'eval' (also called test/validation), not {split!r}")
 
 
 def _from_directory(path: Path, src: str, split: str, kwargs):
     import datasets
 
     saved = (path / "dataset_dict.json").is_file() or (
-        (path / "state.json").is_file() and (path / "dataset_info.json").is_file())
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
     if saved:
         if kwargs:
             raise TypeError(f"{src!r} is a save_to_disk directory; load options {sorted(kwargs)} do not apply")
@@ -142,8 +145,9 @@ def _load(src: str, *args, **kwargs):
             return datasets.load_dataset(*args, **kwargs)
     except DatasetGenerationError as err:
         cause = err.__cause__ or err
-        raise ValueError(_bad_json_line(src) or f"data source {src!r} could not be read: {type(cause).__name__}: "
-                                               f"{cause}") from err
+        raise ValueError(
+            _bad_json_line(src) or f"data source {src!r} could not be read: {type(cause).__name__}: {cause}"
+        ) from err
     except ValueError as err:
         if "corresponds to no data" in str(err):
             raise ValueError(f"data source {src!r} is empty (0 rows)") from err
@@ -206,10 +210,13 @@ def _from_hub(src: str, split: str, kwargs):
     try:
         return _load(src, src, split=split, **kwargs)
     except (FileNotFoundError, ConnectionError, OSError) as err:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or \
-                os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            raise FileNotFoundError(f"data source {src!r}: not a local file or directory, and the hub is offline "
-                                    f"(HF_HUB_OFFLINE) with no cached copy") from err
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or os.environ.get(
+            "HF_DATASETS_OFFLINE", ""
+        ).lower() in ("1", "true", "yes", "on"):
+            raise FileNotFoundError(
+                f"data source {src!r}: not a local file or directory, and the hub is offline "
+                f"(HF_HUB_OFFLINE) with no cached copy"
+            ) from err
         raise
 
 
@@ -227,8 +234,9 @@ def _canonical(ds, src: str, prompt_column: str, answer_column: str | None):
         raise ValueError(f"data source {src!r} is empty (0 rows)")
     for role, col in (("prompt", prompt_column), ("answer", answer_column)):
         if col is not None and col not in cols:
-            raise ValueError(f"{src!r}: missing {role} column {col!r} (columns: {', '.join(cols)}); "
-                             f"set data.{role}_column")
+            raise ValueError(
+                f"{src!r}: missing {role} column {col!r} (columns: {', '.join(cols)}); set data.{role}_column"
+            )
     if answer_column is not None and answer_column == prompt_column:
         raise ValueError(f"{src!r}: prompt_column and answer_column are both {prompt_column!r}")
     wanted = {prompt_column: "prompt"}
@@ -265,9 +273,10 @@ def _check_values(ds, src: str, prompt_column: str, answer_column: str | None) -
         null = pc.is_null(values)
         bad = pc.index(null, True).as_py()
         if bad >= 0:
-            raise ValueError(f"{src!r} {_where(src, bad)}: column {col!r} is null " +
-                             ("(every prompt must be a non-empty string)" if role == "prompt" else
-                              "(every row needs a value)"))
+            raise ValueError(
+                f"{src!r} {_where(src, bad)}: column {col!r} is null "
+                + ("(every prompt must be a non-empty string)" if role == "prompt" else "(every row needs a value)")
+            )
         if role != "prompt":
             continue
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
@@ -275,8 +284,9 @@ def _check_values(ds, src: str, prompt_column: str, answer_column: str | None) -
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)
         bad = pc.index(empty, True).as_py()
         if bad >= 0:
-            raise ValueError(f"{src!r} {_where(src, bad)}: column {col!r} is empty (every prompt must be a "
-                             "non-empty string)")
+            raise ValueError(
+                f"{src!r} {_where(src, bad)}: column {col!r} is empty (every prompt must be a non-empty string)"
+            )
 
 
 def _where(src: str, row: int) -> str:

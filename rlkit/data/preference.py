@@ -21,8 +21,13 @@ COLUMNS = ("prompt", "chosen", "rejected")
 NEIGHBOR_OFFSETS = (-10, -2, -1, 1, 2, 10)
 
 
-def load_preference_dataset(source, prompt_column: str = "prompt", chosen_column: str = "chosen",
-                            rejected_column: str = "rejected", split: str = "train"):
+def load_preference_dataset(
+    source,
+    prompt_column: str = "prompt",
+    chosen_column: str = "chosen",
+    rejected_column: str = "rejected",
+    split: str = "train",
+):
     """A ``datasets.Dataset`` with exactly the columns ``prompt``, ``chosen``, ``rejected``.
 
     Errors: a missing file/directory -> ``FileNotFoundError`` naming it; a missing column -> ``ValueError`` naming
@@ -52,8 +57,9 @@ def load_preference_dataset(source, prompt_column: str = "prompt", chosen_column
     wanted = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
     for role, col in wanted.items():
         if col not in cols:
-            raise ValueError(f"{src!r}: missing {role} column {col!r} (columns: {', '.join(cols)}); "
-                             f"set dpo.{role}_column")
+            raise ValueError(
+                f"{src!r}: missing {role} column {col!r} (columns: {', '.join(cols)}); set dpo.{role}_column"
+            )
     if len(set(wanted.values())) < 3:
         raise ValueError(f"{src!r}: prompt/chosen/rejected columns must differ, got {list(wanted.values())}")
     if len(ds) == 0:
@@ -69,8 +75,9 @@ def _value(v, src: str, col: str, i: int, role: str):
         if role == "prompt":
             return [{"role": m.get("role", "user"), "content": m["content"]} for m in v]
         return "".join(m["content"] for m in v if m.get("role", "assistant") == "assistant")
-    raise ValueError(f"{src!r}: column {col!r} row {i}: expected a string or a list of messages, "
-                     f"got {type(v).__name__}")
+    raise ValueError(
+        f"{src!r}: column {col!r} row {i}: expected a string or a list of messages, got {type(v).__name__}"
+    )
 
 
 def wrong_answer(prompt: str, answer: str, rng: random.Random, kind: str = "neighbor") -> str:
@@ -95,8 +102,17 @@ def _pairs(problems: list[tuple[str, str]], rng: random.Random, kind: str) -> di
     return rows
 
 
-def make_synthetic_pairs(n: int = 2000, seed: int = 0, rejected: str = "neighbor", *, split_seed: int = 0,
-                         n_eval: int = 200, n_eval_pairs: int = 200, n_train: int | None = None, **task):
+def make_synthetic_pairs(
+    n: int = 2000,
+    seed: int = 0,
+    rejected: str = "neighbor",
+    *,
+    split_seed: int = 0,
+    n_eval: int = 200,
+    n_eval_pairs: int = 200,
+    n_train: int | None = None,
+    **task,
+):
     """``(train, held_out)`` preference ``datasets.Dataset`` for the arithmetic task (columns ``prompt``, ``chosen``,
     ``rejected``, ``answer``). Chosen is the correct SFT-format completion ``"<answer>X</answer>"``, rejected the
     same format with a :func:`wrong_answer`.
@@ -112,8 +128,10 @@ def make_synthetic_pairs(n: int = 2000, seed: int = 0, rejected: str = "neighbor
     rng = random.Random(seed)
     drawn = [problems[rng.randrange(len(problems))] for _ in range(n)]
     held_problems = list(zip(held["prompt"], held["answer"]))[:n_eval_pairs]
-    return (Dataset.from_dict(_pairs(drawn, rng, rejected)),
-            Dataset.from_dict(_pairs(held_problems, random.Random(seed + 1), rejected)))
+    return (
+        Dataset.from_dict(_pairs(drawn, rng, rejected)),
+        Dataset.from_dict(_pairs(held_problems, random.Random(seed + 1), rejected)),
+    )
 
 
 def tokenize_pairs(rows, tokenizer, chat_template: bool = False, max_length: int | None = None) -> list[tuple]:
@@ -128,13 +146,18 @@ def tokenize_pairs(rows, tokenizer, chat_template: bool = False, max_length: int
             if not getattr(tokenizer, "chat_template", None):
                 raise ValueError(f"pair {i}: a chat prompt needs a tokenizer with a chat template")
             msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            p = list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"])
+            p = list(
+                tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
         else:
             p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         c, rj = (tokenizer(r[k], add_special_tokens=False)["input_ids"] + [eos] for k in ("chosen", "rejected"))
         if max_length and len(p) + max(len(c), len(rj)) > max_length:
-            raise ValueError(f"pair {i} ({str(prompt)[:40]!r}...) has {len(p) + max(len(c), len(rj))} tokens, more "
-                             f"than the model's context of {max_length}: shorten or remove it")
+            raise ValueError(
+                f"pair {i} ({str(prompt)[:40]!r}...) has {len(p) + max(len(c), len(rj))} tokens, more "
+                f"than the model's context of {max_length}: shorten or remove it"
+            )
         out.append((p, c, rj))
     return out

@@ -50,8 +50,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nv,nv->n", a, b)
 
 
-def _fused_chunk(logits: torch.Tensor, ref_logits: torch.Tensor, divergence: str, alpha: float,
-                 grad: torch.Tensor) -> torch.Tensor:
+def _fused_chunk(
+    logits: torch.Tensor, ref_logits: torch.Tensor, divergence: str, alpha: float, grad: torch.Tensor
+) -> torch.Tensor:
     """Divergence per row, writing its gradient in the policy logits ``z`` (``p = softmax(z)``) into ``grad``.
 
     For ``D(p)``, ``dD/dz = p * (h - <p, h>)`` with ``h = dD/dp``; constants in ``h`` cancel. Hence, with
@@ -146,8 +147,10 @@ class _FusedDivergence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.used:
-            raise RuntimeError("f_divergence's fused gradient was already consumed: backpropagate once, or pass "
-                               "fused=False to keep a recomputing graph")
+            raise RuntimeError(
+                "f_divergence's fused gradient was already consumed: backpropagate once, or pass "
+                "fused=False to keep a recomputing graph"
+            )
         ctx.used = True
         grad, ctx.grad = ctx.grad, None
         return grad.mul_(grad_out.to(grad.dtype).unsqueeze(-1)), None, None, None, None, None
@@ -239,8 +242,13 @@ def f_divergence(
         rows = torch.arange(flat_p.shape[0], device=logits.device)
     else:
         rows = mask.reshape(-1).nonzero().squeeze(-1)
-    use_fused = (fused and name in _ANALYTIC and torch.is_grad_enabled() and logits.requires_grad
-                 and not ref_logits.requires_grad)
+    use_fused = (
+        fused
+        and name in _ANALYTIC
+        and torch.is_grad_enabled()
+        and logits.requires_grad
+        and not ref_logits.requires_grad
+    )
     fn = _FusedDivergence if use_fused else _ChunkedDivergence
     out = fn.apply(flat_p, flat_q, rows, name, alpha, int(chunk_size))
     return out.reshape(lead)

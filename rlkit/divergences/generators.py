@@ -98,5 +98,6 @@ def dpo_score(divergence: str, logu: torch.Tensor, alpha: float = 0.5, exp_clamp
         return -torch.expm1(torch.clamp(-alpha * logu, max=exp_clamp)) / alpha
     if divergence == "chi2":
         return 2.0 * torch.exp(torch.clamp(logu, max=exp_clamp))
-    raise ValueError(f"divergence {divergence!r} has no usable f' for f-DPO; "
-                     f"choose one of {', '.join(DPO_DIVERGENCES)}")
+    raise ValueError(
+        f"divergence {divergence!r} has no usable f' for f-DPO; choose one of {', '.join(DPO_DIVERGENCES)}"
+    )

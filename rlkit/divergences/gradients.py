@@ -69,8 +69,13 @@ def straight_through(value: torch.Tensor, factor: torch.Tensor, logprobs: torch.
     return value.detach() + factor.detach() * (logprobs - logprobs.detach())
 
 
-def score_factor(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, divergence: str, alpha: float = 0.5,
-                 log_ratio_clamp: float | None = 20.0) -> torch.Tensor:
+def score_factor(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    divergence: str,
+    alpha: float = 0.5,
+    log_ratio_clamp: float | None = 20.0,
+) -> torch.Tensor:
     """``s (f'(u) - f'(1))`` at the sampled tokens (no gradient): on policy samples,
     ``E_a[factor * grad log pi(a)]`` is the gradient of the named per-state divergence (``s`` = the named scale)."""
     name = canonical(divergence, alpha)
@@ -107,15 +112,17 @@ def prefix_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _log_ratio(logprobs, ref_logprobs, clamp):
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} "
-                         "differ in shape")
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape"
+        )
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     d = logprobs.to(dtype) - ref_logprobs.to(dtype)
     return d if clamp is None else torch.clamp(d, -clamp, clamp)
 
 
-def prefix_weights(log_ratio: torch.Tensor, mask: torch.Tensor, cap: float | None = None,
-                   log_clamp: float | None = None) -> torch.Tensor:
+def prefix_weights(
+    log_ratio: torch.Tensor, mask: torch.Tensor, cap: float | None = None, log_clamp: float | None = None
+) -> torch.Tensor:
     """``W_t = exp(sum_{t'<t} log_ratio_t')`` (``W_0 = 1``), optionally capped at ``cap`` (biased; explicit).
     ``log_clamp`` bounds the exponent only to keep it finite (``None``: unbounded)."""
     logw = prefix_sum(log_ratio, mask)
@@ -125,10 +132,18 @@ def prefix_weights(log_ratio: torch.Tensor, mask: torch.Tensor, cap: float | Non
     return w if cap is None else w.clamp(max=cap)
 
 
-def sampled_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, divergence: str,
-                    samples: str = "policy", gradient: str = "token", alpha: float = 0.5,
-                    value: torch.Tensor | None = None, log_ratio_clamp: float | None = 20.0,
-                    weight_cap: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def sampled_penalty(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    divergence: str,
+    samples: str = "policy",
+    gradient: str = "token",
+    alpha: float = 0.5,
+    value: torch.Tensor | None = None,
+    log_ratio_clamp: float | None = 20.0,
+    weight_cap: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token penalty ``[B, T]`` from sampled tokens only, whose expected gradient is the named divergence's
     (see the module docstring for the derivations) and whose value is an unbiased estimate of it.
 
@@ -156,8 +171,11 @@ def sampled_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: to
             stats["weight_max"] = u_prefix.detach().masked_fill(~m, 0).max()
             g = u_prefix * g
         return torch.where(m, g, torch.zeros_like(g)), stats
-    value = value if value is not None else f_divergence_sampled(logprobs, ref_logprobs, name, "policy", alpha,
-                                                                 True, log_ratio_clamp)
+    value = (
+        value
+        if value is not None
+        else f_divergence_sampled(logprobs, ref_logprobs, name, "policy", alpha, True, log_ratio_clamp)
+    )
     factor = score_factor(logprobs, ref_logprobs, name, alpha, log_ratio_clamp)
     if gradient == "sequence" and name == "reverse_kl":  # + sum over later tokens of their (unbiased) KL
         d = _log_ratio(logprobs, ref_logprobs, log_ratio_clamp).detach()
@@ -171,9 +189,15 @@ def sampled_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: to
     return torch.where(m, out, torch.zeros_like(out)), stats
 
 
-def exact_sequence_penalty(per_state: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-                           mask: torch.Tensor, divergence: str, weight_cap: float | None = None,
-                           log_ratio_clamp: float | None = 20.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def exact_sequence_penalty(
+    per_state: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    mask: torch.Tensor,
+    divergence: str,
+    weight_cap: float | None = None,
+    log_ratio_clamp: float | None = 20.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sequence-level penalty from the exact per-state divergences ``per_state`` ``[B, T]`` (differentiable, at
     the policy's sampled states): reverse KL adds ``sg(sum_{t'>t} D_t') * grad log pi(a_t)``; forward KL
     weights each state by ``sg(W_t)`` (needs ``ref_logprobs`` of the sampled tokens). The value of the sum over a
@@ -182,8 +206,9 @@ def exact_sequence_penalty(per_state: torch.Tensor, logprobs: torch.Tensor, ref_
     m = mask.to(torch.bool)
     stats: dict[str, torch.Tensor] = {}
     if name == "reverse_kl":
-        out = per_state + straight_through(torch.zeros_like(per_state), future_sum(per_state.detach(), m),
-                                           logprobs.to(per_state.dtype))
+        out = per_state + straight_through(
+            torch.zeros_like(per_state), future_sum(per_state.detach(), m), logprobs.to(per_state.dtype)
+        )
     elif name == "forward_kl":
         if ref_logprobs is None:
             raise ValueError("the forward KL's sequence gradient needs the reference log-probs of the sampled tokens")

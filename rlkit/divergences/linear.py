@@ -114,8 +114,9 @@ class _LinearDivergenceSum(torch.autograd.Function):
     gradients by the incoming scalar (in place: backpropagate once)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ref, ref_weight, ref_bias, rows, row_w, divergence, alpha, temperature,
-                chunk):
+    def forward(
+        ctx, hidden, weight, bias, ref, ref_weight, ref_bias, rows, row_w, divergence, alpha, temperature, chunk
+    ):
         dtype = _compute_dtype(hidden)
         saved = (hidden, weight, bias, ref, ref_weight, ref_bias)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -149,8 +150,9 @@ class _LinearDivergenceSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         if ctx.grads is None:
-            raise RuntimeError("linear_f_divergence(reduction='sum') gradients were already consumed: backpropagate "
-                               "once")
+            raise RuntimeError(
+                "linear_f_divergence(reduction='sum') gradients were already consumed: backpropagate once"
+            )
         grads, ctx.grads = ctx.grads, None
         go = grad_out.reshape(())
         scaled = [None if g is None else g.mul_(go.to(g.dtype)) for g in grads]
@@ -219,8 +221,10 @@ def linear_f_divergence(
     ``grad_W`` is accumulated over chunks in the weight's dtype.
     """
     if divergence not in _ANALYTIC:
-        raise ValueError(f"linear_f_divergence supports {', '.join(_ANALYTIC)} (closed-form gradients), "
-                         f"not {divergence!r}; use f_divergence on materialised logits for the others")
+        raise ValueError(
+            f"linear_f_divergence supports {', '.join(_ANALYTIC)} (closed-form gradients), "
+            f"not {divergence!r}; use f_divergence on materialised logits for the others"
+        )
     name = canonical(divergence, alpha)
     if (ref_logits is None) == (ref_hidden is None):
         raise ValueError("give the reference either as ref_logits or as ref_hidden + ref_weight (exactly one)")
@@ -228,13 +232,19 @@ def linear_f_divergence(
         raise ValueError("ref_hidden needs ref_weight (the reference's lm_head weight [V, H_ref])")
     if ref_hidden is None and (ref_weight is not None or ref_bias is not None):
         raise ValueError("ref_weight/ref_bias go with ref_hidden, not with ref_logits")
-    for nm, t in (("ref_logits", ref_logits), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight),
-                  ("ref_bias", ref_bias)):
+    for nm, t in (
+        ("ref_logits", ref_logits),
+        ("ref_hidden", ref_hidden),
+        ("ref_weight", ref_weight),
+        ("ref_bias", ref_bias),
+    ):
         if t is not None and t.requires_grad:
             raise ValueError(f"{nm} requires grad: the reference gets no gradient here, pass {nm}.detach()")
     if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match: expected "
-                         f"hidden [..., H] and weight [V, H]")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match: expected "
+            f"hidden [..., H] and weight [V, H]"
+        )
     if not (isinstance(chunk_size, int) and chunk_size > 0):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not (0.0 < float(temperature) < float("inf")):
@@ -265,12 +275,25 @@ def linear_f_divergence(
     if reduction == "sum":
         row_w = torch.ones((), device=hidden.device) if weights is None else weights.detach()
         row_w = torch.broadcast_to(row_w.to(device=hidden.device, dtype=_compute_dtype(hidden)), lead).reshape(-1)
-        return _LinearDivergenceSum.apply(flat, weight, bias, ref, ref_weight, ref_bias, rows, row_w, name,
-                                          float(alpha), float(temperature), chunk_size)
+        return _LinearDivergenceSum.apply(
+            flat,
+            weight,
+            bias,
+            ref,
+            ref_weight,
+            ref_bias,
+            rows,
+            row_w,
+            name,
+            float(alpha),
+            float(temperature),
+            chunk_size,
+        )
     if reduction != "none":
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     if weights is not None:
         raise ValueError("weights go with reduction='sum' (with 'none', multiply the per-position result)")
-    out = _LinearDivergence.apply(flat, weight, bias, ref, ref_weight, ref_bias, rows, name, float(alpha),
-                                  float(temperature), chunk_size)
+    out = _LinearDivergence.apply(
+        flat, weight, bias, ref, ref_weight, ref_bias, rows, name, float(alpha), float(temperature), chunk_size
+    )
     return out.reshape(lead)

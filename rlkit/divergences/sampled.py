@@ -53,8 +53,9 @@ def kl_penalty(
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} "
-                         "differ in shape")
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape"
+        )
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     d = logprobs.to(dtype) - ref_logprobs.to(dtype)
     if estimator == "k1":
@@ -106,8 +107,9 @@ def f_divergence_sampled(
     if sampled_from not in ("policy", "ref"):
         raise ValueError(f"sampled_from must be 'policy' or 'ref', got {sampled_from!r}")
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} "
-                         "differ in shape")
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape"
+        )
     name = canonical(divergence, alpha)
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     d = logprobs.to(dtype) - ref_logprobs.to(dtype)

@@ -26,19 +26,24 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
     attention = torch.zeros((B, P + T), dtype=torch.long)
     comp_mask = torch.zeros((B, T), dtype=torch.float32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        input_ids[i, P - len(p):P] = torch.as_tensor(list(p), dtype=torch.long)
-        attention[i, P - len(p):P] = 1
+        input_ids[i, P - len(p) : P] = torch.as_tensor(list(p), dtype=torch.long)
+        attention[i, P - len(p) : P] = 1
         if len(c):
-            input_ids[i, P:P + len(c)] = torch.as_tensor(list(c), dtype=torch.long)
-            attention[i, P:P + len(c)] = 1
-            comp_mask[i, :len(c)] = 1
+            input_ids[i, P : P + len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+            attention[i, P : P + len(c)] = 1
+            comp_mask[i, : len(c)] = 1
     position_ids = (attention.cumsum(-1) - 1).clamp_min(0)
-    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
-            "completion_ids": input_ids[:, P:], "completion_mask": comp_mask, "prompt_len": P}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "position_ids": position_ids,
+        "completion_ids": input_ids[:, P:],
+        "completion_mask": comp_mask,
+        "prompt_len": P,
+    }
 
 
-def completion_logits(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+def completion_logits(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None) -> torch.Tensor:
     """Logits ``[B, T, V]`` that predict each completion token, divided by the sampling temperature.
 
     Only the last ``T + 1`` positions go through the LM head (``logits_to_keep``, which transformers' causal LMs
@@ -66,6 +71,6 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 1024) -> torch.T
     flat = logits.reshape(-1, logits.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     for s in range(0, flat.shape[0], chunk_rows):
-        lp = torch.log_softmax(flat[s:s + chunk_rows].float(), dim=-1)
-        out[s:s + chunk_rows] = -torch.einsum("nv,nv->n", lp.exp(), lp)
+        lp = torch.log_softmax(flat[s : s + chunk_rows].float(), dim=-1)
+        out[s : s + chunk_rows] = -torch.einsum("nv,nv->n", lp.exp(), lp)
     return out.reshape(logits.shape[:-1])

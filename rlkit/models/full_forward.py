@@ -16,12 +16,16 @@ def full_completion_logits(model, batch: dict) -> torch.Tensor:
     accept): the ``[B, P, V]`` logits of the prompt are never computed. Models without it fall back to slicing."""
     P = batch["prompt_len"]
     T = batch["completion_ids"].shape[1]
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  position_ids=batch["position_ids"], use_cache=False)
+    kwargs = dict(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
     try:
         logits = model(**kwargs, logits_to_keep=T + 1).logits[:, :T]
     except TypeError:  # an architecture without logits_to_keep
-        logits = model(**kwargs).logits[:, P - 1:P + T - 1]
+        logits = model(**kwargs).logits[:, P - 1 : P + T - 1]
     if logits.shape[1] != T:
         raise RuntimeError(f"model returned logits for {logits.shape[1]} completion positions, expected {T}")
     return logits

@@ -17,9 +17,15 @@ from rlkit.divergences.linear import _logits, _work
 #: config fields of output transforms applied after the lm_head (Gemma2/3 softcapping, Cohere ``logit_scale``,
 #: Granite ``logits_scaling``, Falcon-H1 ``lm_head_multiplier``, MiniCPM's ``dim_model_base`` width scaling), with
 #: their neutral value: any other value means ``model(...).logits`` is not ``hidden @ W.T + b``
-_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_softcapping": None, "logit_scale": 1.0,
-                     "logits_scaling": 1.0, "lm_head_multiplier": 1.0, "output_multiplier_scale": 1.0,
-                     "dim_model_base": None}
+_LOGIT_TRANSFORMS = {
+    "final_logit_softcapping": None,
+    "logit_softcapping": None,
+    "logit_scale": 1.0,
+    "logits_scaling": 1.0,
+    "lm_head_multiplier": 1.0,
+    "output_multiplier_scale": 1.0,
+    "dim_model_base": None,
+}
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
@@ -35,14 +41,14 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         ent = torch.empty(n, dtype=torch.float32, device=hidden.device) if with_entropy else None
         buf = None
         for s in range(0, n, chunk):
-            z = _logits(hidden[s:s + chunk], weight, bias, temperature, dtype)
+            z = _logits(hidden[s : s + chunk], weight, bias, temperature, dtype)
             lse_c = torch.logsumexp(z, -1)
-            lse[s:s + chunk] = lse_c
-            lp[s:s + chunk] = z.gather(-1, tokens[s:s + chunk].unsqueeze(-1)).squeeze(-1) - lse_c
+            lse[s : s + chunk] = lse_c
+            lp[s : s + chunk] = z.gather(-1, tokens[s : s + chunk].unsqueeze(-1)).squeeze(-1) - lse_c
             if with_entropy:  # H = lse - sum_v p_v z_v
                 buf, p = _work(buf, z)
                 torch.sub(z, lse_c.unsqueeze(-1), out=p).exp_()
-                ent[s:s + chunk] = (lse_c - torch.einsum("nv,nv->n", p, z)).float()
+                ent[s : s + chunk] = (lse_c - torch.einsum("nv,nv->n", p, z)).float()
             del z
         ctx.save_for_backward(hidden, weight, bias, tokens, lse)
         ctx.cfg = (temperature, chunk)
@@ -64,27 +70,33 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         scale = grad_lp.to(dtype) / temperature  # dlp/dh = (onehot - p) / T @ W
         buf = None
         for s in range(0, n, chunk):
-            h = hidden[s:s + chunk]
+            h = hidden[s : s + chunk]
             z = _logits(h, weight, bias, temperature, dtype)
             buf, g = _work(buf, z)
-            torch.sub(z, lse[s:s + chunk].unsqueeze(-1), out=g).exp_().neg_()  # -softmax
+            torch.sub(z, lse[s : s + chunk].unsqueeze(-1), out=g).exp_().neg_()  # -softmax
             del z
-            g.scatter_add_(-1, tokens[s:s + chunk].unsqueeze(-1), torch.ones_like(g[:, :1]))
-            g.mul_(scale[s:s + chunk].unsqueeze(-1))
+            g.scatter_add_(-1, tokens[s : s + chunk].unsqueeze(-1), torch.ones_like(g[:, :1]))
+            g.mul_(scale[s : s + chunk].unsqueeze(-1))
             if need_b:
                 gb.add_(g.sum(0))
             g_in = g.to(weight.dtype)  # the matmuls run in the inputs' dtype, as the forward one does
             if need_h:
-                torch.mm(g_in, weight, out=gh[s:s + chunk])
+                torch.mm(g_in, weight, out=gh[s : s + chunk])
             if need_w:
                 gw.addmm_(g_in.t(), h)
         gb = gb.to(bias.dtype) if need_b else None
         return gh, gw, gb, None, None, None, None
 
 
-def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
-                          bias: torch.Tensor | None = None, temperature: float = 1.0, chunk_size: int = 256,
-                          with_entropy: bool = False):
+def linear_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    with_entropy: bool = False,
+):
     """``log softmax(z)[tokens]`` per position with ``z = (hidden @ weight.T + bias) / temperature``, i.e.
     ``z_token - logsumexp_v z_v``, from the last hidden states ``hidden`` (``[..., H]``), the lm_head ``weight``
     (``[V, H]``, optional ``bias`` ``[V]``) and ``tokens`` (``[...]``, long), without materialising the ``[N, V]``
@@ -101,8 +113,10 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: to
     gradients come back in the inputs' dtypes (``grad_W`` accumulated over chunks in the weight's dtype).
     """
     if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match: expected "
-                         f"hidden [..., H] and weight [V, H]")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not match: expected "
+            f"hidden [..., H] and weight [V, H]"
+        )
     if tuple(tokens.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}, expected {tuple(hidden.shape[:-1])}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
@@ -113,8 +127,9 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: to
         raise ValueError(f"temperature must be positive and finite, got {temperature}")
     lead = tuple(tokens.shape)
     flat = hidden.reshape(-1, hidden.shape[-1])
-    lp, ent = _LinearTokenLogprobs.apply(flat, weight, bias, tokens.reshape(-1).long(), float(temperature),
-                                         chunk_size, bool(with_entropy))
+    lp, ent = _LinearTokenLogprobs.apply(
+        flat, weight, bias, tokens.reshape(-1).long(), float(temperature), chunk_size, bool(with_entropy)
+    )
     return (lp.reshape(lead), ent.reshape(lead)) if with_entropy else lp.reshape(lead)
 
 
@@ -167,12 +182,16 @@ def completion_hidden(model, batch: dict, group: torch.Tensor | None = None):
 
         hidden = shared_prefix_outputs(trunk, batch, group, logits=False)
         return hidden, head.weight, head.bias
-    out = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
+    out = trunk(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
     hidden = out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out[0])
     if hidden.dim() != 3 or hidden.shape[-1] != head.in_features or hidden.shape[1] < P + T - 1:
         return None
-    return hidden[:, P - 1:P + T - 1].contiguous(), head.weight, head.bias  # one copy that later views share
+    return hidden[:, P - 1 : P + T - 1].contiguous(), head.weight, head.bias  # one copy that later views share
 
 
 @torch.no_grad()
@@ -197,8 +216,7 @@ def fused_head_agrees(model, batch: dict, rows: int = 1) -> bool:
 
 
 @torch.no_grad()
-def fused_base_logprobs(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None
-                        ) -> dict | None:
+def fused_base_logprobs(model, batch: dict, temperature: float = 1.0, group: torch.Tensor | None = None) -> dict | None:
     """LoRA learners: ``{"logprobs": [B, T]}`` of the adapter-disabled model (as
     :func:`rlkit.models.lora.base_model_outputs` without logits) through the fused head; ``None`` if unsupported."""
     was_training = model.training

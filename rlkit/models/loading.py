@@ -20,8 +20,9 @@ TINY_NAMES = ("tiny", "rlkit/tiny")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _looks_local(name: str) -> bool:
@@ -29,9 +30,16 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or os.path.isabs(name)
 
 
-def load_model_and_tokenizer(name_or_path: str | os.PathLike, dtype: str = "float32", seed: int = 0, *,
-                             padding_side: str | None = "left", revision: str | None = None,
-                             trust_remote_code: bool = False, **model_kwargs):
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike,
+    dtype: str = "float32",
+    seed: int = 0,
+    *,
+    padding_side: str | None = "left",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs,
+):
     """``(model, tokenizer)`` for ``name_or_path``.
 
     * ``"tiny"`` / ``"rlkit/tiny"``: the local tiny model (:mod:`rlkit.models.tiny`), initialised from ``seed``
@@ -88,7 +96,8 @@ def _from_pretrained(name, torch_dtype, revision, trust_remote_code, model_kwarg
         if not path.is_dir() and _offline():
             raise FileNotFoundError(
                 f"model {name!r}: no such local directory, and HF_HUB_OFFLINE is set so it cannot be fetched from "
-                f"the hub (and it is not in the local cache)") from err
+                f"the hub (and it is not in the local cache)"
+            ) from err
         raise
     return model, tokenizer
 

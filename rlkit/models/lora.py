@@ -40,10 +40,15 @@ def peft_config(lora: dict, base_path: str | None = None):
     """A ``peft.LoraConfig`` from rlkit's ``model.lora`` section (``r``, ``alpha``, ``dropout``,
     ``target_modules``); ``base_path`` is recorded in the adapter's config so the adapter can be reloaded alone."""
     peft = require("peft", why="model.lora")
-    return peft.LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
-                           lora_dropout=float(lora.get("dropout", 0.0)),
-                           target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM",
-                           base_model_name_or_path=base_path, bias="none")
+    return peft.LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora.get("target_modules", "all-linear"),
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_path,
+        bias="none",
+    )
 
 
 def wrap_lora(model, lora: dict, base_path: str | None = None):

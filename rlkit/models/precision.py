@@ -22,8 +22,12 @@ from __future__ import annotations
 import types
 
 #: ``model.dtype`` names: the weights' dtype and the dtype of the forward's matmuls (``None``: no autocast)
-PRECISIONS = {"float32": ("float32", None), "bfloat16": ("bfloat16", None), "float16": ("float16", None),
-              "bf16-mixed": ("float32", "bfloat16")}
+PRECISIONS = {
+    "float32": ("float32", None),
+    "bfloat16": ("bfloat16", None),
+    "float16": ("float16", None),
+    "bf16-mixed": ("float32", "bfloat16"),
+}
 
 
 def weights_dtype(precision: str) -> str:

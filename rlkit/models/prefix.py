@@ -38,8 +38,11 @@ def prompt_groups(batch: dict) -> torch.Tensor | None:
 
 
 def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else (
-        out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state)
+    return (
+        out[0]
+        if isinstance(out, (tuple, list))
+        else (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state)
+    )
 
 
 def shared_prefix_outputs(model, batch: dict, group: torch.Tensor, *, logits: bool = True) -> torch.Tensor:
@@ -52,15 +55,21 @@ def shared_prefix_outputs(model, batch: dict, group: torch.Tensor, *, logits: bo
     first[1:] = group[1:] != group[:-1]
     starts = first.nonzero().squeeze(-1)
     kw = {"logits_to_keep": 1} if logits else {}
-    pre = model(input_ids=ids[starts, :P], attention_mask=mask[starts, :P], position_ids=pos[starts, :P],
-                use_cache=True, **kw)
+    pre = model(
+        input_ids=ids[starts, :P], attention_mask=mask[starts, :P], position_ids=pos[starts, :P], use_cache=True, **kw
+    )
     last = _first(pre)[:, -1][group]  # [B, V] or [B, H]: predicts completion token 0
     if T == 1:
         return last[:, None]
     cache = returned_cache(pre)
     cache.batch_select_indices(group)  # differentiable indexing: every row of a group reads its prompt's K/V
-    out = model(input_ids=ids[:, P:P + T - 1], attention_mask=mask[:, :P + T - 1], position_ids=pos[:, P:P + T - 1],
-                use_cache=True, **{cache_kwarg(model) or "past_key_values": cache})
+    out = model(
+        input_ids=ids[:, P : P + T - 1],
+        attention_mask=mask[:, : P + T - 1],
+        position_ids=pos[:, P : P + T - 1],
+        use_cache=True,
+        **{cache_kwarg(model) or "past_key_values": cache},
+    )
     return torch.cat([last[:, None], _first(out)], dim=1)
 
 

@@ -30,8 +30,14 @@ PAD_ID, EOS_ID, BOS_ID, UNK_ID = range(4)
 
 #: The model's defaults; any of them can be overridden through ``build_tiny_model(**overrides)``.
 TINY_CONFIG = dict(
-    hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-    max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.02,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+    initializer_range=0.02,
     use_cache=True,
 )
 
@@ -46,8 +52,14 @@ def build_tiny_tokenizer(padding_side: str = "right", model_max_length: int = 25
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"</?answer>|."), behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-        padding_side=padding_side, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        padding_side=padding_side,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -58,14 +70,17 @@ def build_tiny_model(seed: int = 0, **overrides):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg: dict[str, Any] = dict(TINY_CONFIG, vocab_size=len(VOCAB), pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-                               bos_token_id=BOS_ID)
+    cfg: dict[str, Any] = dict(
+        TINY_CONFIG, vocab_size=len(VOCAB), pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID
+    )
     cfg.update(overrides)
     config = LlamaConfig(**cfg)
     head_dim = config.hidden_size // config.num_attention_heads
     if head_dim < 32:
-        raise ValueError(f"tiny model: head_dim {head_dim} < 32 (hidden_size {config.hidden_size} / "
-                         f"{config.num_attention_heads} heads); vLLM's CPU attention needs >= 32")
+        raise ValueError(
+            f"tiny model: head_dim {head_dim} < 32 (hidden_size {config.hidden_size} / "
+            f"{config.num_attention_heads} heads); vLLM's CPU attention needs >= 32"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

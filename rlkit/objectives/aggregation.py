@@ -7,8 +7,9 @@ import torch
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "drgrpo")
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-              norm_length: int | None = None) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", norm_length: int | None = None
+) -> torch.Tensor:
     """Reduce ``[B, T]`` per-token values over the completion ``mask``.
 
     * ``token-mean``: ``sum(v m) / sum(m)``, every token weighs the same (DAPO; verl's default).
@@ -30,9 +31,11 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean"
         return vm.sum(-1).mean()
     if mode == "drgrpo":
         if norm_length is None or norm_length <= 0:
-            raise ValueError("aggregation 'drgrpo' needs a constant norm_length > 0 (Dr. GRPO's L, e.g. "
-                             f"rollout.max_new_tokens), got {norm_length!r}; the padded length varies between "
-                             "batches and is not used")
+            raise ValueError(
+                "aggregation 'drgrpo' needs a constant norm_length > 0 (Dr. GRPO's L, e.g. "
+                f"rollout.max_new_tokens), got {norm_length!r}; the padded length varies between "
+                "batches and is not used"
+            )
         return vm.sum() / (values.shape[0] * norm_length)
     raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(AGGREGATIONS)}")
 

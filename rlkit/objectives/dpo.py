@@ -10,10 +10,17 @@ from rlkit.divergences.generators import DPO_DIVERGENCES, dpo_score
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-def fdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
-              divergence: str = "reverse_kl", alpha: float = 0.5, label_smoothing: float = 0.0,
-              loss_type: str = "sigmoid") -> torch.Tensor:
+def fdpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    divergence: str = "reverse_kl",
+    alpha: float = 0.5,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> torch.Tensor:
     """Per-pair f-DPO loss.
 
     With sequence log-probs (summed over completion tokens) and ``u = pi_theta(y|x) / pi_ref(y|x)``, the implicit
@@ -53,16 +60,32 @@ def fdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
     return -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
-             divergence: str = "reverse_kl", alpha: float = 0.5, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    divergence: str = "reverse_kl",
+    alpha: float = 0.5,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean :func:`fdpo_loss` over pairs plus metrics: implicit rewards ``beta log u`` of chosen/rejected, their
     margin, reward accuracy (fraction of pairs where the chosen implicit reward is higher), and the expected
     calibration error of the implicit preference model ``p = sigmoid(beta * h)`` (h: the f-DPO score difference;
     f-DPO, Wang et al. 2023, report ECE): see :func:`preference_ece`."""
-    per_pair = fdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
-                         divergence, alpha, label_smoothing, loss_type)
+    per_pair = fdpo_loss(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        beta,
+        divergence,
+        alpha,
+        label_smoothing,
+        loss_type,
+    )
     with torch.no_grad():
         rc = beta * (policy_chosen_logps.float() - ref_chosen_logps.float())
         rr = beta * (policy_rejected_logps.float() - ref_rejected_logps.float())
@@ -74,7 +97,8 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
             "rewards/accuracy": float((rc > rr).float().mean()),
         }
         h = dpo_score(divergence, policy_chosen_logps.float() - ref_chosen_logps.float(), alpha) - dpo_score(
-            divergence, policy_rejected_logps.float() - ref_rejected_logps.float(), alpha)
+            divergence, policy_rejected_logps.float() - ref_rejected_logps.float(), alpha
+        )
         metrics["rewards/ece"] = preference_ece(torch.sigmoid(beta * h))
     return per_pair.mean(), metrics
 

@@ -12,8 +12,9 @@ from rlkit.regularizers.base import PolicyBatch, Regularizer
 from .aggregation import aggregate, masked_mean
 
 
-def sequence_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor,
-                   log_ratio_clamp: float = 20.0) -> torch.Tensor:
+def sequence_ratio(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, log_ratio_clamp: float = 20.0
+) -> torch.Tensor:
     """GSPO's length-normalised importance ratio per sequence, ``s_i = (pi(y_i|x) / pi_old(y_i|x))^(1/|y_i|)
     = exp(mean_t (log pi_t - log pi_old_t))`` over the completion tokens, ``[B]``."""
     m = mask.to(torch.float32)
@@ -21,9 +22,16 @@ def sequence_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: tor
     return torch.exp(mean_log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp))
 
 
-def gspo_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), clip_low: float = 3e-4,
-              clip_high: float = 4e-4, aggregation: str = "seq-mean-token-mean", norm_length: int | None = None,
-              entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def gspo_loss(
+    batch: PolicyBatch,
+    regularizers: Sequence[Regularizer] = (),
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    aggregation: str = "seq-mean-token-mean",
+    norm_length: int | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """GSPO's loss to minimise: ``mean_i max(-A_i s_i, -A_i clip(s_i, 1 - clip_low, 1 + clip_high))`` with
     :func:`sequence_ratio` ``s_i`` and one advantage per sequence (``batch.advantages`` ``[B]``, e.g. GRPO's group
     advantage), plus the loss-placed regularizers (aggregated with ``aggregation``) and ``- entropy_coef agg(H)``.
@@ -53,9 +61,14 @@ def gspo_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), clip
             raise ValueError("entropy_coef > 0 needs the per-token entropy")
         loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, norm_length)
     with torch.no_grad():
-        metrics.update({"loss/policy": pg_loss.item(), "loss/total": loss.item(),
-                        "policy/clip_frac": float((clipped > unclipped).float().mean()),
-                        "policy/seq_ratio_mean": float(s.mean())})
+        metrics.update(
+            {
+                "loss/policy": pg_loss.item(),
+                "loss/total": loss.item(),
+                "policy/clip_frac": float((clipped > unclipped).float().mean()),
+                "policy/seq_ratio_mean": float(s.mean()),
+            }
+        )
         if entropy is not None:
             metrics["policy/entropy"] = float(masked_mean(entropy.float(), mask))
     return loss, metrics

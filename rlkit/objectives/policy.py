@@ -11,10 +11,16 @@ from rlkit.regularizers.base import PolicyBatch, Regularizer
 from .aggregation import aggregate, masked_mean
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
-                      dual_clip: float | None = None, log_ratio_clamp: float = 20.0
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    log_ratio_clamp: float = 20.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate per token (Schulman et al. 2017, arXiv 1707.06347), as a loss to minimise:
 
     ``ratio = exp(logprobs - old_logprobs)``, ``L = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))``.
@@ -34,10 +40,18 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return loss, {"ratio": ratio, "clipped": (clipped > unclipped) & mask.to(torch.bool), "unclipped": unclipped}
 
 
-def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), clip_low: float = 0.2,
-                clip_high: float = 0.2, dual_clip: float | None = None, aggregation: str = "token-mean",
-                norm_length: int | None = None, entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
-                token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_loss(
+    batch: PolicyBatch,
+    regularizers: Sequence[Regularizer] = (),
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    aggregation: str = "token-mean",
+    norm_length: int | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO / PPO policy loss with regularizers: ``agg(c L_clip) + sum_r agg(coef_r w_r D_r) - entropy_coef agg(H)``.
 
     ``token_weights`` ``c`` (no gradient; default 1) scale the surrogate per token, e.g. the truncated
@@ -52,8 +66,9 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
     if batch.old_logprobs is None or batch.advantages is None:
         raise ValueError("policy_loss needs batch.old_logprobs and batch.advantages")
     mask = batch.mask
-    per_token, stats = clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, mask,
-                                         clip_low, clip_high, dual_clip)
+    per_token, stats = clipped_surrogate(
+        batch.logprobs, batch.old_logprobs, batch.advantages, mask, clip_low, clip_high, dual_clip
+    )
     in_loss = [r for r in regularizers if r.placement == "loss"]
     metrics: dict[str, float] = {}
     for reg in in_loss:
@@ -74,21 +89,24 @@ def policy_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), cl
         loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, norm_length)
     with torch.no_grad():
         log_ratio = batch.logprobs.float() - batch.old_logprobs.float()
-        metrics.update({
-            "loss/policy": pg_loss.item(),
-            "loss/total": loss.item(),
-            "policy/clip_frac": float(masked_mean(stats["clipped"].float(), mask)),
-            "policy/ratio_mean": float(masked_mean(stats["ratio"], mask)),
-            "policy/approx_kl_old": float(masked_mean(torch.expm1(-log_ratio) + log_ratio, mask)),
-        })
+        metrics.update(
+            {
+                "loss/policy": pg_loss.item(),
+                "loss/total": loss.item(),
+                "policy/clip_frac": float(masked_mean(stats["clipped"].float(), mask)),
+                "policy/ratio_mean": float(masked_mean(stats["ratio"], mask)),
+                "policy/approx_kl_old": float(masked_mean(torch.expm1(-log_ratio) + log_ratio, mask)),
+            }
+        )
         if entropy is not None:
             metrics["policy/entropy"] = float(masked_mean(entropy.float(), mask))
     return loss, metrics
 
 
 @torch.no_grad()
-def tis_weights(learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+def tis_weights(
+    learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Truncated importance sampling for rollout/learner mismatch (Yao et al. 2025, "Your efficient RL framework
     secretly brings you off-policy RL training"; the TIS of verl/OpenRLHF).
 
@@ -102,12 +120,15 @@ def tis_weights(learner_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, 
     log_ratio = (learner_logprobs.float() - rollout_logprobs.float()).clamp(max=20.0)
     raw = torch.exp(log_ratio)
     w = raw.clamp(max=cap) * mask.to(torch.float32)
-    return w, {"rollout/tis_weight_mean": float(masked_mean(w, mask)),
-               "rollout/tis_clip_frac": float(masked_mean((raw > cap).float(), mask))}
+    return w, {
+        "rollout/tis_weight_mean": float(masked_mean(w, mask)),
+        "rollout/tis_clip_frac": float(masked_mean((raw > cap).float(), mask)),
+    }
 
 
-def grpo_loss(batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), **kwargs
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+def grpo_loss(
+    batch: PolicyBatch, regularizers: Sequence[Regularizer] = (), **kwargs
+) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO's loss (Shao et al. 2024, arXiv 2402.03300): the clipped surrogate on group-relative advantages
     (``batch.advantages``, ``[B]``, see :func:`rlkit.advantages.group_advantages`) plus regularizers in the loss
     (the default is reverse KL, k3, toward the initial policy). Keyword arguments as :func:`policy_loss`."""

@@ -12,9 +12,15 @@ from .aggregation import aggregate, masked_mean
 from .policy import policy_loss
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip: float | None = 0.2, aggregation: str = "token-mean", norm_length: int | None = None
-               ) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None = 0.2,
+    aggregation: str = "token-mean",
+    norm_length: int | None = None,
+) -> torch.Tensor:
     """Clipped value loss: ``1/2 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`` (``clip=None``: plain
     ``1/2 (V - R)^2``), aggregated over the completion mask (``norm_length``: the constant of ``drgrpo``)."""
     err = (values.float() - returns.float()).square()
@@ -53,10 +59,18 @@ def token_level_rewards(scores: torch.Tensor, mask: torch.Tensor, penalty: torch
     return rewards
 
 
-def ppo_loss(batch: PolicyBatch, values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-             regularizers: Sequence[Regularizer] = (), vf_coef: float = 0.5, value_clip: float | None = 0.2,
-             aggregation: str = "token-mean", policy: Callable | None = None, **kwargs
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+def ppo_loss(
+    batch: PolicyBatch,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    regularizers: Sequence[Regularizer] = (),
+    vf_coef: float = 0.5,
+    value_clip: float | None = 0.2,
+    aggregation: str = "token-mean",
+    policy: Callable | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO loss: policy surrogate (+ loss-placed regularizers) ``+ vf_coef * value_loss``. Advantages in
     ``batch.advantages`` are token-level (GAE, :func:`rlkit.advantages.gae_advantages`).
 
@@ -69,6 +83,11 @@ def ppo_loss(batch: PolicyBatch, values: torch.Tensor, old_values: torch.Tensor,
     v_loss = value_loss(values, old_values, returns, batch.mask, value_clip, aggregation, kwargs.get("norm_length"))
     loss = loss + vf_coef * v_loss
     with torch.no_grad():
-        metrics.update({"loss/value": v_loss.item(), "loss/total": loss.item(),
-                        "value/mean": float(masked_mean(values.float(), batch.mask))})
+        metrics.update(
+            {
+                "loss/value": v_loss.item(),
+                "loss/total": loss.item(),
+                "value/mean": float(masked_mean(values.float(), batch.mask)),
+            }
+        )
     return loss, metrics

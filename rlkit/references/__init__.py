@@ -7,8 +7,17 @@ Add one: write a small module with a :class:`ReferenceType` subclass (and its ``
 
 from .initial import InitialReference
 from .proxy import ProxyReference
-from .registry import (ReferenceConfig, ReferenceSetup, ReferenceSource, ReferenceType, as_reference_config,
-                       available_references, reference_type, register_reference, validate_reference)
+from .registry import (
+    ReferenceConfig,
+    ReferenceSetup,
+    ReferenceSource,
+    ReferenceType,
+    as_reference_config,
+    available_references,
+    reference_type,
+    register_reference,
+    validate_reference,
+)
 from .soup import SoupReference, soup_state_dict
 from .teacher import TeacherReference
 

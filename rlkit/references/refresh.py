@@ -31,14 +31,15 @@ def lerp_parameters_(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         if not torch.is_floating_point(t):
             continue
         if key not in state_dict:
-            tied = any(other != key and other in state_dict and own[other].data_ptr() == t.data_ptr()
-                       for other in own)
+            tied = any(other != key and other in state_dict and own[other].data_ptr() == t.data_ptr() for other in own)
             if tied:
                 continue
             raise ValueError(f"refresh: the policy's weights have no tensor {key!r} (architectures differ?)")
         if tuple(state_dict[key].shape) != tuple(t.shape):
-            raise ValueError(f"refresh: {key!r} has shape {tuple(state_dict[key].shape)} in the policy but "
-                             f"{tuple(t.shape)} in the reference (architectures differ?)")
+            raise ValueError(
+                f"refresh: {key!r} has shape {tuple(state_dict[key].shape)} in the policy but "
+                f"{tuple(t.shape)} in the reference (architectures differ?)"
+            )
     seen, n = set(), 0
     for key, t in own.items():
         if not torch.is_floating_point(t) or key not in state_dict or t.data_ptr() in seen:

@@ -75,8 +75,10 @@ class ReferenceConfig(StrictModel):
         for k in data:
             owners = sorted(n for n, t in _REGISTRY.items() if k not in cls.model_fields and k in t.Config.model_fields)
             if owners:
-                raise ValueError(f"{k!r} only applies to type{'s' if len(owners) > 1 else ''} "
-                                 f"{' and '.join(map(repr, owners))}, not {kind!r}")
+                raise ValueError(
+                    f"{k!r} only applies to type{'s' if len(owners) > 1 else ''} "
+                    f"{' and '.join(map(repr, owners))}, not {kind!r}"
+                )
         return data
 
     @model_validator(mode="after")
@@ -85,8 +87,9 @@ class ReferenceConfig(StrictModel):
             raise ValueError("'refresh_rate' needs 'refresh_every' (the number of steps between refreshes)")
         if self.refresh_every and not reference_type(self.type).refreshable:
             ok = " and ".join(repr(n) for n, t in sorted(_REGISTRY.items()) if t.refreshable)
-            raise ValueError(f"'refresh_every' applies to types {ok} (a model with the policy's architecture), not "
-                             f"{self.type!r}")
+            raise ValueError(
+                f"'refresh_every' applies to types {ok} (a model with the policy's architecture), not {self.type!r}"
+            )
         return self
 
 
@@ -195,8 +198,10 @@ def available_references() -> list[str]:
 def reference_type(name: str) -> type[ReferenceType]:
     """The registered type ``name``; :class:`ConfigError` listing the registered ones otherwise."""
     if name not in _REGISTRY:
-        raise ConfigError("regularizers.reference.type", f"unknown reference type {name!r}; registered: "
-                          f"{', '.join(available_references())}")
+        raise ConfigError(
+            "regularizers.reference.type",
+            f"unknown reference type {name!r}; registered: {', '.join(available_references())}",
+        )
     return _REGISTRY[name]
 
 

@@ -67,8 +67,9 @@ def _soup_path(ck: str, init_paths: list[str]) -> str:
     return ck
 
 
-def soup_state_dict(state_dicts: Sequence[Mapping[str, torch.Tensor]],
-                    weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+def soup_state_dict(
+    state_dicts: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float] | None = None
+) -> dict[str, torch.Tensor]:
     """Weighted parameter average ``theta_ref = sum_i w_i theta_i`` (SALSA: two SFT models, ``w = 1/2`` each).
 
     ``weights`` default to uniform; they must be non-negative and are normalized to sum to 1, so the result is

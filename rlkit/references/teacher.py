@@ -46,8 +46,10 @@ def _check_sft_overrides(sft: dict[str, Any]) -> None:
 
     bad = sorted(set(sft) - set(SFTConfig.model_fields) | {"enabled", "cache_dir"} & set(sft))
     if bad:
-        raise ValueError(f"'sft' key {bad[0]!r} cannot be set for the teacher (allowed: keys of the sft "
-                         "section except enabled and cache_dir)")
+        raise ValueError(
+            f"'sft' key {bad[0]!r} cannot be set for the teacher (allowed: keys of the sft "
+            "section except enabled and cache_dir)"
+        )
     try:
         SFTConfig.model_validate(sft)
     except ValueError as err:  # pydantic's ValidationError: keep the key and the reason only
@@ -127,10 +129,16 @@ def check_same_vocabulary(policy_path: str, teacher_path: str, key: str) -> None
     if t_vocab != p_vocab:
         diff = sorted(set(t_vocab.items()) ^ set(p_vocab.items()), key=str)
         tok = diff[0][0]
-        raise ConfigError(key, f"the teacher {teacher_path!r} does not share the policy's tokenizer ({len(t_vocab)} vs "
-                               f"{len(p_vocab)} tokens; e.g. {tok!r} has id {t_vocab.get(tok)} in the teacher's and "
-                               f"{p_vocab.get(tok)} in the policy's): a teacher reference needs the same vocabulary")
+        raise ConfigError(
+            key,
+            f"the teacher {teacher_path!r} does not share the policy's tokenizer ({len(t_vocab)} vs "
+            f"{len(p_vocab)} tokens; e.g. {tok!r} has id {t_vocab.get(tok)} in the teacher's and "
+            f"{p_vocab.get(tok)} in the policy's): a teacher reference needs the same vocabulary",
+        )
     tw, pw = _vocab_width(teacher_path), _vocab_width(_tokenizer_source(policy_path))
     if tw is not None and pw is not None and tw != pw:
-        raise ConfigError(key, f"the teacher {teacher_path!r} has vocab_size {tw}, the policy {pw}: their logits "
-                               "cannot be compared token by token")
+        raise ConfigError(
+            key,
+            f"the teacher {teacher_path!r} has vocab_size {tw}, the policy {pw}: their logits "
+            "cannot be compared token by token",
+        )

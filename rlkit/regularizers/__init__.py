@@ -8,8 +8,16 @@ from .base import PolicyBatch, ReferenceConfig, Regularizer, RegularizerConfig, 
 from .fdiv import JS, Alpha, ForwardKL
 from .kl import KL
 from .lp_reg import LpReg
-from .registry import (PRESETS, available, available_presets, build_regularizers, catalogue, check_objective, get,
-                       register)
+from .registry import (
+    PRESETS,
+    available,
+    available_presets,
+    build_regularizers,
+    catalogue,
+    check_objective,
+    get,
+    register,
+)
 
 register("kl")(KL)
 register("forward_kl")(ForwardKL)

@@ -65,8 +65,9 @@ class PolicyBatch:
             raise ValueError(f"regularizer {owner!r} needs batch.{field_name} (reference {key!r}), which is missing")
         return value
 
-    def exact_divergence(self, divergence: str, key: str, owner: str, alpha: float = 0.5,
-                         chunk_size: int | None = None) -> torch.Tensor:
+    def exact_divergence(
+        self, divergence: str, key: str, owner: str, alpha: float = 0.5, chunk_size: int | None = None
+    ) -> torch.Tensor:
         """Exact per-token divergence ``[B, T]`` of the policy from reference ``key``'s ``ref_logits`` (already
         divided by the temperature), zero on padding: from ``logits`` (:func:`rlkit.functional.f_divergence`), or,
         when ``logits`` is None and ``hidden`` is set, from ``hidden`` + ``lm_head``
@@ -83,16 +84,28 @@ class PolicyBatch:
         if self.logits is None and self.hidden is not None:
             weight, bias, temperature = self.require("lm_head", owner)
             if ref_kw and ref_temperature != temperature:
-                raise ValueError(f"regularizer {owner!r}: reference {key!r} uses temperature {ref_temperature}, "
-                                 f"the policy {temperature}")
-            return linear_f_divergence(self.hidden, weight, ref_logits, divergence, alpha, bias=bias,
-                                       temperature=temperature, mask=self.mask, chunk_size=chunk_size or 256,
-                                       **ref_kw)
+                raise ValueError(
+                    f"regularizer {owner!r}: reference {key!r} uses temperature {ref_temperature}, "
+                    f"the policy {temperature}"
+                )
+            return linear_f_divergence(
+                self.hidden,
+                weight,
+                ref_logits,
+                divergence,
+                alpha,
+                bias=bias,
+                temperature=temperature,
+                mask=self.mask,
+                chunk_size=chunk_size or 256,
+                **ref_kw,
+            )
         if ref_kw:  # the logits learner: the reference logits are built here
             ref_logits = torch.nn.functional.linear(h, w, b) / ref_temperature
         assert ref_logits is not None  # set by one of the branches above (``reference`` raises when missing)
-        return f_divergence(self.require("logits", owner), ref_logits, divergence, alpha=alpha, mask=self.mask,
-                            chunk_size=chunk_size)
+        return f_divergence(
+            self.require("logits", owner), ref_logits, divergence, alpha=alpha, mask=self.mask, chunk_size=chunk_size
+        )
 
     def require(self, field_name: str, owner: str) -> torch.Tensor:
         value = getattr(self, field_name)
@@ -160,8 +173,11 @@ class Regularizer(Generic[CfgT]):
         """Refuse combinations that cannot work, with the reason (raise :class:`ConfigError`)."""
         reference_type(cfg.reference.type).check_use(cfg.reference, cls.name, f"{path}.reference")
         if cfg.placement == "reward" and weighting_class(cfg.weighting.type).needs_rewards:
-            raise ConfigError(f"{path}.weighting", f"'{cfg.weighting.type}' weights depend on advantages/accuracy, "
-                              "which are computed from the rewards: use placement 'loss'")
+            raise ConfigError(
+                f"{path}.weighting",
+                f"'{cfg.weighting.type}' weights depend on advantages/accuracy, "
+                "which are computed from the rewards: use placement 'loss'",
+            )
 
     @property
     def label(self) -> str:
@@ -215,9 +231,12 @@ class Regularizer(Generic[CfgT]):
         n = mask.sum().clamp_min(1)
         value = div.detach()
         # value: per token; seq_value: per sequence (the sum over its tokens, averaged over sequences)
-        metrics = {f"{self.label}/value": float(value.sum() / n),
-                   f"{self.label}/seq_value": float(value.sum() / max(value.shape[0], 1)),
-                   f"{self.label}/coef": float(coef), **{f"{self.label}/{k}": float(v) for k, v in extra.items()}}
+        metrics = {
+            f"{self.label}/value": float(value.sum() / n),
+            f"{self.label}/seq_value": float(value.sum() / max(value.shape[0], 1)),
+            f"{self.label}/coef": float(coef),
+            **{f"{self.label}/{k}": float(v) for k, v in extra.items()},
+        }
         if weights is not None:
             metrics[f"{self.label}/weight_mean"] = float(weights.float().mean())
         return RegularizerOutput(per_token=per_token, metrics=metrics)

@@ -70,30 +70,47 @@ class _FDiv(Regularizer[FDivConfig]):
         if cfg.mode == "exact" and "samples" in cfg.model_fields_set:
             raise ConfigError(f"{path}.samples", "'samples' applies to mode 'sampled' only")
         if cfg.placement == "reward" and cfg.samples == "reference":
-            raise ConfigError(f"{path}.samples",
-                              "reward placement shapes the policy's own samples; use samples 'policy'")
+            raise ConfigError(
+                f"{path}.samples", "reward placement shapes the policy's own samples; use samples 'policy'"
+            )
         if cfg.placement == "reward":
-            raise ConfigError(f"{path}.placement", f"in the reward, {cls.name}'s per-token estimate does not deliver "
-                              f"the {cls.name} gradient through the return (only k1 of the reverse KL does): "
-                              "use placement 'loss'")
+            raise ConfigError(
+                f"{path}.placement",
+                f"in the reward, {cls.name}'s per-token estimate does not deliver "
+                f"the {cls.name} gradient through the return (only k1 of the reverse KL does): "
+                "use placement 'loss'",
+            )
         if cfg.gradient == "sequence" and cls.name != "forward_kl":
-            raise ConfigError(f"{path}.gradient", f"'sequence' is defined for kl and forward_kl (sums of per-state "
-                              f"KLs by the chain rule), not {cls.name}: use 'token'")
+            raise ConfigError(
+                f"{path}.gradient",
+                f"'sequence' is defined for kl and forward_kl (sums of per-state "
+                f"KLs by the chain rule), not {cls.name}: use 'token'",
+            )
         if cfg.mode == "exact" and cfg.samples == "reference":
             raise ConfigError(f"{path}.samples", "exact mode needs the reference's logits at the policy's states")
 
     def default_label(self) -> str:
         c = self.cfg
-        return (self.name + ("_exact" if c.mode == "exact" else "_ref" if c.samples == "reference" else "")
-                + ("_seq" if c.gradient == "sequence" else ""))
+        return (
+            self.name
+            + ("_exact" if c.mode == "exact" else "_ref" if c.samples == "reference" else "")
+            + ("_seq" if c.gradient == "sequence" else "")
+        )
 
     def describe(self) -> dict[str, str]:
         c, named = self.cfg, _NAMED[self.name] + (f" (alpha={self._alpha():g})" if self.name == "alpha" else "")
         level = "sequence" if c.gradient == "sequence" else "token"
-        how = ("exact over the vocabulary" if c.mode == "exact" else
-               "on reference samples" if c.samples == "reference" else "on policy samples")
-        return {"value": f"{named}, {how}" + (", per sequence" if level == "sequence" else ""),
-                "gradient": f"{named} ({level})"}
+        how = (
+            "exact over the vocabulary"
+            if c.mode == "exact"
+            else "on reference samples"
+            if c.samples == "reference"
+            else "on policy samples"
+        )
+        return {
+            "value": f"{named}, {how}" + (", per sequence" if level == "sequence" else ""),
+            "gradient": f"{named} ({level})",
+        }
 
     def _alpha(self) -> float:
         return getattr(self.cfg, "alpha", 0.5)
@@ -111,17 +128,28 @@ class _FDiv(Regularizer[FDivConfig]):
         c = self.cfg
         if c.mode == "exact":
             # from logits, or (fused head: batch.logits is None) from batch.hidden with linear_f_divergence
-            per_state = batch.exact_divergence(self.divergence_name, self.reference_key, self.label, self._alpha(),
-                                               c.chunk_size)
+            per_state = batch.exact_divergence(
+                self.divergence_name, self.reference_key, self.label, self._alpha(), c.chunk_size
+            )
             if c.gradient == "token":
                 return per_state, {}
             ref = batch.reference("ref_logprobs", self.reference_key, self.label)
-            return exact_sequence_penalty(per_state, batch.logprobs, ref, batch.mask, self.divergence_name,
-                                          c.weight_cap, c.log_ratio_clamp)
+            return exact_sequence_penalty(
+                per_state, batch.logprobs, ref, batch.mask, self.divergence_name, c.weight_cap, c.log_ratio_clamp
+            )
         check_samples(self, batch, c.samples)
         ref = batch.reference("ref_logprobs", self.reference_key, self.label)
-        return sampled_penalty(batch.logprobs, ref, batch.mask, self.divergence_name, c.samples, c.gradient,
-                               self._alpha(), log_ratio_clamp=c.log_ratio_clamp, weight_cap=c.weight_cap)
+        return sampled_penalty(
+            batch.logprobs,
+            ref,
+            batch.mask,
+            self.divergence_name,
+            c.samples,
+            c.gradient,
+            self._alpha(),
+            log_ratio_clamp=c.log_ratio_clamp,
+            weight_cap=c.weight_cap,
+        )
 
 
 class ForwardKL(_FDiv):

@@ -36,15 +36,31 @@ Estimator = Literal["k1", "k2", "k3", "abs", "k1+", "k3+"]
 assert set(get_args(Estimator)) == set(KL_ESTIMATORS)
 
 #: what each estimator's value is on policy samples
-ESTIMATOR_VALUE = {"k1": "k1 (unbiased)", "k2": "k2 = d^2/2 (biased)", "k3": "k3 (unbiased)",
-                   "abs": "abs(d) (not a KL)", "k1+": "k1 (unbiased)", "k3+": "k3 (unbiased)"}
+ESTIMATOR_VALUE = {
+    "k1": "k1 (unbiased)",
+    "k2": "k2 = d^2/2 (biased)",
+    "k3": "k3 (unbiased)",
+    "abs": "abs(d) (not a KL)",
+    "k1+": "k1 (unbiased)",
+    "k3+": "k3 (unbiased)",
+}
 #: what each estimator's pathwise gradient is on policy samples (section 2b of regularizers.md)
-PATHWISE_GRADIENT = {"k1": "none (zero in expectation)", "k2": "reverse KL (token)", "k3": "forward KL (token)",
-                     "abs": "sign(d) (no divergence's)", "k1+": "reverse KL (token)", "k3+": "reverse KL (token)"}
+PATHWISE_GRADIENT = {
+    "k1": "none (zero in expectation)",
+    "k2": "reverse KL (token)",
+    "k3": "forward KL (token)",
+    "abs": "sign(d) (no divergence's)",
+    "k1+": "reverse KL (token)",
+    "k3+": "reverse KL (token)",
+}
 #: ... and times the differentiated ratio pi/sg(pi) (TRL's use_bias_correction_kl, DeepSeek-V3.2): the pathwise
 #: gradient becomes (k' + k) grad log pi: d for k3, 1 + d for k1 (the 1 has zero mean), d + d^2/2 for k2
-PATHWISE_CORRECTED_GRADIENT = {"k1": "reverse KL (token)", "k2": "d + d^2/2 (no divergence's)",
-                               "k3": "reverse KL (token)", "abs": "sign(d) + |d| (no divergence's)"}
+PATHWISE_CORRECTED_GRADIENT = {
+    "k1": "reverse KL (token)",
+    "k2": "d + d^2/2 (no divergence's)",
+    "k3": "reverse KL (token)",
+    "abs": "sign(d) + |d| (no divergence's)",
+}
 
 
 class KLConfig(RegularizerConfig):
@@ -78,39 +94,63 @@ class KL(Regularizer[KLConfig]):
         super().check(cfg, path)
         explicit = cfg.model_fields_set
         if cfg.mode == "exact" and "estimator" in explicit:
-            raise ConfigError(f"{path}.estimator",
-                              "estimators apply to mode 'sampled'; mode 'exact' sums over the vocabulary")
+            raise ConfigError(
+                f"{path}.estimator", "estimators apply to mode 'sampled'; mode 'exact' sums over the vocabulary"
+            )
         if cfg.mode == "exact" and cfg.gradient == "pathwise":
-            raise ConfigError(f"{path}.gradient", "'pathwise' differentiates a sampled estimator; mode 'exact' "
-                              "delivers the exact gradient (token or sequence)")
+            raise ConfigError(
+                f"{path}.gradient",
+                "'pathwise' differentiates a sampled estimator; mode 'exact' "
+                "delivers the exact gradient (token or sequence)",
+            )
         if cfg.samples == "reference":
             if cfg.mode == "exact":
-                raise ConfigError(f"{path}.samples", "'samples' applies to mode 'sampled' only (exact mode needs "
-                                  "the reference's logits at the policy's own states)")
+                raise ConfigError(
+                    f"{path}.samples",
+                    "'samples' applies to mode 'sampled' only (exact mode needs "
+                    "the reference's logits at the policy's own states)",
+                )
             if "estimator" in explicit:
-                raise ConfigError(f"{path}.estimator", "with samples 'reference' the estimator is u log u - u + 1; "
-                                  "k1..k3 assume samples from the policy")
+                raise ConfigError(
+                    f"{path}.estimator",
+                    "with samples 'reference' the estimator is u log u - u + 1; k1..k3 assume samples from the policy",
+                )
             if cfg.gradient == "pathwise":
-                raise ConfigError(f"{path}.gradient", "on reference samples the pathwise gradient is the token "
-                                  "gradient: use 'token' or 'sequence'")
+                raise ConfigError(
+                    f"{path}.gradient",
+                    "on reference samples the pathwise gradient is the token gradient: use 'token' or 'sequence'",
+                )
         if cfg.placement == "reward":
             if cfg.samples == "reference":
-                raise ConfigError(f"{path}.samples", "reward placement shapes the policy's own samples; "
-                                  "use samples 'policy'")
+                raise ConfigError(
+                    f"{path}.samples", "reward placement shapes the policy's own samples; use samples 'policy'"
+                )
             if cfg.mode == "sampled" and cfg.estimator != "k1":
-                raise ConfigError(f"{path}.estimator", "in the reward only k1 delivers the reverse-KL gradient "
-                                  "(E[grad log P * sum k1] = grad KL(P || P_ref)); k2/k3 there optimize another "
-                                  "quantity: use estimator k1, or placement 'loss'")
+                raise ConfigError(
+                    f"{path}.estimator",
+                    "in the reward only k1 delivers the reverse-KL gradient "
+                    "(E[grad log P * sum k1] = grad KL(P || P_ref)); k2/k3 there optimize another "
+                    "quantity: use estimator k1, or placement 'loss'",
+                )
             if "gradient" in explicit and cfg.gradient != "sequence":
-                raise ConfigError(f"{path}.gradient", "placement 'reward' delivers the sequence-level gradient "
-                                  "through the return: set gradient 'sequence' or leave it out")
+                raise ConfigError(
+                    f"{path}.gradient",
+                    "placement 'reward' delivers the sequence-level gradient "
+                    "through the return: set gradient 'sequence' or leave it out",
+                )
         if cfg.estimator in ("k1+", "k3+") and cfg.gradient != "token":
-            raise ConfigError(f"{path}.estimator", f"{cfg.estimator!r} is k{cfg.estimator[1]} with the token "
-                              f"gradient; with gradient {cfg.gradient!r} write estimator 'k{cfg.estimator[1]}'")
-        if cfg.importance_correction and (cfg.samples != "policy" or cfg.mode != "sampled"
-                                          or cfg.gradient == "sequence"):
-            raise ConfigError(f"{path}.importance_correction", "only applies to sampled estimates on policy "
-                              "samples with gradient 'token' or 'pathwise'")
+            raise ConfigError(
+                f"{path}.estimator",
+                f"{cfg.estimator!r} is k{cfg.estimator[1]} with the token "
+                f"gradient; with gradient {cfg.gradient!r} write estimator 'k{cfg.estimator[1]}'",
+            )
+        if cfg.importance_correction and (
+            cfg.samples != "policy" or cfg.mode != "sampled" or cfg.gradient == "sequence"
+        ):
+            raise ConfigError(
+                f"{path}.importance_correction",
+                "only applies to sampled estimates on policy samples with gradient 'token' or 'pathwise'",
+            )
 
     def default_label(self) -> str:
         c = self.cfg
@@ -119,11 +159,17 @@ class KL(Regularizer[KLConfig]):
 
     def describe(self) -> dict[str, str]:
         c = self.cfg
-        on = {"exact": "exact over the vocabulary", "sampled": f"{ESTIMATOR_VALUE[c.estimator]} on policy samples"
-              if c.samples == "policy" else "u log u - u + 1 on reference samples"}[c.mode]
+        on = {
+            "exact": "exact over the vocabulary",
+            "sampled": f"{ESTIMATOR_VALUE[c.estimator]} on policy samples"
+            if c.samples == "policy"
+            else "u log u - u + 1 on reference samples",
+        }[c.mode]
         if c.placement == "reward":
-            return {"value": f"reverse KL, {on}, subtracted from the reward",
-                    "gradient": "reverse KL (sequence), through the return"}
+            return {
+                "value": f"reverse KL, {on}, subtracted from the reward",
+                "gradient": "reverse KL (sequence), through the return",
+            }
         level = "sequence" if c.gradient == "sequence" else "token"
         pathwise = PATHWISE_CORRECTED_GRADIENT if c.importance_correction else PATHWISE_GRADIENT
         grad = pathwise[c.estimator] if c.gradient == "pathwise" else f"reverse KL ({level})"
@@ -150,8 +196,16 @@ class KL(Regularizer[KLConfig]):
         check_samples(self, batch, c.samples)
         ref = batch.reference("ref_logprobs", self.reference_key, self.label)
         if c.samples == "reference":
-            return sampled_penalty(batch.logprobs, ref, batch.mask, "reverse_kl", "reference", c.gradient,
-                                   log_ratio_clamp=c.log_ratio_clamp, weight_cap=c.weight_cap)
+            return sampled_penalty(
+                batch.logprobs,
+                ref,
+                batch.mask,
+                "reverse_kl",
+                "reference",
+                c.gradient,
+                log_ratio_clamp=c.log_ratio_clamp,
+                weight_cap=c.weight_cap,
+            )
         estimator = c.estimator.rstrip("+")
         value = kl_penalty(batch.logprobs, ref, estimator, c.log_ratio_clamp, c.value_clamp)
         ratio = None
@@ -159,13 +213,24 @@ class KL(Regularizer[KLConfig]):
             ratio = torch.exp(torch.clamp(batch.logprobs - batch.require("old_logprobs", self.label), max=20.0))
         if c.gradient == "pathwise" or c.placement == "reward":
             return (value if ratio is None else value * ratio), {}
-        out, stats = sampled_penalty(batch.logprobs, ref, batch.mask, "reverse_kl", "policy", c.gradient,
-                                     value=value, log_ratio_clamp=c.log_ratio_clamp, weight_cap=c.weight_cap)
+        out, stats = sampled_penalty(
+            batch.logprobs,
+            ref,
+            batch.mask,
+            "reverse_kl",
+            "policy",
+            c.gradient,
+            value=value,
+            log_ratio_clamp=c.log_ratio_clamp,
+            weight_cap=c.weight_cap,
+        )
         return (out if ratio is None else out * ratio.detach()), stats
 
 
 def check_samples(reg: Regularizer, batch: PolicyBatch, samples: str) -> None:
     """A sampled penalty's gradient is right only for the sampling distribution it assumes: refuse the other."""
     if (samples == "reference") != (batch.sampled_from == "ref"):
-        raise ValueError(f"regularizer {reg.label!r} is configured for samples from the {samples}, but the batch "
-                         f"was sampled from {batch.sampled_from!r}")
+        raise ValueError(
+            f"regularizer {reg.label!r} is configured for samples from the {samples}, but the batch "
+            f"was sampled from {batch.sampled_from!r}"
+        )

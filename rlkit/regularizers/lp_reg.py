@@ -54,11 +54,15 @@ class LpReg(Regularizer[LpRegConfig]):
     @classmethod
     def check(cls, cfg: LpRegConfig, path: str) -> None:
         if cfg.reference.type != "proxy":
-            raise ConfigError(f"{path}.reference", "lp_reg always regularizes toward its proxy; to build the proxy "
-                              "from the reference model set proxy_from: reference")
+            raise ConfigError(
+                f"{path}.reference",
+                "lp_reg always regularizes toward its proxy; to build the proxy "
+                "from the reference model set proxy_from: reference",
+            )
         if cfg.placement != "loss":
-            raise ConfigError(f"{path}.placement",
-                              "lp_reg replaces the surrogate on selected tokens: it lives in the loss")
+            raise ConfigError(
+                f"{path}.placement", "lp_reg replaces the surrogate on selected tokens: it lives in the loss"
+            )
         if cfg.weighting.type != "constant":
             raise ConfigError(f"{path}.weighting", "lp_reg supports constant weighting only")
 
@@ -67,13 +71,16 @@ class LpReg(Regularizer[LpRegConfig]):
 
     def describe(self) -> dict[str, str]:
         # as the paper's code: k3 differentiated as written, whose expected gradient is the forward KL's
-        return {"value": "reverse KL to the min-p proxy (k3), selected tokens",
-                "gradient": "forward KL(proxy ‖ pi) (token), selected tokens, as the paper's code"}
+        return {
+            "value": "reverse KL to the min-p proxy (k3), selected tokens",
+            "gradient": "forward KL(proxy ‖ pi) (token), selected tokens, as the paper's code",
+        }
 
     def proxy_logprobs(self, logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int | None = 1024) -> torch.Tensor:
         """Build ``batch.proxy_logprobs`` from old-policy (or reference) logits of the sampled ``tokens``."""
-        return lp_reg_proxy_logprobs(logits, tokens, self.cfg.min_p, self.cfg.temperature, self.cfg.threshold,
-                                     chunk_size)
+        return lp_reg_proxy_logprobs(
+            logits, tokens, self.cfg.min_p, self.cfg.temperature, self.cfg.threshold, chunk_size
+        )
 
     def selected(self, batch: PolicyBatch) -> torch.Tensor:
         """Bool ``[B, T]`` of the regularized tokens; computed once per batch (the objective asks three times:

@@ -28,12 +28,26 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     # GRPO paper / verl low_var_kl / OpenRLHF as they run it: k3 differentiated as written = forward-KL gradient
     "kl_k3_pathwise": [{"name": "kl", "estimator": "k3", "gradient": "pathwise"}],
     "kl_reward": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05}],
-    "kl_adaptive": [{"name": "kl", "estimator": "k1", "placement": "reward", "coef": 0.05,
-                     "weighting": {"type": "adaptive", "target": 0.05, "horizon": 1000}}],
+    "kl_adaptive": [
+        {
+            "name": "kl",
+            "estimator": "k1",
+            "placement": "reward",
+            "coef": 0.05,
+            "weighting": {"type": "adaptive", "target": 0.05, "horizon": 1000},
+        }
+    ],
     # APO's DADS: per-sample weights, KL averaged per sequence then over samples; dads_apo = k3 as View-R1 ran it
     "dads": [{"name": "kl", "estimator": "k3", "weighting": {"type": "dads"}, "aggregation": "seq-mean-token-mean"}],
-    "dads_apo": [{"name": "kl", "estimator": "k3", "gradient": "pathwise", "weighting": {"type": "dads"},
-                  "aggregation": "seq-mean-token-mean"}],
+    "dads_apo": [
+        {
+            "name": "kl",
+            "estimator": "k3",
+            "gradient": "pathwise",
+            "weighting": {"type": "dads"},
+            "aggregation": "seq-mean-token-mean",
+        }
+    ],
     "forward_kl_exact": [{"name": "forward_kl", "mode": "exact"}],
     "forward_kl_seq": [{"name": "forward_kl", "gradient": "sequence"}],
     "js_exact": [{"name": "js", "mode": "exact"}],
@@ -89,8 +103,9 @@ def _expand(spec: Any, path: str) -> list[dict[str, Any]]:
         if name in PRESETS:
             base = copy.deepcopy(PRESETS[name])
             if len(base) != 1:
-                raise ConfigError(f"{path}.name", f"preset {name!r} expands to {len(base)} regularizers; "
-                                  "it cannot take overrides")
+                raise ConfigError(
+                    f"{path}.name", f"preset {name!r} expands to {len(base)} regularizers; it cannot take overrides"
+                )
             merged = {**base[0], **{k: v for k, v in spec.items() if k != "name"}}
             return [merged]
         raise ConfigError(f"{path}.name", f"unknown regularizer {name!r}; available: {', '.join(available_presets())}")
@@ -132,20 +147,31 @@ def catalogue() -> list[dict[str, str]]:
     for name in available_presets():
         spec = PRESETS.get(name, [{"name": name}])
         for reg in build_regularizers(copy.deepcopy(spec)) if spec else []:
-            rows.append({"preset": name, "spec": _spec_text(spec[0]), "label": reg.label,
-                         "placement": reg.placement, **reg.describe()})
+            rows.append(
+                {
+                    "preset": name,
+                    "spec": _spec_text(spec[0]),
+                    "label": reg.label,
+                    "placement": reg.placement,
+                    **reg.describe(),
+                }
+            )
         if not spec:
-            rows.append({"preset": name, "spec": "[]", "label": "-", "placement": "-", "value": "nothing",
-                         "gradient": "none"})
+            rows.append(
+                {"preset": name, "spec": "[]", "label": "-", "placement": "-", "value": "nothing", "gradient": "none"}
+            )
     return rows
 
 
 def catalogue_markdown() -> str:
     """:func:`catalogue` as the README's markdown table (a test keeps the README's copy equal to it)."""
-    lines = ["| preset | metric label | placement | value (what `<label>/value` estimates) | gradient delivered |",
-             "|---|---|---|---|---|"]
-    lines += [f"| `{r['preset']}` | `{r['label']}` | {r['placement']} | {r['value']} | {r['gradient']} |"
-              for r in catalogue()]
+    lines = [
+        "| preset | metric label | placement | value (what `<label>/value` estimates) | gradient delivered |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{r['preset']}` | `{r['label']}` | {r['placement']} | {r['value']} | {r['gradient']} |" for r in catalogue()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +182,9 @@ def _spec_text(spec: dict) -> str:
 def check_objective(regularizers: Sequence[Regularizer], objective: str, path: str = "regularizers") -> None:
     """Refuse regularizers an objective cannot use (DPO's divergence lives inside its implicit reward)."""
     if objective == "dpo" and regularizers:
-        raise ConfigError(path, "DPO takes no regularizers: choose the divergence with dpo.divergence "
-                          "(reverse_kl, forward_kl, js, alpha)")
+        raise ConfigError(
+            path,
+            "DPO takes no regularizers: choose the divergence with dpo.divergence (reverse_kl, forward_kl, js, alpha)",
+        )
     if objective not in ("grpo", "ppo", "dpo"):
         raise ConfigError("objective", f"unknown objective {objective!r}; choose grpo, ppo or dpo")

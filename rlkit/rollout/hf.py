@@ -23,8 +23,7 @@ class TransformersEngine:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         if sampler == "native" and (why := supports_native_sampling(model)) is not None:
-            print(f"TransformersEngine: the native sampler cannot drive this model ({why}); using generate",
-                  flush=True)
+            print(f"TransformersEngine: the native sampler cannot drive this model ({why}); using generate", flush=True)
             sampler = "generate"
         self.sampler = sampler
 
@@ -39,22 +38,31 @@ class TransformersEngine:
             if self.sampler == "native":  # whole groups per batch: a group shares its prompt's prefill
                 per = max(1, self.batch_size // params.n)
                 for s in range(0, len(prompt_ids), per):
-                    out.extend(self._sample_batch(prompt_ids[s:s + per], params))
+                    out.extend(self._sample_batch(prompt_ids[s : s + per], params))
             else:
                 expanded = [p for p in prompt_ids for _ in range(params.n)]
                 for s in range(0, len(expanded), self.batch_size):
-                    out.extend(self._generate_batch(expanded[s:s + self.batch_size], params))
+                    out.extend(self._generate_batch(expanded[s : s + self.batch_size], params))
         finally:
             self.model.train(training)
         return out
 
     def _sample_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        toks, lps, lengths = sample(self.model, prompts, params.n, params.max_new_tokens, eos_id=self.eos_id,
-                                    pad_id=self.pad_id, temperature=params.temperature, top_k=params.top_k,
-                                    top_p=params.top_p, greedy=params.greedy)
+        toks, lps, lengths = sample(
+            self.model,
+            prompts,
+            params.n,
+            params.max_new_tokens,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            greedy=params.greedy,
+        )
         rows = [p for p in prompts for _ in range(params.n)]
         toks, lps, lengths = toks.tolist(), lps.tolist(), lengths.tolist()
-        return [self._completion(p, toks[i][:lengths[i]], lps[i][:lengths[i]]) for i, p in enumerate(rows)]
+        return [self._completion(p, toks[i][: lengths[i]], lps[i][: lengths[i]]) for i, p in enumerate(rows)]
 
     def _completion(self, prompt: list[int], toks: list[int], lps: list[float]) -> Completion:
         finished = bool(toks) and toks[-1] == self.eos_id
@@ -66,10 +74,15 @@ class TransformersEngine:
         ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompts):
-            ids[i, P - len(p):] = torch.as_tensor(p)
-            attn[i, P - len(p):] = 1
-        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                      return_dict_in_generate=True, output_scores=True)
+            ids[i, P - len(p) :] = torch.as_tensor(p)
+            attn[i, P - len(p) :] = 1
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
         if params.greedy:
             kwargs.update(do_sample=False)
         else:

@@ -69,9 +69,21 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
 
 
 @torch.no_grad()
-def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, eos_id: int, pad_id: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-           generator: torch.Generator | None = None, compact_fraction: float = 0.25):
+def sample(
+    model,
+    prompts: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    *,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    compact_fraction: float = 0.25,
+):
     """``n`` completions for each prompt (grouped: rows ``[i*n, (i+1)*n)`` belong to prompt ``i``).
 
     Returns ``(tokens, logprobs, lengths)``: ``tokens`` ``[len(prompts)*n, max_new_tokens]`` long (``pad_id`` after
@@ -82,13 +94,25 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, *, eos_
     to bfloat16 once per call instead of once per token (autocast's cast cache lives until its outermost region
     ends)."""
     with autocast_region(model):
-        return _sample(model, prompts, n, max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
-                       top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
-                       compact_fraction=compact_fraction)
+        return _sample(
+            model,
+            prompts,
+            n,
+            max_new_tokens,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+            compact_fraction=compact_fraction,
+        )
 
 
-def _sample(model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, top_k, top_p, greedy, generator,
-            compact_fraction):
+def _sample(
+    model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, top_k, top_p, greedy, generator, compact_fraction
+):
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("sample: every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -96,8 +120,8 @@ def _sample(model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, t
     ids = torch.full((B0, P), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros((B0, P), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):  # left padding: every row's next token goes in the same column
-        ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
-        mask[i, P - len(p):] = 1
+        ids[i, P - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, P - len(p) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     kw = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
     cache_name = cache_kwarg(model)
@@ -138,7 +162,12 @@ def _sample(model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, t
         # a finished row left in the batch feeds padding: it attends only to itself and its outputs are ignored
         tok = tok.masked_fill(~alive, pad_id)
         width += 1
-        out = model(input_ids=tok[:, None], attention_mask=mask[:, :width], position_ids=next_pos,
-                    use_cache=True, **{cache_name: cache})
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=mask[:, :width],
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_name: cache},
+        )
         cache, logits, next_pos = returned_cache(out), out.logits[:, -1].float(), next_pos + 1
     return tokens, logprobs, lengths

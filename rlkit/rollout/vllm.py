@@ -63,10 +63,16 @@ class VLLMEngine:
         self.on_gpu = torch.cuda.is_available()
         enforce_eager = options.get("enforce_eager")
         self.sleep_enabled = bool(options.get("sleep")) and self.on_gpu
-        kwargs = dict(model=str(model_path), dtype=engine_dtype(dtype), seed=seed, trust_remote_code=False,
-                      enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
-                      tensor_parallel_size=options.get("tensor_parallel_size", 1),
-                      logprobs_mode="processed_logprobs", enable_sleep_mode=self.sleep_enabled)
+        kwargs = dict(
+            model=str(model_path),
+            dtype=engine_dtype(dtype),
+            seed=seed,
+            trust_remote_code=False,
+            enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
+            tensor_parallel_size=options.get("tensor_parallel_size", 1),
+            logprobs_mode="processed_logprobs",
+            enable_sleep_mode=self.sleep_enabled,
+        )
         if options.get("max_model_len"):
             kwargs["max_model_len"] = options["max_model_len"]
         if self.on_gpu:
@@ -79,19 +85,27 @@ class VLLMEngine:
     def _sampling(self, params: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VP
 
-        common = dict(n=params.n, max_tokens=params.max_new_tokens, logprobs=0, seed=seed,
-                      stop=list(params.stop) or None, skip_special_tokens=True)
+        common = dict(
+            n=params.n,
+            max_tokens=params.max_new_tokens,
+            logprobs=0,
+            seed=seed,
+            stop=list(params.stop) or None,
+            skip_special_tokens=True,
+        )
         if params.greedy:
             return VP(temperature=0.0, **common)
-        return VP(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1,
-                  **common)
+        return VP(
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else -1, **common
+        )
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[Completion]:
         """``params.n`` completions per prompt, grouped by prompt. With ``params.seed``, prompt ``i`` is sampled
         with seed ``seed + i`` (reproducible, independent across prompts)."""
         self.wake_up()
-        sampling = [self._sampling(params, None if params.seed is None else params.seed + i)
-                    for i in range(len(prompt_ids))]
+        sampling = [
+            self._sampling(params, None if params.seed is None else params.seed + i) for i in range(len(prompt_ids))
+        ]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sampling, use_tqdm=False)
         completions = []
         for prompt, out in zip(prompt_ids, outs):

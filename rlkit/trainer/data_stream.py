@@ -44,7 +44,7 @@ class PromptStream:
             self.rng.shuffle(self.order)
             self.cursor = 0
         self.cursor += self.per_step
-        return [self.rows[i] for i in self.order[self.cursor - self.per_step:self.cursor]]
+        return [self.rows[i] for i in self.order[self.cursor - self.per_step : self.cursor]]
 
     def state(self, prefetched: bool) -> tuple[list[int], int, list]:
         """``(order, cursor, py_random)`` for a checkpoint: with a batch ``prefetched`` (drawn, not yet trained

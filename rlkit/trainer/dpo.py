@@ -47,7 +47,7 @@ def pair_logps(model, pairs: list[tuple], device, pad_id: int) -> tuple[torch.Te
 @torch.no_grad()
 def precompute_logps(model, pairs: list[tuple], device, pad_id: int, batch_size: int = 64):
     """Chosen and rejected sequence log-probs of every pair, in one pass over the data (CPU tensors ``[N]``)."""
-    out = [pair_logps(model, pairs[i:i + batch_size], device, pad_id) for i in range(0, len(pairs), batch_size)]
+    out = [pair_logps(model, pairs[i : i + batch_size], device, pad_id) for i in range(0, len(pairs), batch_size)]
     return torch.cat([c for c, _ in out]).cpu(), torch.cat([r for _, r in out]).cpu()
 
 
@@ -61,10 +61,24 @@ def dpo_batch_loss(policy, ref_c: torch.Tensor, ref_r: torch.Tensor, pairs: list
     from rlkit.objectives import dpo_loss
 
     pc, pr = pair_logps(policy, pairs, device, pad_id)
-    loss, metrics = dpo_loss(pc, pr, ref_c.to(pc), ref_r.to(pr), beta=cfg.beta, divergence=cfg.divergence,
-                             alpha=cfg.alpha, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
-    metrics.update({"loss": metrics["loss/dpo"], "logps/chosen": float(pc.detach().mean()),
-                    "logps/rejected": float(pr.detach().mean())})
+    loss, metrics = dpo_loss(
+        pc,
+        pr,
+        ref_c.to(pc),
+        ref_r.to(pr),
+        beta=cfg.beta,
+        divergence=cfg.divergence,
+        alpha=cfg.alpha,
+        label_smoothing=cfg.label_smoothing,
+        loss_type=cfg.loss_type,
+    )
+    metrics.update(
+        {
+            "loss": metrics["loss/dpo"],
+            "logps/chosen": float(pc.detach().mean()),
+            "logps/rejected": float(pr.detach().mean()),
+        }
+    )
     return loss, metrics, (pc.detach(), pr.detach())
 
 
@@ -75,11 +89,25 @@ def preference_eval(policy, pairs, ref_c, ref_r, cfg, device, pad_id: int, batch
     from rlkit.objectives import dpo_loss
 
     pc, pr = precompute_logps(policy, pairs, device, pad_id, batch_size)
-    loss, m = dpo_loss(pc, pr, ref_c, ref_r, beta=cfg.beta, divergence=cfg.divergence, alpha=cfg.alpha,
-                       label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
-    return {"pref/accuracy": m["rewards/accuracy"], "pref/logp_accuracy": float((pc > pr).float().mean()),
-            "pref/loss": float(loss), "pref/margin": m["rewards/margin"], "pref/ece": m["rewards/ece"],
-            "pref/num_pairs": len(pairs)}
+    loss, m = dpo_loss(
+        pc,
+        pr,
+        ref_c,
+        ref_r,
+        beta=cfg.beta,
+        divergence=cfg.divergence,
+        alpha=cfg.alpha,
+        label_smoothing=cfg.label_smoothing,
+        loss_type=cfg.loss_type,
+    )
+    return {
+        "pref/accuracy": m["rewards/accuracy"],
+        "pref/logp_accuracy": float((pc > pr).float().mean()),
+        "pref/loss": float(loss),
+        "pref/margin": m["rewards/margin"],
+        "pref/ece": m["rewards/ece"],
+        "pref/num_pairs": len(pairs),
+    }
 
 
 @torch.no_grad()
@@ -98,18 +126,29 @@ def task_eval(model, tokenizer, recipe: Recipe, rows: list[dict], prompt_ids: li
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
 
     def score(comps, n):
-        res = reward.compute([p for p in prompts for _ in range(n)], [c.text for c in comps],
-                             [a for a in answers for _ in range(n)])
+        res = reward.compute(
+            [p for p in prompts for _ in range(n)], [c.text for c in comps], [a for a in answers for _ in range(n)]
+        )
         return correctness(res.components), res.totals
 
-    comps = engine.generate(prompt_ids, SamplingParams(n=ev.n_samples, max_new_tokens=ro.max_new_tokens,
-                                                       temperature=ev.temperature, seed=seed))
+    comps = engine.generate(
+        prompt_ids,
+        SamplingParams(n=ev.n_samples, max_new_tokens=ro.max_new_tokens, temperature=ev.temperature, seed=seed),
+    )
     ok, totals = score(comps, ev.n_samples)
     n = ev.n_samples
-    result = summarize_correctness([ok[i * n:(i + 1) * n] for i in range(len(rows))], ev.ks)
+    result = summarize_correctness([ok[i * n : (i + 1) * n] for i in range(len(rows))], ev.ks)
     greedy, _ = score(engine.generate(prompt_ids, SamplingParams(max_new_tokens=ro.max_new_tokens, greedy=True)), 1)
-    result.update({"k": max(ev.ks), "pass@k": result[f"pass@{max(ev.ks)}"], "greedy_accuracy": sum(greedy) / len(rows),
-                   "reward_mean": sum(totals) / len(totals), "num_prompts": len(rows), "n_samples": n})
+    result.update(
+        {
+            "k": max(ev.ks),
+            "pass@k": result[f"pass@{max(ev.ks)}"],
+            "greedy_accuracy": sum(greedy) / len(rows),
+            "reward_mean": sum(totals) / len(totals),
+            "num_prompts": len(rows),
+            "n_samples": n,
+        }
+    )
     return result
 
 
@@ -120,13 +159,21 @@ def load_pairs(recipe: Recipe) -> tuple[list[dict], list[dict]]:
     cfg = recipe.dpo
     if cfg.data is None:
         if recipe.data.source != "arithmetic":
-            raise ConfigError("dpo.data", "synthetic pairs exist only for data.source 'arithmetic'; give a "
-                                          "preference file with prompt/chosen/rejected columns")
+            raise ConfigError(
+                "dpo.data",
+                "synthetic pairs exist only for data.source 'arithmetic'; give a "
+                "preference file with prompt/chosen/rejected columns",
+            )
         params = dict(recipe.data.params)
         try:
-            train, held = make_synthetic_pairs(cfg.num_pairs, recipe.seed, cfg.rejected,
-                                               split_seed=params.pop("seed", recipe.seed),
-                                               n_eval_pairs=cfg.eval_pairs, **params)
+            train, held = make_synthetic_pairs(
+                cfg.num_pairs,
+                recipe.seed,
+                cfg.rejected,
+                split_seed=params.pop("seed", recipe.seed),
+                n_eval_pairs=cfg.eval_pairs,
+                **params,
+            )
         except (ValueError, TypeError) as err:
             raise ConfigError("data.params", str(err)) from None
         return list(train), list(held)
@@ -152,16 +199,21 @@ def _check(recipe: Recipe) -> None:
     """Refuse, naming the key, what the DPO trainer does not do: --resume, mid-run checkpoints, LoRA, more than one
     learner, an arithmetic SFT warm start before training on the user's own preference data."""
     if recipe.resume or recipe.checkpoint.save_every:
-        raise ConfigError("checkpoint.save_every" if recipe.checkpoint.save_every else "resume",
-                          "algorithm 'dpo' has no mid-run checkpoints or --resume yet (final/ is still saved)")
+        raise ConfigError(
+            "checkpoint.save_every" if recipe.checkpoint.save_every else "resume",
+            "algorithm 'dpo' has no mid-run checkpoints or --resume yet (final/ is still saved)",
+        )
     if recipe.model.lora is not None:
         raise ConfigError("model.lora", "LoRA is not supported by the DPO trainer yet")
     if recipe.learner.num_workers != 1:
         raise ConfigError("learner.num_workers", "the DPO trainer runs in one process: use 1")
     if recipe.dpo.data and recipe.sft.enabled and recipe.data.source == "arithmetic" and not recipe.sft.data:
-        raise ConfigError("sft.enabled", "dpo.data is your own preference data but the SFT warm start would train on "
-                                         "the arithmetic task: set sft.enabled=false and model.name_or_path to "
-                                         "your SFT model, or give data.source and sft.data")
+        raise ConfigError(
+            "sft.enabled",
+            "dpo.data is your own preference data but the SFT warm start would train on "
+            "the arithmetic task: set sft.enabled=false and model.name_or_path to "
+            "your SFT model, or give data.source and sft.data",
+        )
 
 
 def stopped_dir(out: Path, step: int) -> Path:
@@ -212,11 +264,15 @@ class DPORun:
     def evaluate(self, with_task: bool) -> dict:
         """Held-out preference metrics, and with ``with_task`` the task's pass@k / greedy accuracy."""
         assert self.ref_held is not None  # set by _attach_reference, before the first evaluation
-        result = preference_eval(self.policy, self.held_pairs, *self.ref_held, self.cfg, self.device, self.pad_id,
-                                 self.eval_batch_size)
+        result = preference_eval(
+            self.policy, self.held_pairs, *self.ref_held, self.cfg, self.device, self.pad_id, self.eval_batch_size
+        )
         if with_task and self.task_rows:
-            result.update(task_eval(self.policy, self.tokenizer, self.recipe, self.task_rows, self.task_ids,
-                                    seed=self.recipe.seed))
+            result.update(
+                task_eval(
+                    self.policy, self.tokenizer, self.recipe, self.task_rows, self.task_ids, seed=self.recipe.seed
+                )
+            )
         return result
 
 
@@ -254,9 +310,13 @@ def _exit_stopped(recipe: Recipe, stops, stop) -> NoReturn:
     for sig in StopSignals.SIGNALS:  # the weights are saved: further signals change nothing
         signal.signal(sig, signal.SIG_IGN)
     signum = stops.received or stop.signum
-    print(f"rlkit: received {signal.Signals(signum).name} at step {stops.step}: weights -> {stop.checkpoint}; "
-          "DPO has no --resume (no optimizer state is saved): rerun to train from the start, or evaluate them "
-          f"with rlkit eval {stop.checkpoint}", file=sys.stderr, flush=True)
+    print(
+        f"rlkit: received {signal.Signals(signum).name} at step {stops.step}: weights -> {stop.checkpoint}; "
+        "DPO has no --resume (no optimizer state is saved): rerun to train from the start, or evaluate them "
+        f"with rlkit eval {stop.checkpoint}",
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(128 + signum) from None
 
 
@@ -268,8 +328,12 @@ def _run_dpo(recipe: Recipe, console, stops) -> dict:
     _load_policy(run)
     _attach_reference(run)
     eval_before = run.evaluate(recipe.eval.before)
-    run.console.print("eval before: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_before.items()
-                                                  if k in ("pref/logp_accuracy", "pass@1", "greedy_accuracy")))
+    run.console.print(
+        "eval before: "
+        + ", ".join(
+            f"{k} {v:.3f}" for k, v in eval_before.items() if k in ("pref/logp_accuracy", "pass@1", "greedy_accuracy")
+        )
+    )
     loop = _train(run, stops)
     return _finish(run, eval_before, loop)
 
@@ -288,8 +352,10 @@ def _open_run(recipe: Recipe, console) -> DPORun:
     train_rows, held_rows = load_pairs(recipe)
     do_task = cfg.task_eval if cfg.task_eval is not None else (cfg.data is None or recipe.data.source != "arithmetic")
     task_rows = load_task_data(recipe)[1][: recipe.eval.num_prompts] if do_task else []
-    console.print(f"[bold]rlkit[/] DPO ({cfg.divergence}, {cfg.loss_type}, beta {cfg.beta}) | train pairs "
-                  f"{len(train_rows)} | held-out pairs {len(held_rows)} | reference {cfg.reference} | out {out}")
+    console.print(
+        f"[bold]rlkit[/] DPO ({cfg.divergence}, {cfg.loss_type}, beta {cfg.beta}) | train pairs "
+        f"{len(train_rows)} | held-out pairs {len(held_rows)} | reference {cfg.reference} | out {out}"
+    )
     check_model_source(recipe)
     if cfg.reference_model and not Path(cfg.reference_model).expanduser().exists() and cfg.reference_model != "tiny":
         raise ConfigError("dpo.reference_model", f"model directory {cfg.reference_model!r} not found")
@@ -330,8 +396,11 @@ def _attach_reference(run: DPORun) -> None:
     if cfg.reference == "precomputed" and cfg.reference_model is None:
         reference = run.policy
     else:
-        reference = load_model_and_tokenizer(run.ref_path, dtype=run.recipe.model.dtype,
-                                             seed=run.recipe.seed)[0].to(run.device).eval()
+        reference = (
+            load_model_and_tokenizer(run.ref_path, dtype=run.recipe.model.dtype, seed=run.recipe.seed)[0]
+            .to(run.device)
+            .eval()
+        )
         reference.requires_grad_(False)
     bs = run.eval_batch_size
     run.ref_held = precompute_logps(reference, run.held_pairs, run.device, run.pad_id, bs)
@@ -378,11 +447,18 @@ def _train(run: DPORun, stops) -> LoopResult:
 
     cfg = run.cfg
     total = cfg.steps or cfg.epochs * math.ceil(len(run.train_pairs) / cfg.batch_size)
-    optimizer = torch.optim.AdamW([p for p in run.policy.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in run.policy.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
     batches = epoch_batches(len(run.train_pairs), cfg.batch_size, run.recipe.seed)
-    logger = metrics_logger(run.out, run.recipe.logging, config=run.recipe.model_dump(mode="json"),
-                            progress_total=total, progress_keys=("loss", "accuracy", "margin"), console=run.console)
+    logger = metrics_logger(
+        run.out,
+        run.recipe.logging,
+        config=run.recipe.model_dump(mode="json"),
+        progress_total=total,
+        progress_keys=("loss", "accuracy", "margin"),
+        console=run.console,
+    )
     t_loop, skipped = time.time(), 0
     try:
         stops.in_loop = True  # a signal from here on: finish the step, save the weights, stop
@@ -429,10 +505,19 @@ def _save_stopped(run: DPORun, stops, step: int, total: int) -> NoReturn:
 
     from .faults import Stop
 
-    note = {"algorithm": "dpo", "step": step, "steps": total, "resumable": False,
-            "signal": signal.Signals(stops.received).name}
-    ck = save_hf_checkpoint(run.policy, run.tokenizer, stopped_dir(run.out, step),
-                            extra_files={"stopped.json": json.dumps(note, indent=2) + "\n"})
+    note = {
+        "algorithm": "dpo",
+        "step": step,
+        "steps": total,
+        "resumable": False,
+        "signal": signal.Signals(stops.received).name,
+    }
+    ck = save_hf_checkpoint(
+        run.policy,
+        run.tokenizer,
+        stopped_dir(run.out, step),
+        extra_files={"stopped.json": json.dumps(note, indent=2) + "\n"},
+    )
     raise Stop(stops.received, ck)
 
 
@@ -445,18 +530,36 @@ def _finish(run: DPORun, eval_before: dict, loop: LoopResult) -> dict:
 
     cfg, recipe, out = run.cfg, run.recipe, run.out
     final = str(save_hf_checkpoint(run.policy, run.tokenizer, out / "final")) if recipe.checkpoint.save_final else None
-    summary = {"algorithm": "dpo", "divergence": cfg.divergence, "alpha": cfg.alpha, "beta": cfg.beta,
-               "loss_type": cfg.loss_type, "label_smoothing": cfg.label_smoothing, "reference": cfg.reference,
-               "eval_before": eval_before, "eval_after": loop.eval_after, "steps": loop.steps,
-               "skipped_steps": loop.skipped, "train_pairs": len(run.train_pairs), "initial_model": run.init_path,
-               "reference_model": run.ref_path, "final_checkpoint": final, "wall_time_s": time.time() - run.t0,
-               "train_time_s": loop.train_time_s, "reference_time_s": run.t_ref}
+    summary = {
+        "algorithm": "dpo",
+        "divergence": cfg.divergence,
+        "alpha": cfg.alpha,
+        "beta": cfg.beta,
+        "loss_type": cfg.loss_type,
+        "label_smoothing": cfg.label_smoothing,
+        "reference": cfg.reference,
+        "eval_before": eval_before,
+        "eval_after": loop.eval_after,
+        "steps": loop.steps,
+        "skipped_steps": loop.skipped,
+        "train_pairs": len(run.train_pairs),
+        "initial_model": run.init_path,
+        "reference_model": run.ref_path,
+        "final_checkpoint": final,
+        "wall_time_s": time.time() - run.t0,
+        "train_time_s": loop.train_time_s,
+        "reference_time_s": run.t_ref,
+    }
 
     def table() -> None:
         hide = {"k", "n_samples", "num_prompts", "pass@k", "pref/num_pairs"}
         shown = lambda ev: {k: v for k, v in ev.items() if k not in hide}  # noqa: E731
         samples = f", {len(run.task_rows)} prompts x {recipe.eval.n_samples} samples" if run.task_rows else ""
-        print_summary_table(shown(eval_before), shown(loop.eval_after), console=run.console,
-                            title=f"held-out evaluation ({len(run.held_pairs)} pairs{samples}, before -> after DPO)")
+        print_summary_table(
+            shown(eval_before),
+            shown(loop.eval_after),
+            console=run.console,
+            title=f"held-out evaluation ({len(run.held_pairs)} pairs{samples}, before -> after DPO)",
+        )
 
     return finish_run(out, summary, run.console, plot=recipe.logging.plot, table=table)

@@ -50,10 +50,15 @@ def _eval_recipe(checkpoint: str, recipe_path: str | None, overrides: list[str])
 def eval_placement(recipe: Recipe, mode: str | None = None, use_ray: bool = False) -> str | None:
     """Why this evaluation runs its workers as Ray actors (``"--ray"``, ``"ray.mode=actors"``, ``"rollout.engine=
     vllm"``, ...), or None to run them in this process. ``mode``: the ``ray.mode`` the user asked for, if any."""
-    needs = [(key, value) for key, value, bad in (
-        ("ray.address", recipe.ray.address, recipe.ray.address is not None),
-        ("rollout.engine", recipe.rollout.engine, recipe.rollout.engine != "transformers"),
-        ("rollout.num_workers", recipe.rollout.num_workers, recipe.rollout.num_workers != 1)) if bad]
+    needs = [
+        (key, value)
+        for key, value, bad in (
+            ("ray.address", recipe.ray.address, recipe.ray.address is not None),
+            ("rollout.engine", recipe.rollout.engine, recipe.rollout.engine != "transformers"),
+            ("rollout.num_workers", recipe.rollout.num_workers, recipe.rollout.num_workers != 1),
+        )
+        if bad
+    ]
     if mode == "inprocess" and needs and not use_ray:
         key, value = needs[0]
         raise ConfigError(key, f"{value!r} needs Ray actors: drop ray.mode=inprocess (or change {key})")
@@ -64,9 +69,15 @@ def eval_placement(recipe: Recipe, mode: str | None = None, use_ray: bool = Fals
     return f"{needs[0][0]}={needs[0][1]}" if needs and mode != "inprocess" else None
 
 
-def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrides: list[str] | None = None,
-                        reference: str | None = None, out: str | None = None, console=None,
-                        use_ray: bool = False) -> dict:
+def run_eval_checkpoint(
+    checkpoint: str,
+    recipe_path: str | None = None,
+    overrides: list[str] | None = None,
+    reference: str | None = None,
+    out: str | None = None,
+    console=None,
+    use_ray: bool = False,
+) -> dict:
     """Evaluate ``checkpoint``; ``use_ray``: workers as Ray actors even where in-process would do
     (:func:`eval_placement`)."""
     from rich.console import Console
@@ -84,13 +95,22 @@ def run_eval_checkpoint(checkpoint: str, recipe_path: str | None = None, overrid
     _, held = load_task_data(recipe)
     ev = recipe.eval
     rows = held[: ev.num_prompts]
-    console.print(f"[bold]rlkit eval[/] {checkpoint} | recipe {source} | {len(rows)} prompts x {ev.n_samples} "
-                  f"samples | ks {ev.ks} | reference {reference or '-'} | "
-                  + (f"Ray actors ({why_ray})" if why_ray else "in-process (--ray for Ray actors)"))
+    console.print(
+        f"[bold]rlkit eval[/] {checkpoint} | recipe {source} | {len(rows)} prompts x {ev.n_samples} "
+        f"samples | ks {ev.ks} | reference {reference or '-'} | "
+        + (f"Ray actors ({why_ray})" if why_ray else "in-process (--ray for Ray actors)")
+    )
     ids = _encode_prompts(recipe, checkpoint, rows)
     result, seconds = _evaluate_placed(recipe, checkpoint, reference, rows, ids, why_ray is None, console)
-    result.update({"checkpoint": checkpoint, "recipe": source, "reference": reference,
-                   "eval_time_s": seconds, "placement": "ray" if why_ray else "inprocess"})
+    result.update(
+        {
+            "checkpoint": checkpoint,
+            "recipe": source,
+            "reference": reference,
+            "eval_time_s": seconds,
+            "placement": "ray" if why_ray else "inprocess",
+        }
+    )
     _print_result(checkpoint, result, console)
     if out:
         from rlkit.utils.checkpoint import atomic_write_json
@@ -132,8 +152,15 @@ def _encode_prompts(recipe: Recipe, checkpoint: str, rows: list[dict]) -> list[l
     return make_encoder(recipe, model, tokenizer, {"held-out": rows})([r["prompt"] for r in rows])
 
 
-def _evaluate_placed(recipe: Recipe, checkpoint: str, reference: str | None, rows: list[dict],
-                     ids: list[list[int]], inproc: bool, console) -> tuple[dict, float]:
+def _evaluate_placed(
+    recipe: Recipe,
+    checkpoint: str,
+    reference: str | None,
+    rows: list[dict],
+    ids: list[list[int]],
+    inproc: bool,
+    console,
+) -> tuple[dict, float]:
     """Spawn the rollout, reward and (with ``reference``) reference workers, in this process or as Ray actors, and
     run training's :func:`.evaluate.evaluate` with them; the Ray cluster started for it is shut down after. Returns
     the metrics and the seconds from the placement's start (not counted) to the end."""
@@ -148,16 +175,37 @@ def _evaluate_placed(recipe: Recipe, checkpoint: str, reference: str | None, row
     t0 = time.time()
     try:
         workers = spawn_rollout_workers(recipe, checkpoint, inprocess=inproc)
-        reward = spawn(RewardWorker, dict(num_cpus=rc.cpus_per_reward),
-                       [r.model_dump(exclude_defaults=True) for r in recipe.rewards], inprocess=inproc)
+        reward = spawn(
+            RewardWorker,
+            dict(num_cpus=rc.cpus_per_reward),
+            [r.model_dump(exclude_defaults=True) for r in recipe.rewards],
+            inprocess=inproc,
+        )
         ref = None
         if reference is not None:
-            ref = spawn(ReferenceWorker, dict(num_cpus=rc.cpus_per_reference), "initial", [reference],
-                        dtype=recipe.model.dtype, temperature=recipe.rollout.temperature,
-                        torch_threads=rc.torch_threads, inprocess=inproc)
-        result = evaluate(workers, reward, [r["prompt"] for r in rows], ids, [r["answer"] for r in rows],
-                          ev.n_samples, ev.ks, ev.temperature, recipe.rollout.max_new_tokens, seed=recipe.seed + 10_000,
-                          reference=ref)
+            ref = spawn(
+                ReferenceWorker,
+                dict(num_cpus=rc.cpus_per_reference),
+                "initial",
+                [reference],
+                dtype=recipe.model.dtype,
+                temperature=recipe.rollout.temperature,
+                torch_threads=rc.torch_threads,
+                inprocess=inproc,
+            )
+        result = evaluate(
+            workers,
+            reward,
+            [r["prompt"] for r in rows],
+            ids,
+            [r["answer"] for r in rows],
+            ev.n_samples,
+            ev.ks,
+            ev.temperature,
+            recipe.rollout.max_new_tokens,
+            seed=recipe.seed + 10_000,
+            reference=ref,
+        )
     finally:
         if not inproc:
             import ray

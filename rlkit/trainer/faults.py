@@ -90,8 +90,9 @@ class StopSignals:
             else:
                 where = "before the first training step: stopped"
             found = list_complete_checkpoints(out / "checkpoints")
-            line = f"received {name} {where}; last complete checkpoint: " + \
-                (f"{found[-1]}{resume}" if found else "none")
+            line = f"received {name} {where}; last complete checkpoint: " + (
+                f"{found[-1]}{resume}" if found else "none"
+            )
         print(f"rlkit: {line}", file=sys.stderr, flush=True)
         if "ray" in sys.modules:
             import ray
@@ -125,18 +126,34 @@ def find_resume_point(recipe, out: Path, console) -> Path | None:
             return ck
         console.print(f"resume: skipping {ck}: {problem}")
         bad.append(f"{ck.name} ({problem})")
-    raise TrainingError(f"resume: no intact checkpoint in {out / 'checkpoints'}: {'; '.join(bad)}. Delete them to "
-                        "start from the beginning, or run without --resume into a new output_dir")
+    raise TrainingError(
+        f"resume: no intact checkpoint in {out / 'checkpoints'}: {'; '.join(bad)}. Delete them to "
+        "start from the beginning, or run without --resume into a new output_dir"
+    )
 
 
 #: what a resumed run must share with the run that wrote the checkpoint: changing any of these silently makes a
 #: different run from the saved state (its data position, optimizer, controller states or weights), or is silently
 #: overridden by it (the saved optimizer's learning rate). Everything else (``<algo>.steps``, logging, checkpoint,
 #: eval, ray, rollout engine settings, ...) may change on resume.
-RESUME_KEYS = ("algorithm", "seed", "model", "data.source", "data.params", "data.prompt_column",
-               "data.answer_column", "data.max_train_prompts", "data.chat_template", "sft", "rehearsal",
-               "regularizers", "{algo}.prompts_per_step", "{algo}.group_size", "{algo}.learning_rate",
-               "{algo}.weight_decay")
+RESUME_KEYS = (
+    "algorithm",
+    "seed",
+    "model",
+    "data.source",
+    "data.params",
+    "data.prompt_column",
+    "data.answer_column",
+    "data.max_train_prompts",
+    "data.chat_template",
+    "sft",
+    "rehearsal",
+    "regularizers",
+    "{algo}.prompts_per_step",
+    "{algo}.group_size",
+    "{algo}.learning_rate",
+    "{algo}.weight_decay",
+)
 
 
 def resume_recipe(recipe) -> dict:
@@ -145,8 +162,9 @@ def resume_recipe(recipe) -> dict:
     from rlkit.regularizers import build_regularizers
 
     dumped = recipe.model_dump(mode="json")
-    dumped["sft"] = ({k: v for k, v in dumped["sft"].items() if k != "cache_dir"} if recipe.sft.enabled
-                     else {"enabled": False})  # without SFT its settings change nothing
+    dumped["sft"] = (
+        {k: v for k, v in dumped["sft"].items() if k != "cache_dir"} if recipe.sft.enabled else {"enabled": False}
+    )  # without SFT its settings change nothing
     dumped["regularizers"] = [r.cfg.model_dump(mode="json") for r in build_regularizers(recipe.regularizers)]
     values = {}
     for key in RESUME_KEYS:
@@ -188,13 +206,17 @@ def check_resume_recipe(recipe, saved: dict | None, ck: Path, console=None) -> l
     more = f" (also changed: {listed})" if len(changed) > 1 else ""
     if getattr(recipe, "allow_recipe_change", False):
         if console is not None:
-            console.print(f"resume: recipe changed since {ck.name} (allowed by --allow-recipe-change): "
-                          + ", ".join(f"{k} {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
-                                      for k in changed))
+            console.print(
+                f"resume: recipe changed since {ck.name} (allowed by --allow-recipe-change): "
+                + ", ".join(f"{k} {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed)
+            )
         return changed
-    raise ConfigError(key, f"is {new.get(key, '<unset>')!r} but {ck} was trained with "
-                           f"{old.get(key, '<unset>')!r}{more}; --resume continues a run only with the same "
-                           f"values (restore them, start a new output_dir, or pass --allow-recipe-change)")
+    raise ConfigError(
+        key,
+        f"is {new.get(key, '<unset>')!r} but {ck} was trained with "
+        f"{old.get(key, '<unset>')!r}{more}; --resume continues a run only with the same "
+        f"values (restore them, start a new output_dir, or pass --allow-recipe-change)",
+    )
 
 
 def last_checkpoint(out: Path) -> str:
@@ -218,8 +240,10 @@ def learner_call(ref, step: int, out: Path):
         if not isinstance(ref, LocalRef):
             raise
         cause = f"{type(err).__name__}: {err}"
-    raise TrainingError(f"step {step + 1}: {cause.strip()}. Last complete checkpoint: {last_checkpoint(out)}; "
-                        "continue with `rlkit train <recipe> --resume`") from None
+    raise TrainingError(
+        f"step {step + 1}: {cause.strip()}. Last complete checkpoint: {last_checkpoint(out)}; "
+        "continue with `rlkit train <recipe> --resume`"
+    ) from None
 
 
 def call_when_alive(make_call, timeout_s: float = 300.0):

@@ -29,8 +29,16 @@ from rlkit.workers.local import get
 
 from .data_stream import Prefetch, PromptStream
 from .evaluate import correctness, evaluate, generate
-from .faults import (Stop, StopSignals, TrainingError, find_resume_point, learner_call, prune_checkpoints,
-                     resume_recipe, truncate_metrics)
+from .faults import (
+    Stop,
+    StopSignals,
+    TrainingError,
+    find_resume_point,
+    learner_call,
+    prune_checkpoints,
+    resume_recipe,
+    truncate_metrics,
+)
 from .reference_plan import ReferencePlan, resolve_reference
 from .references import prepare_references
 from .setup import check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models, start_ray
@@ -68,8 +76,13 @@ class OnlineTrainer:
         # own copy (it generates while the learner trains)
         self.shared = self.inproc and not self.cfg.async_rollout
         ro = recipe.rollout
-        self.sampling = dict(n=self.cfg.group_size, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                             top_p=ro.top_p, top_k=ro.top_k)
+        self.sampling = dict(
+            n=self.cfg.group_size,
+            max_new_tokens=ro.max_new_tokens,
+            temperature=ro.temperature,
+            top_p=ro.top_p,
+            top_k=ro.top_k,
+        )
         self.prefetch: Prefetch | None = None
         self.heads_sent: dict[str, int | None] = {}  # lm_head version the learner holds, per hidden-state reference
 
@@ -102,9 +115,11 @@ class OnlineTrainer:
 
         r, out = self.recipe, self.out
         self.train_rows, self.evalset = load_task_data(r)
-        self.console.print(f"[bold]rlkit[/] {r.algorithm.upper()} | train prompts {len(self.train_rows)} | eval "
-                           f"prompts {min(len(self.evalset), r.eval.num_prompts)} (of {len(self.evalset)} held out) "
-                           f"| out {out}")
+        self.console.print(
+            f"[bold]rlkit[/] {r.algorithm.upper()} | train prompts {len(self.train_rows)} | eval "
+            f"prompts {min(len(self.evalset), r.eval.num_prompts)} (of {len(self.evalset)} held out) "
+            f"| out {out}"
+        )
         check_model_source(r)
         if r.learner.num_workers > 1:  # data-parallel learners (rlkit/workers/learner_group.py)
             from rlkit.workers.learner_group import check_recipe as check_learner_group
@@ -124,8 +139,10 @@ class OnlineTrainer:
             from rlkit.workers.common import setup_process
 
             setup_process(rc.torch_threads)
-            self.console.print(f"in-process mode: no Ray; rollout, learner, reference and reward in this process, "
-                               f"{rc.torch_threads} torch threads")
+            self.console.print(
+                f"in-process mode: no Ray; rollout, learner, reference and reward in this process, "
+                f"{rc.torch_threads} torch threads"
+            )
         else:
             start_ray(rc, self.console)
             self.stops.install()  # ray.init replaced the SIGTERM handler
@@ -139,12 +156,17 @@ class OnlineTrainer:
         from rlkit.workers.rollout import spawn_rollout_workers
 
         r, rc = self.recipe, self.recipe.ray
-        self.reward = spawn(RewardWorker, dict(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3),
-                            [x.model_dump(exclude_defaults=True) for x in r.rewards], inprocess=self.inproc)
+        self.reward = spawn(
+            RewardWorker,
+            dict(num_cpus=rc.cpus_per_reward, max_restarts=3, max_task_retries=3),
+            [x.model_dump(exclude_defaults=True) for x in r.rewards],
+            inprocess=self.inproc,
+        )
         self.learner = self._spawn_learner()
         share = (self.learner.instance.model, self.learner.instance.tokenizer) if self.shared else None
-        self.rollout_workers = spawn_rollout_workers(r, self.policy_path, version=self.start, max_restarts=3,
-                                                     inprocess=self.inproc, share=share)
+        self.rollout_workers = spawn_rollout_workers(
+            r, self.policy_path, version=self.start, max_restarts=3, inprocess=self.inproc, share=share
+        )
 
     def _spawn_learner(self):
         from rlkit.config.sections import LearnerLoRAConfig
@@ -154,15 +176,24 @@ class OnlineTrainer:
         r, rc = self.recipe, self.recipe.ray
         kw = dict(temperature=r.rollout.temperature, dtype=r.model.dtype, seed=r.seed, torch_threads=rc.torch_threads)
         if r.model.lora is not None:  # the learner trains adapters over the initial policy and serves "initial"
-            kw["lora"] = LearnerLoRAConfig(**r.model.lora.model_dump(), base_path=self.init_paths[0],
-                                           kl_to_initial=r.eval.kl_to_initial)
+            kw["lora"] = LearnerLoRAConfig(
+                **r.model.lora.model_dump(), base_path=self.init_paths[0], kl_to_initial=r.eval.kl_to_initial
+            )
         if r.learner.num_workers > 1:  # N ranks behind the same calls; rank 0 returns weights and checkpoints
             from rlkit.workers.learner_group import LearnerGroup
 
-            return LearnerGroup(r.learner.num_workers, self.policy_path, self.cfg, r.regularizers,
-                                num_cpus=rc.cpus_per_learner, **kw)
-        return spawn(PPOLearner if self.ppo else Learner, dict(num_cpus=rc.cpus_per_learner), self.policy_path,
-                     self.cfg, r.regularizers, inprocess=self.inproc, **kw)
+            return LearnerGroup(
+                r.learner.num_workers, self.policy_path, self.cfg, r.regularizers, num_cpus=rc.cpus_per_learner, **kw
+            )
+        return spawn(
+            PPOLearner if self.ppo else Learner,
+            dict(num_cpus=rc.cpus_per_learner),
+            self.policy_path,
+            self.cfg,
+            r.regularizers,
+            inprocess=self.inproc,
+            **kw,
+        )
 
     def _spawn_references(self) -> None:
         """The :class:`ReferencePlan` from the learner's needs, its reference workers, the weight sync."""
@@ -176,12 +207,28 @@ class OnlineTrainer:
         for key in self.plan.spawned:
             src = resolve_reference(self.plan.specs[key], self.init_paths, self.out, self.prepared)
             self.references[key] = spawn(
-                ReferenceWorker, dict(num_cpus=rc.cpus_per_reference, max_restarts=3, max_task_retries=3), src.kind,
-                src.paths, src.weights, dtype=r.model.dtype, temperature=r.rollout.temperature,
-                torch_threads=rc.torch_threads, name=key, shared_prefix=self.cfg.shared_prefix,
-                load_options=src.options, inprocess=self.inproc)
-        self.sync: WeightSync = make_weight_sync(self.shared, r.learner.num_workers > 1, self.learner,
-                                                 self.rollout_workers, self.references, self.plan, self.start)
+                ReferenceWorker,
+                dict(num_cpus=rc.cpus_per_reference, max_restarts=3, max_task_retries=3),
+                src.kind,
+                src.paths,
+                src.weights,
+                dtype=r.model.dtype,
+                temperature=r.rollout.temperature,
+                torch_threads=rc.torch_threads,
+                name=key,
+                shared_prefix=self.cfg.shared_prefix,
+                load_options=src.options,
+                inprocess=self.inproc,
+            )
+        self.sync: WeightSync = make_weight_sync(
+            self.shared,
+            r.learner.num_workers > 1,
+            self.learner,
+            self.rollout_workers,
+            self.references,
+            self.plan,
+            self.start,
+        )
 
     def initial_reference(self):
         """The worker serving the initial policy's log-probs (a LoRA learner serves them itself), or None."""
@@ -197,9 +244,21 @@ class OnlineTrainer:
     def run_eval(self) -> dict:
         """The held-out evaluation with the current weights (:func:`rlkit.trainer.evaluate.evaluate`)."""
         r, ev = self.recipe, self.recipe.eval
-        return evaluate(self.rollout_workers, self.reward, self.eval_prompts, self.eval_ids, self.eval_answers,
-                        ev.n_samples, ev.ks, ev.temperature, r.rollout.max_new_tokens, seed=r.seed + 10_000,
-                        reference=self.initial_reference(), on_restart=self.sync.resend, version=self.sync.version)
+        return evaluate(
+            self.rollout_workers,
+            self.reward,
+            self.eval_prompts,
+            self.eval_ids,
+            self.eval_answers,
+            ev.n_samples,
+            ev.ks,
+            ev.temperature,
+            r.rollout.max_new_tokens,
+            seed=r.seed + 10_000,
+            reference=self.initial_reference(),
+            on_restart=self.sync.resend,
+            version=self.sync.version,
+        )
 
     def _restore_or_begin(self) -> None:
         """Resume: the learner's state, the data position and the evaluation before from the checkpoint. Else the
@@ -218,8 +277,10 @@ class OnlineTrainer:
         self.eval_before = self.run_eval() if ev.before else None
         if self.eval_before:
             e, k = self.eval_before, ev.ks[-1]
-            self.console.print(f"eval before: pass@1 {e['pass@1']:.3f} | pass@{k} {e[f'pass@{k}']:.3f} | "
-                               f"greedy {e['greedy_accuracy']:.3f}")
+            self.console.print(
+                f"eval before: pass@1 {e['pass@1']:.3f} | pass@{k} {e[f'pass@{k}']:.3f} | "
+                f"greedy {e['greedy_accuracy']:.3f}"
+            )
 
     def _prepare_rehearsal(self, resume: bool):
         """DPH-RL rehearsal: the split pre-sampled by the initial policy (:mod:`rlkit.trainer.rehearsal`)."""
@@ -228,14 +289,28 @@ class OnlineTrainer:
             return None
         from .rehearsal import default_responses_per_step, prepare_rehearsal
 
-        reh = prepare_rehearsal(r, self.out, self.train_rows, self.encode, self.rollout_workers, self.reward,
-                                self.initial_reference(), self.init_paths[0], resume=resume, console=self.console,
-                                on_restart=self.sync.resend, version=self.sync.version)
-        self.reh_per_step = r.rehearsal.responses_per_step or default_responses_per_step(g.prompts_per_step,
-                                                                                         g.group_size)
+        reh = prepare_rehearsal(
+            r,
+            self.out,
+            self.train_rows,
+            self.encode,
+            self.rollout_workers,
+            self.reward,
+            self.initial_reference(),
+            self.init_paths[0],
+            resume=resume,
+            console=self.console,
+            on_restart=self.sync.resend,
+            version=self.sync.version,
+        )
+        self.reh_per_step = r.rehearsal.responses_per_step or default_responses_per_step(
+            g.prompts_per_step, g.group_size
+        )
         if len(reh.explore) < g.prompts_per_step:
-            raise TrainingError(f"rehearsal: only {len(reh.explore)} training prompts are left for exploration "
-                                f"(D_exp), fewer than grpo.prompts_per_step={g.prompts_per_step}")
+            raise TrainingError(
+                f"rehearsal: only {len(reh.explore)} training prompts are left for exploration "
+                f"(D_exp), fewer than grpo.prompts_per_step={g.prompts_per_step}"
+            )
         return reh
 
     # ------------------------------------------------------------------------------------------------ the loop
@@ -264,11 +339,20 @@ class OnlineTrainer:
         from rlkit.utils.metrics import metrics_logger
 
         r, needs = self.recipe, self.needs
-        progress_keys = ("reward", *(f"{label}/value" for label in needs.labels),
-                         *(f"rehearsal/{label}/value" for label in needs.rehearsal), "kl_initial/k3",
-                         "entropy")
-        return metrics_logger(self.out, r.logging, config=r.model_dump(mode="json"), progress_total=self.cfg.steps,
-                              progress_keys=progress_keys)
+        progress_keys = (
+            "reward",
+            *(f"{label}/value" for label in needs.labels),
+            *(f"rehearsal/{label}/value" for label in needs.rehearsal),
+            "kl_initial/k3",
+            "entropy",
+        )
+        return metrics_logger(
+            self.out,
+            r.logging,
+            config=r.model_dump(mode="json"),
+            progress_total=self.cfg.steps,
+            progress_keys=progress_keys,
+        )
 
     def next_batch(self, step: int) -> StepBatch:
         """This step's batch: the prefetched one (its refreshing references score it now, after the refresh that
@@ -293,24 +377,36 @@ class OnlineTrainer:
 
     def rollout(self, rows: list[dict], step: int, version: int) -> RolloutBatch:
         """``group_size`` completions per prompt with weights ``version``, seeded by the step."""
-        comps = generate(self.rollout_workers, self.encode([r["prompt"] for r in rows]),
-                         {**self.sampling, "seed": self.recipe.seed * 100_003 + step}, on_restart=self.sync.resend,
-                         version=version)
+        comps = generate(
+            self.rollout_workers,
+            self.encode([r["prompt"] for r in rows]),
+            {**self.sampling, "seed": self.recipe.seed * 100_003 + step},
+            on_restart=self.sync.resend,
+            version=version,
+        )
         return RolloutBatch.from_completions(rows, comps, self.cfg.group_size)
 
     def score(self, pending) -> ScoredBatch:
         """The reward worker's answer (``pending``: its call on the step's completions)."""
         scored = get(pending)
-        return ScoredBatch(totals=scored["totals"], components=scored["components"],
-                           failures=scored.get("failures", {}), correct=correctness(scored["components"]),
-                           worker_restarts=scored.get("restarts", 0))
+        return ScoredBatch(
+            totals=scored["totals"],
+            components=scored["components"],
+            failures=scored.get("failures", {}),
+            correct=correctness(scored["components"]),
+            worker_restarts=scored.get("restarts", 0),
+        )
 
     def reference(self, rollout: RolloutBatch, keys) -> dict[str, ReferenceOutput]:
         """The outputs of references ``keys`` on the completions, each in the form the plan says; the calls run at
         the same time in their actors."""
         send = self.plan.sends
-        futures = {k: self.references[k].compute.remote(rollout.prompt_ids, rollout.completion_ids,
-                                                        send(k) == "logits", hidden=send(k) == "hidden") for k in keys}
+        futures = {
+            k: self.references[k].compute.remote(
+                rollout.prompt_ids, rollout.completion_ids, send(k) == "logits", hidden=send(k) == "hidden"
+            )
+            for k in keys
+        }
         return {k: ReferenceOutput.from_dict(get(f)) for k, f in futures.items()}
 
     def train(self, step: int, batch: StepBatch) -> dict:
@@ -319,9 +415,17 @@ class OnlineTrainer:
         ro, scored = batch.rollout, batch.scored
         # rehearsal: stored pi_0 responses, only their divergence is trained on
         rehearsal = self.reh.batch(step, self.reh_per_step, self.recipe.seed) if self.reh is not None else None
-        data = TrainBatch(step=step, prompt_ids=ro.prompt_ids, completion_ids=ro.completion_ids, scores=scored.totals,
-                          correct=scored.correct, rollout_logprobs=ro.logprobs, refs=batch.refs, rehearsal=rehearsal,
-                          group=ro.group)
+        data = TrainBatch(
+            step=step,
+            prompt_ids=ro.prompt_ids,
+            completion_ids=ro.completion_ids,
+            scores=scored.totals,
+            correct=scored.correct,
+            rollout_logprobs=ro.logprobs,
+            refs=batch.refs,
+            rehearsal=rehearsal,
+            group=ro.group,
+        )
         return learner_call(self.learner.train_step.remote(data), step, self.out)
 
     def _send_heads(self, refs: dict[str, ReferenceOutput]) -> None:
@@ -346,10 +450,17 @@ class OnlineTrainer:
         if not (stops.received or r.checkpoint.save_every and (step + 1) % r.checkpoint.save_every == 0):
             return
         # the data position before any prefetched batch: a resumed run draws that batch again
-        order, cursor, py_random = self.stream.state(prefetched=self.prefetch is not None and
-                                                     self.prefetch.pending is not None)
-        state = {"step": step + 1, "order": order, "cursor": cursor, "eval_before": self.eval_before,
-                 "py_random": py_random, "recipe": resume_recipe(r)}
+        order, cursor, py_random = self.stream.state(
+            prefetched=self.prefetch is not None and self.prefetch.pending is not None
+        )
+        state = {
+            "step": step + 1,
+            "order": order,
+            "cursor": cursor,
+            "eval_before": self.eval_before,
+            "py_random": py_random,
+            "recipe": resume_recipe(r),
+        }
         ck_path = self.out / "checkpoints" / f"step_{step + 1:06d}"
         learner_call(self.learner.save.remote(str(ck_path), state), step, self.out)
         prune_checkpoints(self.out / "checkpoints", r.checkpoint.keep)
@@ -369,9 +480,16 @@ class OnlineTrainer:
         t_loop = time.time() - self.t_loop
         eval_after = self.run_eval()
         final = get(self.learner.save.remote(str(out / "final"))) if r.checkpoint.save_final else None
-        summary = {"eval_before": self.eval_before, "eval_after": eval_after, "steps": self.cfg.steps,
-                   "regularizers": get(self.learner.state.remote()), "initial_model": self.init_paths[0],
-                   "final_checkpoint": final, "wall_time_s": time.time() - self.t0, "train_time_s": t_loop}
+        summary = {
+            "eval_before": self.eval_before,
+            "eval_after": eval_after,
+            "steps": self.cfg.steps,
+            "regularizers": get(self.learner.state.remote()),
+            "initial_model": self.init_paths[0],
+            "final_checkpoint": final,
+            "wall_time_s": time.time() - self.t0,
+            "train_time_s": t_loop,
+        }
         if self.reh is not None:
             summary["rehearsal"] = {**self.reh.metrics(), "responses_per_step": self.reh_per_step}
         table = (lambda: self._print_table(eval_after)) if self.eval_before else None
@@ -383,6 +501,8 @@ class OnlineTrainer:
         hide = {"k", "n_samples", "num_prompts", "pass@k"}
         before = {k: v for k, v in self.eval_before.items() if k not in hide}
         after = {k: v for k, v in eval_after.items() if k not in hide}
-        title = (f"held-out evaluation, {eval_after['num_prompts']} prompts x {eval_after['n_samples']} samples "
-                 f"(before -> after {self.recipe.algorithm.upper()})")
+        title = (
+            f"held-out evaluation, {eval_after['num_prompts']} prompts x {eval_after['n_samples']} samples "
+            f"(before -> after {self.recipe.algorithm.upper()})"
+        )
         print_summary_table(before, after, console=self.console, title=title)

@@ -40,18 +40,29 @@ class ReferencePlan:
     def from_needs(cls, needs: LearnerNeeds, kl_to_initial: bool) -> ReferencePlan:
         """The plan for a learner's :class:`~rlkit.types.LearnerNeeds` and the recipe's ``eval.kl_to_initial``. A
         reference whose type the learner computes itself (``learner_side``: Lp-Reg's proxy) has no spec here."""
-        specs = {k: s for k, s in needs.references.items()
-                 if not reference_type((s or {}).get("type", "initial")).learner_side}
+        specs = {
+            k: s
+            for k, s in needs.references.items()
+            if not reference_type((s or {}).get("type", "initial")).learner_side
+        }
         keys = set(needs.ref_logprobs) | set(needs.ref_logits)
         if kl_to_initial:
             keys.add("initial")
             specs.setdefault("initial", {"type": "initial"})
         served = frozenset(needs.served)
-        refresh = {k: (s["refresh_every"], s.get("refresh_rate") or 1.0) for k, s in specs.items()
-                   if (s or {}).get("refresh_every")}
-        return cls(specs=MappingProxyType(specs), spawned=tuple(sorted(keys - served)), served=served,
-                   logits=frozenset(needs.ref_logits), hidden=frozenset(needs.ref_hidden),
-                   refresh=MappingProxyType(refresh))
+        refresh = {
+            k: (s["refresh_every"], s.get("refresh_rate") or 1.0)
+            for k, s in specs.items()
+            if (s or {}).get("refresh_every")
+        }
+        return cls(
+            specs=MappingProxyType(specs),
+            spawned=tuple(sorted(keys - served)),
+            served=served,
+            logits=frozenset(needs.ref_logits),
+            hidden=frozenset(needs.ref_hidden),
+            refresh=MappingProxyType(refresh),
+        )
 
     @property
     def fixed(self) -> tuple[str, ...]:
@@ -76,8 +87,9 @@ class ReferencePlan:
         return "learner" if "initial" in self.served else None
 
 
-def resolve_reference(ref: dict, init_paths: list[str], out: Path, prepared: Mapping[str, Any] | None = None
-                      ) -> ReferenceSource:
+def resolve_reference(
+    ref: dict, init_paths: list[str], out: Path, prepared: Mapping[str, Any] | None = None
+) -> ReferenceSource:
     """What a reference worker loads for a spec (kind, checkpoint paths, weights, options), from its registered type
     (:meth:`rlkit.references.ReferenceType.source`). ``sft:<i>`` names the i-th SFT warm start; ``prepared``
     holds each type's set-up result by :meth:`~rlkit.references.ReferenceType.identity`

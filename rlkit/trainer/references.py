@@ -32,8 +32,13 @@ def prepare_references(recipe: Recipe, out: Path, init_paths: list[str], console
     ``regularizers[i].reference``."""
     from rlkit.regularizers import build_regularizers
 
-    setup = ReferenceSetup(recipe=recipe, out=out, init_paths=init_paths, console=console,
-                           train_sft=lambda spec, key: train_teacher(recipe, spec, out, console, key))
+    setup = ReferenceSetup(
+        recipe=recipe,
+        out=out,
+        init_paths=init_paths,
+        console=console,
+        train_sft=lambda spec, key: train_teacher(recipe, spec, out, console, key),
+    )
     prepared: dict[str, Any] = {}
     for i, reg in enumerate(build_regularizers(recipe.regularizers)):
         ref = reg.cfg.reference
@@ -58,10 +63,16 @@ def train_teacher(recipe: Recipe, ref: dict, out: Path, console, key: str = "ref
     from .sft import run_sft
 
     base = sft_base_dir(recipe, out)
-    sft = validate_model(SFTConfig, {**recipe.sft.model_dump(), **(ref.get("sft") or {}), "enabled": True},
-                         f"{key}.sft")
-    digest = hashlib.sha256(json.dumps({"spec": teacher_id(ref), "sft": sft.model_dump(), "seed": recipe.seed,
-                                        "data": recipe.data.model_dump()}, sort_keys=True, default=str).encode())
+    sft = validate_model(
+        SFTConfig, {**recipe.sft.model_dump(), **(ref.get("sft") or {}), "enabled": True}, f"{key}.sft"
+    )
+    digest = hashlib.sha256(
+        json.dumps(
+            {"spec": teacher_id(ref), "sft": sft.model_dump(), "seed": recipe.seed, "data": recipe.data.model_dump()},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
 
     def train(path: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,8 +81,10 @@ def train_teacher(recipe: Recipe, ref: dict, out: Path, console, key: str = "ref
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"{key}.tiny_config", str(err)) from None
             n = sum(p.numel() for p in _load(init).parameters())
-            console.print(f"teacher: TRL SFTTrainer, {sft.max_steps} steps, tiny model {ref.get('tiny_config')} "
-                          f"({n / 1e6:.2f}M parameters)")
+            console.print(
+                f"teacher: TRL SFTTrainer, {sft.max_steps} steps, tiny model {ref.get('tiny_config')} "
+                f"({n / 1e6:.2f}M parameters)"
+            )
             model = recipe.model.model_copy(update={"name_or_path": str(init), "lora": None})
             run_sft(recipe.model_copy(update={"model": model, "sft": sft}), path, seed=sft.seed)
 

@@ -109,43 +109,81 @@ class RehearsalSet:
         return ", ".join(f"{j}/{k}: {self.counts.count(j)}" for j in range(k + 1))
 
     def metrics(self) -> dict[str, float]:
-        return {"rehearsal/set_size": float(len(self.perfect)), "rehearsal/explore_size": float(len(self.explore)),
-                "rehearsal/responses": float(len(self.responses)), "rehearsal/presampled": float(self.presampled),
-                "rehearsal/presample_s": float(self.presample_s)}
+        return {
+            "rehearsal/set_size": float(len(self.perfect)),
+            "rehearsal/explore_size": float(len(self.explore)),
+            "rehearsal/responses": float(len(self.responses)),
+            "rehearsal/presampled": float(self.presampled),
+            "rehearsal/presample_s": float(self.presample_s),
+        }
 
     def batch(self, step: int, per_step: int, seed: int) -> RehearsalBatch | None:
         """The step's rows for the learner (:attr:`rlkit.types.TrainBatch.rehearsal`); None when the set is empty."""
         rows = [self.responses[i] for i in rehearsal_indices(len(self.responses), per_step, step, seed)]
         if not rows:
             return None
-        return RehearsalBatch(prompt_ids=[r["prompt_ids"] for r in rows],
-                              completion_ids=[r["completion_ids"] for r in rows],
-                              ref_logprobs=[r["ref_logprobs"] for r in rows], prompts=[r["prompt"] for r in rows])
+        return RehearsalBatch(
+            prompt_ids=[r["prompt_ids"] for r in rows],
+            completion_ids=[r["completion_ids"] for r in rows],
+            ref_logprobs=[r["ref_logprobs"] for r in rows],
+            prompts=[r["prompt"] for r in rows],
+        )
 
     def to_json(self) -> dict:
-        return {"format": 1, "key": self.key, "perfect": self.perfect, "explore": self.explore,
-                "presampled": self.presampled, "presample_s": self.presample_s, "counts": self.counts,
-                "responses": self.responses}
+        return {
+            "format": 1,
+            "key": self.key,
+            "perfect": self.perfect,
+            "explore": self.explore,
+            "presampled": self.presampled,
+            "presample_s": self.presample_s,
+            "counts": self.counts,
+            "responses": self.responses,
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> RehearsalSet:
-        return cls(perfect=obj["perfect"], explore=obj["explore"], responses=obj["responses"],
-                   presampled=obj["presampled"], presample_s=obj["presample_s"], key=obj["key"],
-                   counts=obj.get("counts", []))
+        return cls(
+            perfect=obj["perfect"],
+            explore=obj["explore"],
+            responses=obj["responses"],
+            presampled=obj["presampled"],
+            presample_s=obj["presample_s"],
+            key=obj["key"],
+            counts=obj.get("counts", []),
+        )
 
 
 def cache_key(recipe, init_path: str, prompts: Sequence[str]) -> dict:
     """What the pre-sampled set depends on; a cache with another key is not reused."""
     rh, ro = recipe.rehearsal, recipe.rollout
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
-    return {"k": rh.k, "max_prompts": rh.max_prompts, "seed": recipe.seed, "initial_model": str(init_path),
-            "temperature": ro.temperature, "max_new_tokens": ro.max_new_tokens, "n_prompts": len(prompts),
-            "prompts_sha256": digest}
+    return {
+        "k": rh.k,
+        "max_prompts": rh.max_prompts,
+        "seed": recipe.seed,
+        "initial_model": str(init_path),
+        "temperature": ro.temperature,
+        "max_new_tokens": ro.max_new_tokens,
+        "n_prompts": len(prompts),
+        "prompts_sha256": digest,
+    }
 
 
-def presample(rollout, reward, reference, rows: Sequence[dict], encode, k: int, max_new_tokens: int,
-              temperature: float, seed: int, chunk: int = 64, on_restart=None, version: int | None = None
-              ) -> tuple[list[list[bool]], list[dict]]:
+def presample(
+    rollout,
+    reward,
+    reference,
+    rows: Sequence[dict],
+    encode,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    chunk: int = 64,
+    on_restart=None,
+    version: int | None = None,
+) -> tuple[list[list[bool]], list[dict]]:
     """Sample each row's prompt ``k`` times with the rollout workers (which must hold ``pi_0``), score the samples
     with the reward worker, and fetch ``log pi_0`` of the samples of prompts solved k/k from ``reference`` (a
     reference worker, or a LoRA learner serving ``initial``). Returns the per-prompt correctness and the stored
@@ -157,25 +195,36 @@ def presample(rollout, reward, reference, rows: Sequence[dict], encode, k: int, 
     correct: list[list[bool]] = []
     stored: list[dict] = []
     for c0 in range(0, len(rows), chunk):
-        part = rows[c0:c0 + chunk]
-        params = dict(n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
-                      seed=seed + c0)
+        part = rows[c0 : c0 + chunk]
+        params = dict(n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0, seed=seed + c0)
         comps = generate(rollout, encode([r["prompt"] for r in part]), params, on_restart=on_restart, version=version)
-        scored = get(reward.score.remote([r["prompt"] for r in part for _ in range(k)], [c["text"] for c in comps],
-                                         [r["answer"] for r in part for _ in range(k)]))
+        scored = get(
+            reward.score.remote(
+                [r["prompt"] for r in part for _ in range(k)],
+                [c["text"] for c in comps],
+                [r["answer"] for r in part for _ in range(k)],
+            )
+        )
         ok = correctness(scored["components"])
-        groups = [ok[i * k:(i + 1) * k] for i in range(len(part))]
+        groups = [ok[i * k : (i + 1) * k] for i in range(len(part))]
         correct.extend(groups)
         perfect, _ = split_by_correctness(groups)
         keep = [(c0 + i, comps[i * k + j]) for i in perfect for j in range(k) if comps[i * k + j]["token_ids"]]
         if not keep:
             continue
-        ref = get(reference.compute.remote([c["prompt_ids"] for _, c in keep], [c["token_ids"] for _, c in keep],
-                                           False))["logprobs"]
+        ref = get(
+            reference.compute.remote([c["prompt_ids"] for _, c in keep], [c["token_ids"] for _, c in keep], False)
+        )["logprobs"]
         for row, (i, c) in enumerate(keep):
             n = len(c["token_ids"])
-            stored.append({"prompt": i, "prompt_ids": list(c["prompt_ids"]), "completion_ids": list(c["token_ids"]),
-                           "ref_logprobs": [float(x) for x in ref[row, :n].tolist()]})
+            stored.append(
+                {
+                    "prompt": i,
+                    "prompt_ids": list(c["prompt_ids"]),
+                    "completion_ids": list(c["token_ids"]),
+                    "ref_logprobs": [float(x) for x in ref[row, :n].tolist()],
+                }
+            )
     return correct, stored
 
 
@@ -187,20 +236,38 @@ def _load_cached(path: Path, key: dict, console) -> RehearsalSet:
     from .faults import TrainingError
 
     if not path.exists():
-        raise TrainingError(f"rehearsal: resuming, but the pre-sampled set {path} is missing; it must come from "
-                            "the initial policy, which the resumed weights no longer are: start a new run")
+        raise TrainingError(
+            f"rehearsal: resuming, but the pre-sampled set {path} is missing; it must come from "
+            "the initial policy, which the resumed weights no longer are: start a new run"
+        )
     found = RehearsalSet.from_json(json.loads(path.read_text()))
     if found.key != key:
         diff = sorted(k for k in key if found.key.get(k) != key[k])
-        raise TrainingError(f"rehearsal: the cached pre-sampled set {path} was made with other settings "
-                            f"({', '.join(diff)} differ); resume with the recipe that made it, or start a new run")
-    console.print(f"rehearsal: loaded the pre-sampled set from {path}: D_pef {len(found.perfect)} prompts "
-                  f"({len(found.responses)} responses), D_exp {len(found.explore)} prompts")
+        raise TrainingError(
+            f"rehearsal: the cached pre-sampled set {path} was made with other settings "
+            f"({', '.join(diff)} differ); resume with the recipe that made it, or start a new run"
+        )
+    console.print(
+        f"rehearsal: loaded the pre-sampled set from {path}: D_pef {len(found.perfect)} prompts "
+        f"({len(found.responses)} responses), D_exp {len(found.explore)} prompts"
+    )
     return found
 
 
-def prepare_rehearsal(recipe, out: Path, train, encode, rollout, reward, reference, init_path: str, resume: bool,
-                      console, on_restart=None, version: int | None = None) -> RehearsalSet:
+def prepare_rehearsal(
+    recipe,
+    out: Path,
+    train,
+    encode,
+    rollout,
+    reward,
+    reference,
+    init_path: str,
+    resume: bool,
+    console,
+    on_restart=None,
+    version: int | None = None,
+) -> RehearsalSet:
     """The rehearsal split for a run: loaded from ``<out>/rehearsal/presample.json`` when resuming (its key must
     match the recipe), else pre-sampled now with ``pi_0`` and cached. Prints the time and both set sizes."""
     from rlkit.utils.checkpoint import atomic_write_json
@@ -218,19 +285,41 @@ def prepare_rehearsal(recipe, out: Path, train, encode, rollout, reward, referen
         raise TrainingError("rehearsal: no worker serves the initial policy's log-probs")
     console.print(f"rehearsal: pre-sampling {n} of {len(train)} training prompts x {rh.k} with the initial policy")
     t = time.time()
-    correct, stored = presample(rollout, reward, reference, rows, encode, rh.k, recipe.rollout.max_new_tokens,
-                                recipe.rollout.temperature, seed=(recipe.seed + 1) * 7_919_003,
-                                chunk=rh.presample_batch, on_restart=on_restart, version=version)
+    correct, stored = presample(
+        rollout,
+        reward,
+        reference,
+        rows,
+        encode,
+        rh.k,
+        recipe.rollout.max_new_tokens,
+        recipe.rollout.temperature,
+        seed=(recipe.seed + 1) * 7_919_003,
+        chunk=rh.presample_batch,
+        on_restart=on_restart,
+        version=version,
+    )
     perfect, explore = split_by_correctness(correct)
     explore = explore + list(range(n, len(train)))  # prompts not pre-sampled are for exploration
-    result = RehearsalSet(perfect=perfect, explore=explore, responses=stored, presampled=n,
-                          presample_s=round(time.time() - t, 3), key=key, counts=[sum(c) for c in correct])
+    result = RehearsalSet(
+        perfect=perfect,
+        explore=explore,
+        responses=stored,
+        presampled=n,
+        presample_s=round(time.time() - t, 3),
+        key=key,
+        counts=[sum(c) for c in correct],
+    )
     atomic_write_json(path, result.to_json(), indent=None)
-    console.print(f"rehearsal: pre-sampled in {result.presample_s:.1f}s: D_pef {len(perfect)} prompts solved "
-                  f"{rh.k}/{rh.k} ({len(stored)} responses), D_exp {len(explore)} prompts -> {path}")
+    console.print(
+        f"rehearsal: pre-sampled in {result.presample_s:.1f}s: D_pef {len(perfect)} prompts solved "
+        f"{rh.k}/{rh.k} ({len(stored)} responses), D_exp {len(explore)} prompts -> {path}"
+    )
     console.print(f"rehearsal: prompts by correct samples: {result.histogram(rh.k)}")
     if not stored:
-        console.print("[yellow]rehearsal: the initial policy solved no prompt k/k: the rehearsal set is empty and "
-                      "the samples: reference regularizers have nothing to act on (a smaller rehearsal.k, or a "
-                      "stronger initial policy, gives them a set)[/]")
+        console.print(
+            "[yellow]rehearsal: the initial policy solved no prompt k/k: the rehearsal set is empty and "
+            "the samples: reference regularizers have nothing to act on (a smaller rehearsal.k, or a "
+            "stronger initial policy, gives them a set)[/]"
+        )
     return result

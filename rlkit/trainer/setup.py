@@ -83,8 +83,12 @@ def check_output_dir(path: str, key: str = "output_dir") -> None:
     if not above.is_dir():
         raise ConfigError(key, f"{path!r} cannot be created: {str(above)!r} is a file")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise ConfigError(key, f"{path!r} is not writable" if above == p else
-                          f"{path!r} cannot be created: {str(above)!r} is not writable")
+        raise ConfigError(
+            key,
+            f"{path!r} is not writable"
+            if above == p
+            else f"{path!r} cannot be created: {str(above)!r} is not writable",
+        )
 
 
 def make_output_dir(path: str, key: str = "output_dir") -> Path:
@@ -150,8 +154,12 @@ class PromptEncoder:
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self.chat_template:
-            return [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
-                                                       tokenize=True, return_dict=True)["input_ids"] for t in texts]
+            return [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+                for t in texts
+            ]
         return [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
 
 
@@ -160,8 +168,11 @@ def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]
     that every prompt of every split fits the model's context together with ``rollout.max_new_tokens``: a prompt
     that does not is an error naming it, never silently truncated or dropped."""
     if recipe.data.chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("data.chat_template", f"the tokenizer of {recipe.model.name_or_path!r} has no chat "
-                                                "template: set data.chat_template=false to use raw prompts")
+        raise ConfigError(
+            "data.chat_template",
+            f"the tokenizer of {recipe.model.name_or_path!r} has no chat "
+            "template: set data.chat_template=false to use raw prompts",
+        )
 
     encode = PromptEncoder(tokenizer, recipe.data.chat_template)
     context = getattr(model.config, "max_position_embeddings", None)
@@ -171,10 +182,13 @@ def make_encoder(recipe: Recipe, model, tokenizer, splits: dict[str, list[dict]]
             ids = encode([r["prompt"] for r in rows])
             for i, x in enumerate(ids):
                 if len(x) > budget:
-                    raise ConfigError("data", f"{split} prompt {i} ({rows[i]['prompt'][:40]!r}...) has {len(x)} "
-                                              f"tokens; with rollout.max_new_tokens={recipe.rollout.max_new_tokens} "
-                                              f"it exceeds the model's context of {context}: shorten or remove it, "
-                                              "or lower rollout.max_new_tokens")
+                    raise ConfigError(
+                        "data",
+                        f"{split} prompt {i} ({rows[i]['prompt'][:40]!r}...) has {len(x)} "
+                        f"tokens; with rollout.max_new_tokens={recipe.rollout.max_new_tokens} "
+                        f"it exceeds the model's context of {context}: shorten or remove it, "
+                        "or lower rollout.max_new_tokens",
+                    )
     return encode
 
 
@@ -184,8 +198,11 @@ def sft_cache_key(recipe: Recipe) -> str:
     import json
 
     sft = recipe.sft.model_dump(exclude={"cache_dir"})
-    blob = json.dumps({"model": recipe.model.model_dump(), "data": recipe.data.model_dump(), "sft": sft,
-                       "seed": recipe.seed}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"model": recipe.model.model_dump(), "data": recipe.data.model_dump(), "sft": sft, "seed": recipe.seed},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -202,6 +219,7 @@ def prepare_initial_models(recipe: Recipe, out: Path, console) -> list[str]:
     base = sft_base_dir(recipe, out)
     paths = []
     for i in range(sft_runs_needed(recipe)):
+
         def train(path: Path, i: int = i) -> None:
             console.print(f"SFT run {i}: TRL SFTTrainer, {recipe.sft.max_steps} steps (seed {recipe.sft.seed + i})")
             run_sft(recipe, path, seed=recipe.sft.seed + i)
@@ -239,8 +257,11 @@ def build_once(path: Path, build: Callable[[Path], None]) -> bool:
 #: node's agent every few seconds (rlkit records its own metrics; nothing reads Ray's without a dashboard), and no
 #: idle workers started ahead of demand (Ray starts one per CPU for the first driver; an rlkit job asks for its
 #: actors right away, and each actor gets a process of its own, so a prestarted worker sat idle, ~45 MB PSS)
-LEAN_SYSTEM_CONFIG = {"enable_metrics_collection": False, "prestart_worker_first_driver": False,
-                      "enable_worker_prestart": False}
+LEAN_SYSTEM_CONFIG = {
+    "enable_metrics_collection": False,
+    "prestart_worker_first_driver": False,
+    "enable_worker_prestart": False,
+}
 
 
 def _no_token_auth_default_notice(record) -> bool:
@@ -279,10 +300,19 @@ def start_ray(cfg: RayConfig, console, why: str = "ray.mode=actors") -> None:
         auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
         auth_log.addFilter(_no_token_auth_default_notice)
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,  # new cluster, never a stale one
-                     log_to_driver=True, _system_config=dict(LEAN_SYSTEM_CONFIG),
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
-                                               os.environ.get("HF_HUB_OFFLINE", "0")}})
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,  # new cluster, never a stale one
+                log_to_driver=True,
+                _system_config=dict(LEAN_SYSTEM_CONFIG),
+                runtime_env={
+                    "env_vars": {
+                        "TOKENIZERS_PARALLELISM": "false",
+                        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                    }
+                },
+            )
         finally:
             auth_log.removeFilter(_no_token_auth_default_notice)
         _start_reaper()
@@ -306,14 +336,25 @@ def _start_reaper() -> None:
         node: Any = ray._private.worker._global_node  # Ray's internals: checked at run time (except below)
         procs = node.all_processes
         raylet = procs["raylet"][0].process.pid
-        others = [str(info.process.pid) for kind, infos in procs.items() if kind != "raylet" for info in infos
-                  if getattr(info, "process", None) is not None]
+        others = [
+            str(info.process.pid)
+            for kind, infos in procs.items()
+            if kind != "raylet"
+            for info in infos
+            if getattr(info, "process", None) is not None
+        ]
     except (AttributeError, KeyError, IndexError, TypeError):
         return
     script = Path(__file__).with_name("_ray_reaper.py")
     try:
-        _REAPERS.append(subprocess.Popen([sys.executable, "-S", str(script), str(raylet), *others],
-                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         close_fds=True))
+        _REAPERS.append(
+            subprocess.Popen(
+                [sys.executable, "-S", str(script), str(raylet), *others],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        )
     except OSError:
         pass

@@ -50,11 +50,26 @@ def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
     every = sft_log_every(s.max_steps, recipe.logging.print_every)
     with tempfile.TemporaryDirectory() as tmp:
         args = trl.SFTConfig(
-            output_dir=tmp, max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
-            learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, s.max_steps // 20),
-            logging_steps=every, logging_first_step=True, save_strategy="no", report_to=[], seed=seed,
-            use_cpu=True, bf16=False, fp16=False, completion_only_loss=True, dataloader_num_workers=0,
-            disable_tqdm=True, log_level="error", log_level_replica="error", max_length=128,
+            output_dir=tmp,
+            max_steps=s.max_steps,
+            per_device_train_batch_size=s.batch_size,
+            learning_rate=s.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, s.max_steps // 20),
+            logging_steps=every,
+            logging_first_step=True,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            completion_only_loss=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            log_level="error",
+            log_level_replica="error",
+            max_length=128,
             **no_checkpointing(trl.SFTConfig),
         )
         trainer = trl.SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -64,8 +79,7 @@ def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
             trainer.train()
         finally:
             progress.close()
-    return str(save_hf_checkpoint(trainer.model, tokenizer, path,
-                                  extra_files={"sft_metrics.jsonl": progress.jsonl()}))
+    return str(save_hf_checkpoint(trainer.model, tokenizer, path, extra_files={"sft_metrics.jsonl": progress.jsonl()}))
 
 
 def quiet_trainer(trainer, progress) -> None:
@@ -121,12 +135,25 @@ class SFTProgress:
     def train_begin(self) -> None:
         self._start = time.monotonic()
         if self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._bar = Progress(TextColumn("[bold]sft step {task.completed}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[summary]}"),
-                                 console=self.console, transient=False)
+            self._bar = Progress(
+                TextColumn("[bold]sft step {task.completed}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[summary]}"),
+                console=self.console,
+                transient=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task("sft", total=self.total, summary="")
 
@@ -212,8 +239,11 @@ def no_checkpointing(config_cls) -> dict:
     import dataclasses
 
     names = {f.name for f in dataclasses.fields(config_cls)}
-    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {
-        "gradient_checkpointing": False}
+    return (
+        {"activation_checkpointing": False}
+        if "activation_checkpointing" in names
+        else {"gradient_checkpointing": False}
+    )
 
 
 def require_sft_data(recipe: Recipe) -> None:
@@ -222,9 +252,12 @@ def require_sft_data(recipe: Recipe) -> None:
     if d.source != "arithmetic" and not recipe.sft.data:
         from rlkit._config import ConfigError
 
-        raise ConfigError("sft.data", f"data.source is {d.source!r}: give SFT data (a file with "
-                                      f"'{d.prompt_column}' and '{recipe.sft.completion_column}' columns), or set "
-                                      "sft.enabled=false and point model.name_or_path at an SFT checkpoint")
+        raise ConfigError(
+            "sft.data",
+            f"data.source is {d.source!r}: give SFT data (a file with "
+            f"'{d.prompt_column}' and '{recipe.sft.completion_column}' columns), or set "
+            "sft.enabled=false and point model.name_or_path at an SFT checkpoint",
+        )
 
 
 def _sft_dataset(recipe: Recipe, seed: int):
@@ -232,14 +265,21 @@ def _sft_dataset(recipe: Recipe, seed: int):
     if d.source == "arithmetic":
         from rlkit.data.arithmetic import make_sft_dataset
 
-        return make_sft_dataset(n=recipe.sft.num_examples, seed=seed, label_noise=recipe.sft.label_noise,
-                                noise=recipe.sft.noise, split_seed=recipe.seed, **d.params)
+        return make_sft_dataset(
+            n=recipe.sft.num_examples,
+            seed=seed,
+            label_noise=recipe.sft.label_noise,
+            noise=recipe.sft.noise,
+            split_seed=recipe.seed,
+            **d.params,
+        )
     require_sft_data(recipe)
     from rlkit.data.loading import load_prompt_dataset
 
     try:
-        ds = load_prompt_dataset(recipe.sft.data, prompt_column=d.prompt_column,
-                                 answer_column=recipe.sft.completion_column)
+        ds = load_prompt_dataset(
+            recipe.sft.data, prompt_column=d.prompt_column, answer_column=recipe.sft.completion_column
+        )
     except (ValueError, FileNotFoundError, KeyError) as err:
         from rlkit._config import ConfigError
 

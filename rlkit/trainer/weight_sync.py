@@ -83,8 +83,9 @@ class LearnerGroupSync(ObjectStoreSync):
     ``get_weights`` from rank 0), sent as :class:`ObjectStoreSync` sends one learner's."""
 
 
-def make_weight_sync(shared: bool, group: bool, learner, rollout: list, references: dict, plan: ReferencePlan,
-                     version: int) -> WeightSync:
+def make_weight_sync(
+    shared: bool, group: bool, learner, rollout: list, references: dict, plan: ReferencePlan, version: int
+) -> WeightSync:
     """The strategy for a run: ``shared`` (the rollout engine is the learner's module), ``group`` (data-parallel
     learners), else the object store."""
     cls = SharedModuleSync if shared else LearnerGroupSync if group else ObjectStoreSync

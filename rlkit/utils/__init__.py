@@ -10,8 +10,14 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "checkpoint": ["atomic_write_bytes", "atomic_write_json", "list_complete_checkpoints", "load_state_dict",
-                   "save_hf_checkpoint", "save_state_dict"],
+    "checkpoint": [
+        "atomic_write_bytes",
+        "atomic_write_json",
+        "list_complete_checkpoints",
+        "load_state_dict",
+        "save_hf_checkpoint",
+        "save_state_dict",
+    ],
     "metrics": ["MetricsLogger", "metrics_logger", "read_metrics"],
     "loggers": ["Backend", "available_backends", "register_backend"],
     "evaluation": ["pass_at_k", "print_summary_table", "summarize_correctness"],

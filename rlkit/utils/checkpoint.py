@@ -166,8 +166,9 @@ def _write_extra_files(root: Path, extra_files: dict[str, bytes | str]) -> None:
         target.write_bytes(data)
 
 
-def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
-                       extra_files: dict[str, bytes | str] | None = None) -> Path:
+def save_hf_checkpoint(
+    model, tokenizer, path: str | os.PathLike, extra_files: dict[str, bytes | str] | None = None
+) -> Path:
     """Write a Hugging Face checkpoint (safetensors weights, config, tokenizer, ``extra_files``) crash-safely.
 
     Steps: (1) ``model.save_pretrained`` (safetensors), ``tokenizer.save_pretrained`` (skipped if ``tokenizer`` is
@@ -233,7 +234,8 @@ def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
             except OSError as restore_err:
                 raise RuntimeError(
                     f"saving {path} failed ({err!r}) and restoring the previous checkpoint failed "
-                    f"({restore_err!r}); it is intact at {old}") from err
+                    f"({restore_err!r}); it is intact at {old}"
+                ) from err
         raise
     _fsync_path(parent)
     if old is not None:
@@ -242,7 +244,7 @@ def save_hf_checkpoint(model, tokenizer, path: str | os.PathLike,
 
 
 def _checkpoint_sort_key(name: str, prefix: str) -> tuple:
-    rest = name[len(prefix):]
+    rest = name[len(prefix) :]
     return (0, int(rest), name) if re.fullmatch(r"\d+", rest) else (1, 0, name)
 
 
@@ -257,9 +259,12 @@ def list_complete_checkpoints(root: str | os.PathLike, prefix: str = "step_") ->
     if not root.is_dir():
         return []
     found = [
-        p for p in root.iterdir()
-        if p.name.startswith(prefix) and not p.name.startswith(TMP_PREFIX)
-        and p.is_dir() and (p / COMPLETE_MARKER).is_file()
+        p
+        for p in root.iterdir()
+        if p.name.startswith(prefix)
+        and not p.name.startswith(TMP_PREFIX)
+        and p.is_dir()
+        and (p / COMPLETE_MARKER).is_file()
     ]
     return sorted(found, key=lambda p: _checkpoint_sort_key(p.name, prefix))
 

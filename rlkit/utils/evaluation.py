@@ -81,6 +81,7 @@ def correctness(components: Mapping[str, Sequence[float]]) -> list[bool]:
 
 def sort_metric_names(names) -> list[str]:
     """``pass@k`` names first by increasing ``k``, then every other name alphabetically."""
+
     def key(name: str):
         m = re.fullmatch(r"pass@(\d+)", name)
         return (0, int(m.group(1)), name) if m else (1, 0, name)

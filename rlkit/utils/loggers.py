@@ -22,8 +22,20 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from rlkit._extras import require
 
-__all__ = ["Backend", "BackendContext", "JsonlBackend", "MLflowBackend", "MLFLOW_KEYS", "TensorBoardBackend",
-           "WANDB_KEYS", "WandbBackend", "available_backends", "jsonl_record", "make_backend", "register_backend"]
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "JsonlBackend",
+    "MLflowBackend",
+    "MLFLOW_KEYS",
+    "TensorBoardBackend",
+    "WANDB_KEYS",
+    "WandbBackend",
+    "available_backends",
+    "jsonl_record",
+    "make_backend",
+    "register_backend",
+]
 
 #: the keys ``logging.wandb`` accepts (passed to ``wandb.init``)
 WANDB_KEYS = ("project", "entity", "name", "group", "tags", "notes", "mode", "dir")
@@ -107,15 +119,20 @@ class WandbBackend:
     ``dir=output_dir``, ``name=output_dir``'s last component. Its own run object, never the global ``wandb.run``,
     so several loggers in one process do not mix."""
 
-    def __init__(self, output_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        settings: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
         wandb = require("wandb", why="logging.backends: wandb")
         out = Path(output_dir)
         kw = {"project": "rlkit", "mode": "offline", "dir": str(out), "name": out.resolve().name, **(settings or {})}
         Path(kw["dir"]).mkdir(parents=True, exist_ok=True)
         # console="off": wandb leaves stdout alone (rich's progress bar owns it); reinit: one run per logger
-        self.run = wandb.init(config=dict(config or {}), reinit="create_new",
-                              settings=wandb.Settings(console="off", silent=True), **kw)
+        self.run = wandb.init(
+            config=dict(config or {}), reinit="create_new", settings=wandb.Settings(console="off", silent=True), **kw
+        )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.run.log(dict(metrics), step=step)
@@ -164,8 +181,12 @@ class MLflowBackend:
     ``experiment`` (default ``rlkit``, created if missing), ``run_name`` (default ``output_dir``'s last component),
     ``tags``. ``config`` is recorded as the run's parameters, flattened to dotted keys."""
 
-    def __init__(self, output_dir: str | os.PathLike, settings: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        settings: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
         require("mlflow", why="logging.backends: mlflow")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -176,11 +197,10 @@ class MLflowBackend:
             self.client = MlflowClient(tracking_uri=uri)
         experiment = self._experiment_id(s.get("experiment") or "rlkit")
         tags = {str(k): str(v) for k, v in (s.get("tags") or {}).items()}
-        self.run_id = self.client.create_run(experiment, run_name=s.get("run_name") or out.name,
-                                             tags=tags).info.run_id
+        self.run_id = self.client.create_run(experiment, run_name=s.get("run_name") or out.name, tags=tags).info.run_id
         params = [Param(k, v) for k, v in _flatten(config or {}).items()]
         for i in range(0, len(params), 100):  # MLflow's limit per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -202,7 +222,7 @@ class MLflowBackend:
         now = int(time.time() * 1000)
         batch = [Metric(_mlflow_key(k), v, now, step) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):  # MLflow's limit per batch
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)

@@ -80,10 +80,19 @@ class MetricsLogger:
     ``enabled_progress=False`` prints nothing. ``console`` defaults to a new ``rich.console.Console()``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, tensorboard: bool = True, progress_total: int | None = None,
-                 progress_keys: tuple[str, ...] = ("reward", "kl", "entropy"), enabled_progress: bool = True,
-                 print_every: int = 10, console=None, backends: Sequence[str | Backend] | None = None,
-                 settings: Mapping[str, Mapping[str, Any]] | None = None, config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        tensorboard: bool = True,
+        progress_total: int | None = None,
+        progress_keys: tuple[str, ...] = ("reward", "kl", "entropy"),
+        enabled_progress: bool = True,
+        print_every: int = 10,
+        console=None,
+        backends: Sequence[str | Backend] | None = None,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ):
         if print_every < 1:
             raise ValueError(f"print_every must be >= 1, got {print_every}")
         self.output_dir = Path(output_dir)
@@ -105,8 +114,12 @@ class MetricsLogger:
         self.backends: list[Backend] = []
         try:
             for b in backends:
-                ctx = BackendContext(self.output_dir, dict((settings or {}).get(b, {})) if isinstance(b, str) else {},
-                                     config, clock=lambda: self._elapsed)
+                ctx = BackendContext(
+                    self.output_dir,
+                    dict((settings or {}).get(b, {})) if isinstance(b, str) else {},
+                    config,
+                    clock=lambda: self._elapsed,
+                )
                 self.backends.append(make_backend(b, ctx) if isinstance(b, str) else b)
         except BaseException:
             self._close_backends()  # those already open (a file, a tracker run) are not left behind
@@ -153,8 +166,14 @@ class MetricsLogger:
         summary = self._summary(values)
         if self.console.is_terminal:
             if self._progress is None:
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                           TimeElapsedColumn)
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    ProgressColumn,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
 
                 columns: list[ProgressColumn] = [TextColumn("[bold]step {task.completed}")]
                 if self.progress_total:
@@ -200,8 +219,9 @@ class MetricsLogger:
         self.close()
 
 
-def metrics_logger(output_dir: str | os.PathLike, logging, config: Mapping[str, Any] | None = None,
-                   **kwargs) -> MetricsLogger:
+def metrics_logger(
+    output_dir: str | os.PathLike, logging, config: Mapping[str, Any] | None = None, **kwargs
+) -> MetricsLogger:
     """A :class:`MetricsLogger` for a recipe's ``logging`` section: its selected backends
     (``logging.selected_backends()``), their ``logging.wandb`` / ``logging.mlflow`` settings and ``print_every``;
     ``kwargs`` (``progress_total``, ``progress_keys``, ...) go to :class:`MetricsLogger`."""

@@ -20,8 +20,14 @@ from rlkit._extras import require
 from rlkit.utils.checkpoint import atomic_write_bytes
 from rlkit.utils.metrics import read_metrics
 
-__all__ = ["MAX_PANELS", "PanelPlan", "default_plot_keys", "plan_training_panels",
-           "plot_pass_at_k", "plot_training_curves"]
+__all__ = [
+    "MAX_PANELS",
+    "PanelPlan",
+    "default_plot_keys",
+    "plan_training_panels",
+    "plot_pass_at_k",
+    "plot_training_curves",
+]
 
 #: panels of ``training_curves.png`` (series + the eval panel), three per row
 MAX_PANELS = 12
@@ -214,16 +220,21 @@ def _eval_panel(ax, bars: Mapping[str, Mapping[str, float]]) -> None:
         ys = [vals.get(k, float("nan")) for k in names]
         drawn = ax.bar(xs, ys, width, label=label, color=("0.65" if label == "before" else "C0"))
         ax.bar_label(drawn, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(names)), [n.replace("_accuracy", "").replace("pref/", "pref ") for n in names],
-                  fontsize=8, rotation=20)
+    ax.set_xticks(
+        range(len(names)),
+        [n.replace("_accuracy", "").replace("pref/", "pref ") for n in names],
+        fontsize=8,
+        rotation=20,
+    )
     ax.set_ylim(0.0, 1.12)
     ax.set_title("held-out eval" + (" before / after" if len(bars) > 1 else f" ({next(iter(bars))})"), fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, axis="y")
 
 
-def plot_training_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
-                         keys: list[str] | None = None) -> list[str]:
+def plot_training_curves(
+    metrics_path: str | os.PathLike, out_png: str | os.PathLike, keys: list[str] | None = None
+) -> list[str]:
     """Plot metrics from ``metrics.jsonl`` (file or its directory) into ``out_png``: one subplot per series, value
     against ``step`` (non-finite points leave gaps), three subplots per row.
 
@@ -261,8 +272,13 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, keys):
         pts = sorted(_series(rows, key).items())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.2, marker="o" if len(pts) <= 12 else None,
-                markersize=3)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            linewidth=1.2,
+            marker="o" if len(pts) <= 12 else None,
+            markersize=3,
+        )
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -48,8 +48,10 @@ def optimizer_from_files(blob: bytes, meta: dict) -> dict:
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     # JSON turned tuples (AdamW's betas) into lists; "params" is the one list of a param group
-    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
-              for g in meta["param_groups"]]
+    groups = [
+        {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 

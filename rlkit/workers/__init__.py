@@ -6,5 +6,4 @@ from .reference import ReferenceWorker
 from .reward import RewardWorker
 from .rollout import RolloutWorker
 
-__all__ = ["Learner", "LearnerCore", "PPOLearner", "PPOLearnerCore", "ReferenceWorker", "RewardWorker",
-           "RolloutWorker"]
+__all__ = ["Learner", "LearnerCore", "PPOLearner", "PPOLearnerCore", "ReferenceWorker", "RewardWorker", "RolloutWorker"]

@@ -73,8 +73,16 @@ class LearnerCore:
 
     Section: type[GRPOConfig] = GRPOConfig
 
-    def __init__(self, model_path: str, grpo: GRPOConfig | dict, regularizers, temperature: float = 1.0,
-                 dtype: str = "float32", seed: int = 0, lora: LearnerLoRAConfig | dict | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        grpo: GRPOConfig | dict,
+        regularizers,
+        temperature: float = 1.0,
+        dtype: str = "float32",
+        seed: int = 0,
+        lora: LearnerLoRAConfig | dict | None = None,
+    ):
         torch.manual_seed(seed)
         self.lora = LearnerLoRAConfig.model_validate(lora) if isinstance(lora, dict) else lora
         if self.lora:
@@ -86,8 +94,10 @@ class LearnerCore:
         self.model.train()
         self.cfg = grpo if isinstance(grpo, self.Section) else self.Section.model_validate(dict(grpo))
         if self.cfg.aggregation == "drgrpo" and not self.cfg.norm_length:
-            raise ValueError("grpo.aggregation 'drgrpo' needs grpo.norm_length, Dr. GRPO's constant L (the driver "
-                             "sets it to rollout.max_new_tokens); it is missing")
+            raise ValueError(
+                "grpo.aggregation 'drgrpo' needs grpo.norm_length, Dr. GRPO's constant L (the driver "
+                "sets it to rollout.max_new_tokens); it is missing"
+            )
         self.advantage = ADVANTAGES.get(self.cfg.advantage)(self.cfg)
         self.policy_loss = POLICY_LOSSES.get(self.cfg.policy_loss)(self.cfg)
         self.temperature = temperature
@@ -95,8 +105,11 @@ class LearnerCore:
         # samples: reference (DPH-RL) act on the stored rehearsal rows only, the others on the GRPO batch
         self.rehearsal_regs = [r for r in self.regs if on_reference_samples(r)]
         self.policy_regs = [r for r in self.regs if not on_reference_samples(r)]
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                     lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        self.opt = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.cfg.learning_rate,
+            weight_decay=self.cfg.weight_decay,
+        )
         self.pad_id = self.tokenizer.pad_token_id
         self.version = 0
         self.bad_steps = 0
@@ -120,20 +133,30 @@ class LearnerCore:
         # smaller transfer, V > H, instead of [B, T, V] logits
         big_vocab = getattr(cfg, "vocab_size", 0) > getattr(cfg, "hidden_size", float("inf"))
         return LearnerNeeds(
-            ref_logprobs=tuple(sorted(lp)), ref_logits=tuple(sorted(logits)),
+            ref_logprobs=tuple(sorted(lp)),
+            ref_logits=tuple(sorted(logits)),
             ref_hidden=tuple(sorted(logits)) if big_vocab else (),
-            references={r.reference_key: r.cfg.reference.model_dump() for r in self.regs
-                        if not reference_type(r.cfg.reference.type).learner_side},
+            references={
+                r.reference_key: r.cfg.reference.model_dump()
+                for r in self.regs
+                if not reference_type(r.cfg.reference.type).learner_side
+            },
             served=("initial",) if self.lora else (),  # LoRA: "initial" = the adapter-disabled model
-            labels=tuple(r.label for r in self.regs), rehearsal=tuple(r.label for r in self.rehearsal_regs))
+            labels=tuple(r.label for r in self.regs),
+            rehearsal=tuple(r.label for r in self.rehearsal_regs),
+        )
 
     # --- one step: inputs -> advantages -> old policy -> minibatch updates -> metrics ---------------------------
     def train_step(self, data: TrainBatch) -> dict:
         s = self._step_tensors(data)
         metrics: dict[str, float] = {}
         penalty = self._reward_penalty(s, metrics)
-        advantages = self._advantages(AdvantageInputs(scores=s.scores, mask=s.mask, group_size=self.cfg.group_size,
-                                                      penalty=penalty, correct=s.correct), s.batch)
+        advantages = self._advantages(
+            AdvantageInputs(
+                scores=s.scores, mask=s.mask, group_size=self.cfg.group_size, penalty=penalty, correct=s.correct
+            ),
+            s.batch,
+        )
         fused = self._fused(s.batch)
         old_lp, proxy = self._old_policy(s, fused)
         log = self._updates(s, advantages, old_lp, proxy, fused, data.rehearsal)
@@ -153,21 +176,30 @@ class LearnerCore:
         correct = torch.tensor(data.correct, dtype=torch.float32)
         rollout_lp = torch.zeros_like(batch["completion_mask"])
         for i, lps in enumerate(data.rollout_logprobs):
-            rollout_lp[i, :len(lps)] = torch.tensor(lps)
+            rollout_lp[i, : len(lps)] = torch.tensor(lps)
         return StepTensors(
-            step=data.step, batch=batch, refs={k: v.logprobs for k, v in ref_outputs.items()},
+            step=data.step,
+            batch=batch,
+            refs={k: v.logprobs for k, v in ref_outputs.items()},
             ref_logits={k: v.logits for k, v in ref_outputs.items() if v.logits is not None},
             ref_hidden={k: self._ref_head(k, v) for k, v in ref_outputs.items() if v.hidden is not None},
-            scores=torch.tensor(data.scores, dtype=torch.float32), correct=correct,
-            accuracy=correct.view(-1, g).mean(1).repeat_interleave(g), rollout_lp=rollout_lp)
+            scores=torch.tensor(data.scores, dtype=torch.float32),
+            correct=correct,
+            accuracy=correct.view(-1, g).mean(1).repeat_interleave(g),
+            rollout_lp=rollout_lp,
+        )
 
     def _reward_penalty(self, s: StepTensors, metrics: dict) -> torch.Tensor | None:
         """Placement "reward": the per-token penalty of the sampled sequences, before advantages (no grad; the
         rollout log-probs); None without such regularizers."""
         if not any(r.placement == "reward" for r in self.regs):
             return None
-        pen, m = reward_penalty(PolicyBatch(logprobs=s.rollout_lp, mask=s.mask, ref_logprobs=s.refs, step=s.step,
-                                            extras={"correct": s.correct}), self.regs)
+        pen, m = reward_penalty(
+            PolicyBatch(
+                logprobs=s.rollout_lp, mask=s.mask, ref_logprobs=s.refs, step=s.step, extras={"correct": s.correct}
+            ),
+            self.regs,
+        )
         metrics.update({f"reward_penalty/{k}": v for k, v in m.items()})
         return pen
 
@@ -195,8 +227,9 @@ class LearnerCore:
             ids, lp_regs = s.batch["completion_ids"], self._proxy_regs()
             return token_logprobs(logits, ids), (lp_regs[0].proxy_logprobs(logits, ids) if lp_regs else None)
 
-    def _updates(self, s: StepTensors, advantages: torch.Tensor, old_lp, proxy, fused: bool,
-                 rehearsal: RehearsalBatch | None) -> UpdateLog:
+    def _updates(
+        self, s: StepTensors, advantages: torch.Tensor, old_lp, proxy, fused: bool, rehearsal: RehearsalBatch | None
+    ) -> UpdateLog:
         """``grpo.epochs`` passes over ``grpo.minibatches`` contiguous row ranges, one optimizer update each; the
         DPH-RL rehearsal rows (one chunk per minibatch) join the first pass's updates."""
         mbs, B = self.cfg.minibatches, s.mask.shape[0]
@@ -223,27 +256,40 @@ class LearnerCore:
             log.sums["rehearsal/batch_size"] = float(sum(len(ref) for _, ref in reh))
         return log
 
-    def _policy_batch(self, s: StepTensors, sub: dict, idx: torch.Tensor, advantages, old_lp, proxy, lp, logits,
-                      head) -> PolicyBatch:
+    def _policy_batch(
+        self, s: StepTensors, sub: dict, idx: torch.Tensor, advantages, old_lp, proxy, lp, logits, head
+    ) -> PolicyBatch:
         """The :class:`PolicyBatch` of one minibatch (rows ``idx``) for the policy loss and the regularizers."""
         # async rollouts were sampled by last step's weights: the ratio is taken against that behaviour policy
         old = s.rollout_lp[idx] if self.cfg.async_rollout else (lp.detach() if old_lp is None else old_lp[idx])
         lp_regs = self._proxy_regs()
-        prox = proxy[idx] if proxy is not None else (
-            lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
+        prox = (
+            proxy[idx]
+            if proxy is not None
+            else (lp_regs[0].proxy_logprobs(logits.detach(), sub["completion_ids"]) if lp_regs else None)
+        )
         want_logits = any("logits" in r.requires() for r in self.regs)
         lo, hi = int(idx[0]), int(idx[-1]) + 1  # idx is a contiguous range: [B, T, V] tensors sliced as views
         return PolicyBatch(
-            logprobs=lp, old_logprobs=old, mask=sub["completion_mask"], advantages=advantages[idx],
+            logprobs=lp,
+            old_logprobs=old,
+            mask=sub["completion_mask"],
+            advantages=advantages[idx],
             ref_logprobs={k: v[idx] for k, v in s.refs.items()} or None,
             ref_logits={k: v[lo:hi] for k, v in s.ref_logits.items()} or None,
             ref_hidden={k: (h[lo:hi], *rest) for k, (h, *rest) in s.ref_hidden.items()} or None,
-            logits=logits if want_logits else None, proxy_logprobs=prox, accuracy=s.accuracy[idx], step=s.step,
-            hidden=head[0] if want_logits and head else None, lm_head=head[1] if want_logits and head else None,
-            extras={"correct": s.correct[idx]})
+            logits=logits if want_logits else None,
+            proxy_logprobs=prox,
+            accuracy=s.accuracy[idx],
+            step=s.step,
+            hidden=head[0] if want_logits and head else None,
+            lm_head=head[1] if want_logits and head else None,
+            extras={"correct": s.correct[idx]},
+        )
 
-    def _minibatch_loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy, rollout_lp: torch.Tensor
-                        ) -> tuple[torch.Tensor, dict]:
+    def _minibatch_loss(
+        self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy, rollout_lp: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         """The policy loss with ``grpo.tis_cap``'s truncated importance weights against the rollout log-probs."""
         tis: torch.Tensor | None = None
         tis_m: dict[str, float] = {}
@@ -286,20 +332,29 @@ class LearnerCore:
         ``grpo.max_bad_steps`` consecutive steps without a finite update."""
         keep = ("rollout/logprob_gap", "rehearsal/batch_size")
         metrics = {k: (v / max(log.applied, 1) if not k.startswith(keep) else v) for k, v in log.sums.items()}
-        metrics.update({k: v / log.with_rehearsal for k, v in log.sums.items()
-                        if k.startswith("rehearsal/") and k != "rehearsal/batch_size" and log.with_rehearsal})
+        metrics.update(
+            {
+                k: v / log.with_rehearsal
+                for k, v in log.sums.items()
+                if k.startswith("rehearsal/") and k != "rehearsal/batch_size" and log.with_rehearsal
+            }
+        )
         metrics["skipped_updates"] = float(log.planned - log.applied)
         bad = ", ".join(sorted(log.bad_terms))
         if log.bad_terms:
             metrics.update({f"nonfinite/{t}": 1.0 for t in sorted(log.bad_terms)})
-            print(f"Learner: step {step}: non-finite {bad}; {log.planned - log.applied}/{log.planned} update(s) "
-                  "skipped", flush=True)
+            print(
+                f"Learner: step {step}: non-finite {bad}; {log.planned - log.applied}/{log.planned} update(s) skipped",
+                flush=True,
+            )
         self.bad_steps = self.bad_steps + 1 if log.applied == 0 else 0
         limit = self.cfg.max_bad_steps
         if limit and self.bad_steps >= limit:
-            raise FloatingPointError(f"{self.bad_steps} consecutive steps without a finite update (last step {step}: "
-                                     f"non-finite {bad}); stopping. The last checkpoint is intact: lower the "
-                                     "learning rate or the regularizer coefficient and resume")
+            raise FloatingPointError(
+                f"{self.bad_steps} consecutive steps without a finite update (last step {step}: "
+                f"non-finite {bad}); stopping. The last checkpoint is intact: lower the "
+                "learning rate or the regularizer coefficient and resume"
+            )
         return metrics
 
     def _observe(self, metrics: dict) -> None:
@@ -316,9 +371,14 @@ class LearnerCore:
         if "initial" in s.refs:  # a diagnostic for every run, whatever its regularizer: k3 estimate, no clamps
             kl0 = kl_penalty(s.rollout_lp, s.refs["initial"], "k3", log_ratio_clamp=None, value_clamp=None)
             out["kl_initial/k3"] = float(masked_mean(kl0, s.mask))
-        out.update({"reward/mean": float(torch.tensor(data.scores).mean()), "reward/accuracy": float(s.correct.mean()),
-                    "response/length": float(s.mask.sum(-1).mean()),
-                    "advantage/abs_mean": float(advantages.abs().mean())})
+        out.update(
+            {
+                "reward/mean": float(torch.tensor(data.scores).mean()),
+                "reward/accuracy": float(s.correct.mean()),
+                "response/length": float(s.mask.sum(-1).mean()),
+                "advantage/abs_mean": float(advantages.abs().mean()),
+            }
+        )
         return out
 
     def _check_groups(self, data: TrainBatch) -> None:
@@ -327,11 +387,17 @@ class LearnerCore:
         g, groups = self.cfg.group_size, data.group
         if groups is None:
             return
-        blocks = [groups[i:i + g] for i in range(0, len(groups), g)]
-        if len(groups) != len(data.completion_ids) or len(groups) % g or any(len(set(b)) != 1 for b in blocks) \
-                or len({b[0] for b in blocks}) != len(blocks):
-            raise ValueError(f"train_step: completions must come in groups of group_size={g} consecutive rows, one "
-                             f"group per prompt; got group indices {groups}")
+        blocks = [groups[i : i + g] for i in range(0, len(groups), g)]
+        if (
+            len(groups) != len(data.completion_ids)
+            or len(groups) % g
+            or any(len(set(b)) != 1 for b in blocks)
+            or len({b[0] for b in blocks}) != len(blocks)
+        ):
+            raise ValueError(
+                f"train_step: completions must come in groups of group_size={g} consecutive rows, one "
+                f"group per prompt; got group indices {groups}"
+            )
 
     def _with_own_references(self, refs: dict[str, ReferenceOutput], batch: dict) -> dict[str, ReferenceOutput]:
         """The driver's reference outputs plus, for LoRA, ``initial``: this model with its adapters disabled (the
@@ -351,8 +417,10 @@ class LearnerCore:
         if not rehearsal or not self.rehearsal_regs:
             return []
         batch, ref = rehearsal_tensors(rehearsal, self.pad_id)
-        return [({k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}, ref[idx])
-                for idx in torch.arange(ref.shape[0]).chunk(chunks)]
+        return [
+            ({k: (v[idx] if torch.is_tensor(v) else v) for k, v in batch.items()}, ref[idx])
+            for idx in torch.arange(ref.shape[0]).chunk(chunks)
+        ]
 
     def _rehearsal_term(self, sub: dict, ref: torch.Tensor, fused: bool, step: int) -> tuple[torch.Tensor, dict]:
         """DPH-RL's rehearsal loss on stored ``pi_0`` responses: ``sum_r coef_r * token-mean g_r(pi_theta / pi_0)``
@@ -369,10 +437,12 @@ class LearnerCore:
             heads[key] = ref.head
         head = heads.get(key)
         if head is None or head["version"] != ref.head_version:
-            raise RuntimeError(f"Learner: reference {key!r} sent hidden states of lm_head version "
-                               f"{ref.head_version}, but this learner holds "
-                               f"{'none' if head is None else 'version ' + str(head['version'])}. The driver sends "
-                               "each version's head once; a restarted learner must resume from a checkpoint")
+            raise RuntimeError(
+                f"Learner: reference {key!r} sent hidden states of lm_head version "
+                f"{ref.head_version}, but this learner holds "
+                f"{'none' if head is None else 'version ' + str(head['version'])}. The driver sends "
+                "each version's head once; a restarted learner must resume from a checkpoint"
+            )
         return ref.hidden, head["weight"], head["bias"], head["temperature"]
 
     def _fused(self, batch: dict) -> bool:
@@ -404,13 +474,13 @@ class LearnerCore:
         if parts is None:
             raise RuntimeError("grpo.fused_head: the model's lm_head is no longer a plain Linear")
         hidden, weight, bias = parts
-        out = linear_token_logprobs(hidden, weight, sub["completion_ids"], bias, self.temperature,
-                                    with_entropy=entropy)
+        out = linear_token_logprobs(hidden, weight, sub["completion_ids"], bias, self.temperature, with_entropy=entropy)
         head = (hidden, (weight, bias, self.temperature))
         return (*out, None, head) if entropy else (out, None, None, head)
 
-    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
-              ) -> tuple[torch.Tensor, dict]:
+    def _loss(
+        self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
+    ) -> tuple[torch.Tensor, dict]:
         """One minibatch's objective: the algorithm's policy loss (``grpo.policy_loss``) with the loss-placed
         regularizers (PPO adds its value loss); ``sub``/``idx``: the minibatch and its rows."""
         return self.policy_loss(pb, self.policy_regs, entropy=entropy, token_weights=token_weights)
@@ -435,8 +505,13 @@ class LearnerCore:
 
         return adapter_state_dict(self.model)
 
-    def compute(self, prompts: list | None = None, completions: list | None = None, want_logits: bool = False,
-                batch: dict | None = None) -> dict:
+    def compute(
+        self,
+        prompts: list | None = None,
+        completions: list | None = None,
+        want_logits: bool = False,
+        batch: dict | None = None,
+    ) -> dict:
         """LoRA only: the ``initial`` reference (the adapter-disabled model), with ``ReferenceWorker.compute``'s
         signature and output, so the driver's evaluation can use the learner as that reference."""
         if not self.lora:
@@ -462,9 +537,14 @@ class LearnerCore:
         extra: dict[str, bytes | str] | None = None
         if driver_state is not None:
             blob, opt_meta = ts.optimizer_to_files(self.opt.state_dict())
-            state = {"version": self.version, "bad_steps": self.bad_steps, "optimizer": opt_meta,
-                     "torch_rng": ts.rng_to_json(torch.get_rng_state()),
-                     "regularizers": {r.label: r.state_dict() for r in self.regs}, "driver": driver_state}
+            state = {
+                "version": self.version,
+                "bad_steps": self.bad_steps,
+                "optimizer": opt_meta,
+                "torch_rng": ts.rng_to_json(torch.get_rng_state()),
+                "regularizers": {r.label: r.state_dict() for r in self.regs},
+                "driver": driver_state,
+            }
             extra = {ts.OPTIMIZER_FILE: blob, ts.STATE_FILE: json.dumps(state)}
         extra = {**(extra or {}), **self._extra_checkpoint_files()}
         self.model.eval()
@@ -514,7 +594,8 @@ def rehearsal_tensors(data: RehearsalBatch, pad_id: int) -> tuple[dict, torch.Te
     ref = torch.zeros_like(batch["completion_mask"])
     for i, lps in enumerate(data.ref_logprobs):
         if len(lps) != len(data.completion_ids[i]):
-            raise ValueError(f"rehearsal row {i}: {len(lps)} stored log-probs for {len(data.completion_ids[i])} "
-                             "completion tokens")
-        ref[i, :len(lps)] = torch.tensor(lps, dtype=ref.dtype)
+            raise ValueError(
+                f"rehearsal row {i}: {len(lps)} stored log-probs for {len(data.completion_ids[i])} completion tokens"
+            )
+        ref[i, : len(lps)] = torch.tensor(lps, dtype=ref.dtype)
     return batch, ref

@@ -64,11 +64,17 @@ def check_recipe(recipe) -> None:
     if n == 1:
         return
     if recipe.algorithm != "grpo":
-        raise ConfigError("learner.num_workers", f"data-parallel learners support algorithm 'grpo' only, not "
-                                                 f"{recipe.algorithm!r}; use learner.num_workers=1")
+        raise ConfigError(
+            "learner.num_workers",
+            f"data-parallel learners support algorithm 'grpo' only, not "
+            f"{recipe.algorithm!r}; use learner.num_workers=1",
+        )
     if recipe.grpo.prompts_per_step % n:
-        raise ConfigError("learner.num_workers", f"grpo.prompts_per_step={recipe.grpo.prompts_per_step} must be a "
-                                                 f"multiple of learner.num_workers={n} (each worker gets whole groups)")
+        raise ConfigError(
+            "learner.num_workers",
+            f"grpo.prompts_per_step={recipe.grpo.prompts_per_step} must be a "
+            f"multiple of learner.num_workers={n} (each worker gets whole groups)",
+        )
 
 
 # ----------------------------------------------------------------------------------------------- in the actors
@@ -96,8 +102,11 @@ class GradSync:
         """Returns whether every rank's loss was finite; if so, every parameter's ``.grad`` is the global one."""
         import torch.distributed as dist
 
-        mine = torch.tensor([float(mask.sum()), float(mask.shape[0]), float(mask.shape[-1]), float(finite)],
-                            dtype=torch.float64, device=self.device)
+        mine = torch.tensor(
+            [float(mask.sum()), float(mask.shape[0]), float(mask.shape[-1]), float(finite)],
+            dtype=torch.float64,
+            device=self.device,
+        )
         rows = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(rows, mine)
         stats = torch.stack(rows).cpu()
@@ -114,7 +123,7 @@ class GradSync:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             for p in bucket:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
                 offset += p.numel()
         return True
 
@@ -135,8 +144,9 @@ def _buckets(params: list) -> list[list]:
     cur: list = []
     size = 0
     for p in params:
-        if cur and (p.dtype != cur[0].dtype or p.device != cur[0].device or size + p.numel() * p.element_size()
-                    > BUCKET_BYTES):
+        if cur and (
+            p.dtype != cur[0].dtype or p.device != cur[0].device or size + p.numel() * p.element_size() > BUCKET_BYTES
+        ):
             out.append(cur)
             cur, size = [], 0
         cur.append(p)
@@ -172,8 +182,13 @@ class DataParallelMixin:
 
         device = next(self.model.parameters()).device
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=self.dp_rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{address}:{port}",
+            rank=self.dp_rank,
+            world_size=world,
+            timeout=timedelta(seconds=timeout_s),
+        )
         with torch.no_grad():
             for t in [*self.model.parameters(), *self.model.buffers()]:
                 dist.broadcast(t.data, src=0)
@@ -224,8 +239,9 @@ def shard_rows(batch_size: int, group_size: int, num_shards: int, minibatches: i
         raise ValueError(f"batch of {batch_size} samples is not whole groups of {group_size}")
     groups = batch_size // group_size
     if groups % num_shards:
-        raise ValueError(f"{groups} groups (grpo.prompts_per_step) cannot be split evenly over "
-                         f"learner.num_workers={num_shards}")
+        raise ValueError(
+            f"{groups} groups (grpo.prompts_per_step) cannot be split evenly over learner.num_workers={num_shards}"
+        )
     parts = num_shards * minibatches if groups % (num_shards * minibatches) == 0 else num_shards
     per_part = groups // parts
     shards: list[list[int]] = [[] for _ in range(num_shards)]
@@ -252,14 +268,28 @@ class LearnerGroup:
     rank (``train_step``, ``load_training_state``) wait for all of them and return an object ref of the (merged)
     result, or the ref of the first rank that failed, so ``ray.get`` raises that rank's error."""
 
-    def __init__(self, num_workers: int, model_path: str, grpo: GRPOConfig | dict, regularizers, *,
-                 num_cpus: float = 0.5, num_gpus: float = 0, core: type[LearnerCore] = LearnerCore,
-                 timeout_s: float = 1800.0, **kwargs):
+    def __init__(
+        self,
+        num_workers: int,
+        model_path: str,
+        grpo: GRPOConfig | dict,
+        regularizers,
+        *,
+        num_cpus: float = 0.5,
+        num_gpus: float = 0,
+        core: type[LearnerCore] = LearnerCore,
+        timeout_s: float = 1800.0,
+        **kwargs,
+    ):
         grpo = grpo if isinstance(grpo, core.Section) else core.Section.model_validate(dict(grpo))
         self.num_workers, self.group_size, self.minibatches = num_workers, grpo.group_size, grpo.minibatches
         actor = data_parallel_actor(core)
-        self.workers = [actor.options(**with_plugins(dict(num_cpus=num_cpus, num_gpus=num_gpus))).remote(
-            model_path, grpo, regularizers, dp_rank=rank, **kwargs) for rank in range(num_workers)]
+        self.workers = [
+            actor.options(**with_plugins(dict(num_cpus=num_cpus, num_gpus=num_gpus))).remote(
+                model_path, grpo, regularizers, dp_rank=rank, **kwargs
+            )
+            for rank in range(num_workers)
+        ]
         address, port = ray.get(self.workers[0].dist_address.remote())
         self.backend = ray.get([w.dist_init.remote(address, port, num_workers, timeout_s) for w in self.workers])[0]
         self.needs = _Remote(lambda: self.workers[0].needs.remote())
@@ -268,7 +298,8 @@ class LearnerGroup:
         self.state = _Remote(lambda: self.workers[0].state.remote())
         self.train_step = _Remote(self._train_step)
         self.load_training_state = _Remote(
-            lambda path: self._all([w.load_training_state.remote(path) for w in self.workers]))
+            lambda path: self._all([w.load_training_state.remote(path) for w in self.workers])
+        )
 
     def _train_step(self, data: TrainBatch):
         rows = shard_rows(len(data.completion_ids), self.group_size, self.num_workers, self.minibatches)

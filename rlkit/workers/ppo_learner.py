@@ -37,7 +37,7 @@ def _completion_values(head: torch.nn.Linear, hidden: torch.Tensor, batch: dict)
     """``V(s_t) = w^T h + b`` at the positions that predict completion token ``t`` (the state before the action),
     the same slice as :func:`rlkit.models.forward.completion_logits`; ``[B, T]``."""
     P, T = batch["prompt_len"], batch["completion_ids"].shape[1]
-    return head(hidden[:, P - 1:P + T - 1].to(head.weight.dtype)).squeeze(-1)
+    return head(hidden[:, P - 1 : P + T - 1].to(head.weight.dtype)).squeeze(-1)
 
 
 def _zero_head(hidden_size: int) -> torch.nn.Linear:
@@ -48,8 +48,12 @@ def _zero_head(hidden_size: int) -> torch.nn.Linear:
 
 
 def _trunk_forward(trunk, batch: dict) -> torch.Tensor:
-    return trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 position_ids=batch["position_ids"], use_cache=False)[0]
+    return trunk(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )[0]
 
 
 class ValueHead(torch.nn.Module):
@@ -105,13 +109,22 @@ class PPOLearnerCore(LearnerCore):
     Section = PPOConfig
     cfg: PPOConfig  # validated by Section
 
-    def __init__(self, model_path: str, ppo: PPOConfig | dict, regularizers, temperature: float = 1.0,
-                 dtype: str = "float32", seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        ppo: PPOConfig | dict,
+        regularizers,
+        temperature: float = 1.0,
+        dtype: str = "float32",
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(model_path, ppo, regularizers, temperature=temperature, dtype=dtype, seed=seed, **kwargs)
         cfg = self.cfg
         self.critic = ValueHead(self.model) if cfg.critic == "value_head" else SeparateCritic(model_path, dtype)
-        self.opt.add_param_group({"params": list(self.critic.parameters()),
-                                  "lr": cfg.critic_learning_rate or cfg.learning_rate})
+        self.opt.add_param_group(
+            {"params": list(self.critic.parameters()), "lr": cfg.critic_learning_rate or cfg.learning_rate}
+        )
         self.opt.register_step_pre_hook(self._clip_critic)
         self._old_values: torch.Tensor | None = None
         self._returns: torch.Tensor | None = None
@@ -141,14 +154,24 @@ class PPOLearnerCore(LearnerCore):
         self._step_metrics.update(out.metrics)
         return out.advantages
 
-    def _loss(self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
-              ) -> tuple[torch.Tensor, dict]:
+    def _loss(
+        self, pb: PolicyBatch, sub: dict, idx: torch.Tensor, entropy=None, token_weights=None
+    ) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         policy = partial(self.policy_loss, entropy=entropy, token_weights=token_weights)
         assert self._old_values is not None and self._returns is not None  # set by _advantages earlier in the step
-        return ppo_loss(pb, self.critic(sub), self._old_values[idx], self._returns[idx], self.regs,
-                        vf_coef=cfg.vf_coef, value_clip=cfg.value_clip, aggregation=cfg.aggregation,
-                        norm_length=cfg.norm_length, policy=policy)
+        return ppo_loss(
+            pb,
+            self.critic(sub),
+            self._old_values[idx],
+            self._returns[idx],
+            self.regs,
+            vf_coef=cfg.vf_coef,
+            value_clip=cfg.value_clip,
+            aggregation=cfg.aggregation,
+            norm_length=cfg.norm_length,
+            policy=policy,
+        )
 
     def train_step(self, data: TrainBatch) -> dict:
         self._step_metrics, self._critic_norms = {}, []
@@ -163,8 +186,9 @@ class PPOLearnerCore(LearnerCore):
     def _extra_checkpoint_files(self) -> dict:
         from safetensors.torch import save
 
-        return {CRITIC_FILE: save({k: v.detach().cpu().contiguous().clone()
-                                   for k, v in self.critic.state_dict().items()})}
+        return {
+            CRITIC_FILE: save({k: v.detach().cpu().contiguous().clone() for k, v in self.critic.state_dict().items()})
+        }
 
     def load_critic(self, path: str) -> None:
         from pathlib import Path
@@ -187,5 +211,8 @@ class PPOLearner(PPOLearnerCore):
     def __init__(self, *args, torch_threads: int = 1, **kwargs):
         setup_process(torch_threads)
         super().__init__(*args, **kwargs)
-        print(f"Learner pid={os.getpid()} algorithm=ppo critic={self.cfg.critic} "
-              f"regularizers={[r.label for r in self.regs]}", flush=True)
+        print(
+            f"Learner pid={os.getpid()} algorithm=ppo critic={self.cfg.critic} "
+            f"regularizers={[r.label for r in self.regs]}",
+            flush=True,
+        )

@@ -29,9 +29,18 @@ def load_model(path: str, dtype: str = "float32"):
 
 @remote_actor
 class ReferenceWorker:
-    def __init__(self, kind: str, paths: list[str], weights: list[float] | None = None, dtype: str = "float32",
-                 temperature: float = 1.0, torch_threads: int = 1, name: str | None = None,
-                 shared_prefix: bool = True, load_options: dict | None = None):
+    def __init__(
+        self,
+        kind: str,
+        paths: list[str],
+        weights: list[float] | None = None,
+        dtype: str = "float32",
+        temperature: float = 1.0,
+        torch_threads: int = 1,
+        name: str | None = None,
+        shared_prefix: bool = True,
+        load_options: dict | None = None,
+    ):
         """``kind``, ``paths``, ``weights``, ``load_options``: the :class:`rlkit.references.ReferenceSource` its
         registered type resolved (the type builds the model: one checkpoint, or for a soup the average of several).
         ``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.models.prefix`)."""
@@ -50,9 +59,12 @@ class ReferenceWorker:
         self.head_version = 0  # bumped by every refresh: the learner caches the lm_head per version
         self._hidden_ok: bool | None = None  # hidden-state form usable (checked at the first such call)
         if restarted_by_ray():
-            print(f"ReferenceWorker[{self.name}] was restarted by Ray (pid {os.getpid()}): its previous process "
-                  "died; it serves the weights it was started with (a refreshing reference has lost its refreshes "
-                  "so far)", flush=True)
+            print(
+                f"ReferenceWorker[{self.name}] was restarted by Ray (pid {os.getpid()}): its previous process "
+                "died; it serves the weights it was started with (a refreshing reference has lost its refreshes "
+                "so far)",
+                flush=True,
+            )
         print(f"ReferenceWorker[{self.name}] pid={os.getpid()} from {paths}", flush=True)
 
     def refresh(self, state_dict: dict, rate: float) -> int:
@@ -64,8 +76,9 @@ class ReferenceWorker:
         return lerp_parameters_(self.model, state_dict, rate)
 
     @torch.no_grad()
-    def compute(self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False,
-                hidden: bool = False) -> dict:
+    def compute(
+        self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False, hidden: bool = False
+    ) -> dict:
         """``{"logprobs": [B, T]}`` of the completion tokens at the sampling temperature, plus
         ``"logits"`` ``[B, T, V]`` (divided by the temperature) with ``want_logits``, or with ``hidden``
         ``"hidden"`` ``[B, T, H]`` (the final hidden states whose lm_head output is those logits, before the
@@ -80,16 +93,21 @@ class ReferenceWorker:
 
             self._hidden_ok = fused_head_agrees(self.model, batch)
             if not self._hidden_ok:
-                print(f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
-                      flush=True)
+                print(
+                    f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
+                    flush=True,
+                )
         if hidden and self._hidden_ok:
             from rlkit.models.fused_head import completion_hidden, linear_token_logprobs
 
             parts = completion_hidden(self.model, batch, group)
             if parts is not None:
                 h, weight, bias = parts
-                return {"logprobs": linear_token_logprobs(h, weight, batch["completion_ids"], bias, self.temperature),
-                        "hidden": h.float(), "head_version": self.head_version}
+                return {
+                    "logprobs": linear_token_logprobs(h, weight, batch["completion_ids"], bias, self.temperature),
+                    "hidden": h.float(),
+                    "head_version": self.head_version,
+                }
             want_logits = True
         logits = completion_logits(self.model, batch, self.temperature, group)
         out = {"logprobs": token_logprobs(logits, batch["completion_ids"])}
@@ -105,6 +123,9 @@ class ReferenceWorker:
         head = plain_lm_head(self.model)
         if head is None:
             raise ValueError(f"ReferenceWorker[{self.name}]: the lm_head is not a plain linear layer")
-        return {"weight": head.weight.detach().float().clone(),
-                "bias": None if head.bias is None else head.bias.detach().float().clone(),
-                "version": self.head_version, "temperature": self.temperature}
+        return {
+            "weight": head.weight.detach().float().clone(),
+            "bias": None if head.bias is None else head.bias.detach().float().clone(),
+            "version": self.head_version,
+            "temperature": self.temperature,
+        }

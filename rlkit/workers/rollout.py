@@ -19,9 +19,21 @@ if TYPE_CHECKING:
 class RolloutWorker:
     engine: RolloutEngine
 
-    def __init__(self, model_path: str, rank: int = 0, engine: str = "transformers", dtype: str = "float32",
-                 batch_size: int = 256, torch_threads: int = 1, seed: int = 0, version: int = 0,
-                 vllm_options: dict | None = None, model=None, tokenizer=None, sampler: str = "native"):
+    def __init__(
+        self,
+        model_path: str,
+        rank: int = 0,
+        engine: str = "transformers",
+        dtype: str = "float32",
+        batch_size: int = 256,
+        torch_threads: int = 1,
+        seed: int = 0,
+        version: int = 0,
+        vllm_options: dict | None = None,
+        model=None,
+        tokenizer=None,
+        sampler: str = "native",
+    ):
         """``model``/``tokenizer`` (in-process placement only): generate with this live ``nn.Module``, the learner's
         policy, instead of loading a copy; weight updates are then no-ops (the weights are shared)."""
         setup_process(torch_threads, seed + rank)
@@ -53,11 +65,17 @@ class RolloutWorker:
             self.engine = TransformersEngine(model, self.tokenizer, batch_size, sampler)
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
-        print(f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
-              f"{'the learner policy (shared, in-process)' if self.shared else model_path}", flush=True)
+        print(
+            f"RolloutWorker[{rank}] pid={os.getpid()} engine={engine} model="
+            f"{'the learner policy (shared, in-process)' if self.shared else model_path}",
+            flush=True,
+        )
         if restarted_by_ray():
-            print(f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
-                  "re-sends the current ones", flush=True)
+            print(
+                f"RolloutWorker[{rank}] was restarted by Ray: it holds weights version {version} until the driver "
+                "re-sends the current ones",
+                flush=True,
+            )
 
     def generate(self, prompt_ids: list[list[int]], params: dict, expect_version: int | None = None):
         """Completions as dicts; ``{"stale": version}`` instead when the worker's weights are not
@@ -78,8 +96,9 @@ class RolloutWorker:
         return self.version
 
 
-def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None,
-                          inprocess: bool = False) -> list:
+def spawn_rollout_workers(
+    recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None, inprocess: bool = False
+) -> list:
     """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``).
     ``inprocess``: one worker in this process (``ray.mode: inprocess``), generating with ``share=(model,
     tokenizer)``, a live module, when given, else with its own copy of the model at ``model_path``."""
@@ -88,15 +107,39 @@ def spawn_rollout_workers(recipe, model_path: str, version: int = 0, max_restart
         from .local import spawn
 
         model, tokenizer = share if share is not None else (None, None)
-        return [spawn(RolloutWorker, {}, model_path, engine=ro.engine, dtype=recipe.model.dtype,
-                      batch_size=ro.batch_size, torch_threads=rc.torch_threads, seed=recipe.seed, version=version,
-                      model=model, tokenizer=tokenizer, sampler=ro.sampler, inprocess=True)]
+        return [
+            spawn(
+                RolloutWorker,
+                {},
+                model_path,
+                engine=ro.engine,
+                dtype=recipe.model.dtype,
+                batch_size=ro.batch_size,
+                torch_threads=rc.torch_threads,
+                seed=recipe.seed,
+                version=version,
+                model=model,
+                tokenizer=tokenizer,
+                sampler=ro.sampler,
+                inprocess=True,
+            )
+        ]
     opts = dict(num_cpus=rc.cpus_per_rollout_worker, max_restarts=max_restarts)
     if rc.gpus_per_rollout_worker:
         opts["num_gpus"] = rc.gpus_per_rollout_worker
     # @remote_actor made the class a lazy Ray actor class; mypy ignores what a class decorator returns
-    return [RolloutWorker.options(**opts).remote(  # type: ignore[attr-defined]
-        model_path, rank=i, engine=ro.engine, dtype=recipe.model.dtype, batch_size=ro.batch_size,
-        torch_threads=rc.torch_threads, seed=recipe.seed, version=version, sampler=ro.sampler,
-        vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None) for i in range(ro.num_workers)]
-
+    return [
+        RolloutWorker.options(**opts).remote(  # type: ignore[attr-defined]
+            model_path,
+            rank=i,
+            engine=ro.engine,
+            dtype=recipe.model.dtype,
+            batch_size=ro.batch_size,
+            torch_threads=rc.torch_threads,
+            seed=recipe.seed,
+            version=version,
+            sampler=ro.sampler,
+            vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None,
+        )
+        for i in range(ro.num_workers)
+    ]

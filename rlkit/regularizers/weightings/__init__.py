@@ -6,8 +6,16 @@ Add one: write a small module with a :class:`Weighting` subclass (and its ``Conf
 """
 
 from .adaptive import Adaptive, AdaptiveWeighting
-from .base import (Weighting, WeightingConfig, available_weightings, build_weighting, coerce_weighting,
-                   register_weighting, validate_weighting, weighting_class)
+from .base import (
+    Weighting,
+    WeightingConfig,
+    available_weightings,
+    build_weighting,
+    coerce_weighting,
+    register_weighting,
+    validate_weighting,
+    weighting_class,
+)
 from .constant import Constant, ConstantWeighting
 from .dads import Dads, DadsWeighting
 from .paced import Paced, PacedWeighting
@@ -21,7 +29,22 @@ register_weighting("dads")(Dads)
 register_weighting("paced")(Paced)
 
 __all__ = [
-    "Adaptive", "AdaptiveWeighting", "Constant", "ConstantWeighting", "Dads", "DadsWeighting", "Paced",
-    "PacedWeighting", "Scheduled", "ScheduledWeighting", "Weighting", "WeightingConfig", "available_weightings",
-    "build_weighting", "coerce_weighting", "register_weighting", "validate_weighting", "weighting_class",
+    "Adaptive",
+    "AdaptiveWeighting",
+    "Constant",
+    "ConstantWeighting",
+    "Dads",
+    "DadsWeighting",
+    "Paced",
+    "PacedWeighting",
+    "Scheduled",
+    "ScheduledWeighting",
+    "Weighting",
+    "WeightingConfig",
+    "available_weightings",
+    "build_weighting",
+    "coerce_weighting",
+    "register_weighting",
+    "validate_weighting",
+    "weighting_class",
 ]

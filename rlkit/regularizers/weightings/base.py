@@ -71,8 +71,10 @@ class Weighting:
         if self.cfg.only_incorrect:
             correct = batch.extras.get("correct")
             if correct is None:
-                raise ValueError("weighting.only_incorrect needs the per-sample correctness flags in "
-                                 "batch.extras['correct'] (the GRPO learner sets them), which are missing")
+                raise ValueError(
+                    "weighting.only_incorrect needs the per-sample correctness flags in "
+                    "batch.extras['correct'] (the GRPO learner sets them), which are missing"
+                )
             mask = incorrect_mask(torch.as_tensor(correct))
             w = mask if w is None else w * mask
         return w
