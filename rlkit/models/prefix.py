@@ -92,8 +92,9 @@ def shared_prefix_agrees(model, batch: dict, group: torch.Tensor, plain, rows: i
     was_training = model.training
     model.eval()
     try:
-        got = shared_prefix_outputs(model, sub, g).float()
-        want = plain(model, sub).float()
+        with torch.no_grad():  # a value check: no graph kept
+            got = shared_prefix_outputs(model, sub, g).float()
+            want = plain(model, sub).float()
     except Exception as e:  # noqa: BLE001 -- any failure means: use the plain forward (the caller prints why)
         return f"{type(e).__name__}: {e}"
     finally:
