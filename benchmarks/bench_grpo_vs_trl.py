@@ -731,7 +731,8 @@ def main(argv=None) -> dict | None:
                 )
                 per_variant[label].append(run_side(sa, label, work / size, model_dir, data, repeat=i))
         runs = {label: aggregate(label, reps) for label, reps in per_variant.items()}
-        ratios = summarize(runs) if any(r["side"] == "trl" for r in runs.values()) else {}
+        sides = {r["side"] for r in runs.values()}
+        ratios = summarize(runs) if sides == {"rlkit", "trl"} else {}  # a ratio needs both sides in the run
         print_size(size, info, sa, runs, ratios, a.repeats)
         result["sizes"][size] = {
             "model": info,
