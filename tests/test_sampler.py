@@ -9,7 +9,7 @@ import torch
 
 from rlkit.models.tiny import EOS_ID, PAD_ID, build_tiny_model, build_tiny_tokenizer
 from rlkit.rollout import SamplingParams, TransformersEngine
-from rlkit.rollout.sampler import process_logits, sample, supports_native_sampling
+from rlkit.rollout.sampler import draw, invert_cdf, process_logits, sample, supports_native_sampling
 
 
 def scaled_model(scale: float):
@@ -159,6 +159,43 @@ def test_sample_frequencies_follow_the_processed_distribution(soft, tok):
     assert ((counts - mean).abs() <= 5 * sd + 1).all()
     assert (probs > 0).sum() > 3, "the test needs a spread-out distribution"
     torch.testing.assert_close(lps[:, 0], probs.log()[toks[:, 0]], rtol=0, atol=1e-5)
+
+
+def test_inverse_cdf_draw_has_the_exact_token_distribution():
+    """``draw`` against the exact probabilities: 200k draws per distribution, every count within 5 binomial
+    standard deviations (+1) of its expectation; zero-probability tokens (``-inf``, also first and last) never."""
+    inf = float("inf")
+    rows = torch.tensor(
+        [
+            [-inf, 0.5, 0.25, 0.15, 0.1, -inf],  # masked ends
+            [0.9999, 1e-4, -inf, -inf, -inf, -inf],  # near-degenerate
+            [1 / 6] * 6,  # uniform
+        ]
+    )
+    rows = torch.where(rows > 0, rows.log(), rows)  # the -inf stay; the rest become log-probs
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    for logp in rows:
+        toks = draw(logp.expand(n, -1), g)
+        probs = logp.exp().double()
+        counts = torch.bincount(toks, minlength=6).double()
+        assert counts[probs == 0].sum() == 0, "a zero-probability token was drawn"
+        mean, sd = n * probs, (n * probs * (1 - probs)).sqrt()
+        assert ((counts - mean).abs() <= 5 * sd + 1).all(), (counts, mean)
+    # seeded: the same generator state draws the same tokens
+    a = draw(rows[0].expand(50, -1), torch.Generator().manual_seed(7))
+    b = draw(rows[0].expand(50, -1), torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and len(set(a.tolist())) > 1
+
+
+def test_inverse_cdf_edges_never_pick_a_zero_probability_token():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    at = lambda u: invert_cdf(probs, torch.full((2, 1), u, dtype=torch.float64)).tolist()  # noqa: E731
+    assert at(0.0) == [1, 2]  # u = 0: the first token of positive probability, not token 0
+    assert at(0.2 - 1e-12) == [1, 2] and at(0.2 + 1e-12) == [3, 2]  # the boundary between tokens 1 and 3
+    assert at(1.0) == [3, 2]  # u * total = total (what rounding can give): the last positive token, not 4
+    # unnormalised weights: the same draw as their normalised version
+    assert invert_cdf(probs * 7, torch.tensor([[0.5], [0.5]], dtype=torch.float64)).tolist() == [3, 2]
 
 
 def test_group_rows_share_their_prompt_and_are_independent(soft, tok):

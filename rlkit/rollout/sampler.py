@@ -12,7 +12,7 @@ just that, with three savings ``generate`` does not make:
   EOS, they are dropped from the batch and from the cache (``Cache.batch_select_indices``); the long tail of a
   batch no longer decodes padding for the rows that are done.
 * **No per-step machinery.** One forward, one ``logits_to_keep=1`` slice, the warpers in plain torch, one
-  ``multinomial``; the 2-D attention mask and positions are extended in place.
+  inverse-CDF draw (:func:`draw`); the 2-D attention mask and positions are extended in place.
 
 Sampling semantics (those of ``generate`` with ``do_sample=True`` and of vLLM): the logits are divided by the
 temperature, then all but the ``top_k`` largest are removed (``top_k=0``: off), then the smallest tokens whose
@@ -66,6 +66,34 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``logp`` ``[B, V]`` (log-probabilities; ``-inf`` = never), drawn by inverse CDF.
+
+    Row ``b`` returns the first ``v`` with ``F_b(v) > u_b * F_b(V - 1)``, where ``F_b`` is the cumulative sum of
+    ``exp(logp[b])`` (in float64) and ``u_b ~ U[0, 1)``: token ``v`` is drawn with probability
+    ``p_v / sum(p)``, exactly the distribution of ``torch.multinomial(logp.exp(), 1)``. The cost is one uniform and
+    one cumulative sum per row; ``multinomial`` draws one exponential variate per vocabulary entry (9 ms for
+    ``[16, 32000]`` against 0.5 ms here, on 2 cores), which made it most of the sampling loop at a 32k vocabulary.
+    The random stream differs from ``multinomial``'s, so seeded samples differ from those drawn before rlkit used
+    this (the distribution does not)."""
+    probs = logp.exp()
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device)
+    return invert_cdf(probs, u)
+
+
+def invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``[B]``: for each row the first ``v`` with ``cumsum(probs)[v] > u * sum(probs)``; ``probs`` ``[B, V]``
+    unnormalised, ``u`` ``[B, 1]`` in ``[0, 1]``. The strict ``>`` (``searchsorted(..., right=True)``) never
+    returns a zero-probability token (its cumulative sum equals its predecessor's); ``u = 1`` (or ``u * sum``
+    rounding up to the sum) gives the row's last token of positive probability."""
+    cdf = probs.cumsum(-1, dtype=torch.float64)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    if bool((tok >= cdf.shape[-1]).any()):  # u * F(V-1) rounded up to F(V-1) (probability ~2^-53 for u < 1)
+        last = cdf.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1)
+        tok = torch.where(tok >= cdf.shape[-1], last, tok)
+    return tok
 
 
 @torch.no_grad()
@@ -146,7 +174,7 @@ def _sample(
             lp = torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         else:
             logp = torch.log_softmax(process_logits(logits, temperature, top_k, top_p), -1)
-            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            tok = draw(logp, generator)
             lp = logp.gather(-1, tok[:, None]).squeeze(-1)
         rows_t = active[alive]
         tokens[rows_t, t], logprobs[rows_t, t] = tok[alive], lp[alive]
