@@ -3,7 +3,7 @@
 ``transformers``' ``generate`` is general (beam search, logits processors, stopping criteria, streaming, every cache
 kind) and pays for that generality on every decoding step. RL rollouts need much less: sample ``n`` completions per
 prompt with temperature/top-k/top-p, record the log-probability of every sampled token, stop at EOS. This loop does
-just that, with three savings ``generate`` does not make:
+just that, with four savings ``generate`` does not make:
 
 * **Shared prefill.** The ``n`` completions of a prompt share its KV cache: each distinct prompt is run through the
   model once and its cache is repeated ``n`` times (``Cache.batch_repeat_interleave``), so the prefill costs
@@ -11,6 +11,10 @@ just that, with three savings ``generate`` does not make:
 * **Finished rows leave the batch.** When at least ``compact_fraction`` of the rows still being decoded have emitted
   EOS, they are dropped from the batch and from the cache (``Cache.batch_select_indices``); the long tail of a
   batch no longer decodes padding for the rows that are done.
+* **A preallocated KV cache.** After the prefill, each layer of a ``DynamicCache`` is given room for
+  ``max_new_tokens`` more positions (:mod:`rlkit.models.kv_reserve`) and every step writes its token's keys/values
+  in place, where ``DynamicCache`` copies the whole cache with ``torch.cat`` per token (``O(T^2)`` bytes). Other
+  cache kinds (sliding-window, quantized, ...) are left as they are.
 * **No per-step machinery.** One forward, one ``logits_to_keep=1`` slice, the warpers in plain torch, one
   inverse-CDF draw (:func:`draw`); the 2-D attention mask and positions are extended in place.
 
@@ -141,6 +145,8 @@ def sample(
 def _sample(
     model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, top_k, top_p, greedy, generator, compact_fraction
 ):
+    from rlkit.models import kv_reserve  # here, not at the top: importing the sampler imports no transformers
+
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("sample: every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -158,6 +164,7 @@ def _sample(
     if n > 1:
         cache.batch_repeat_interleave(n)
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+    kv_reserve.reserve(cache, max_new_tokens)  # decode into preallocated buffers, no per-token cat (if a DynamicCache)
     rows = B0 * n
     next_pos = mask.sum(-1, keepdim=True)  # [rows, 1]: the position of each row's next token
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
