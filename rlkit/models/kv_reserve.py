@@ -29,11 +29,17 @@ class ReservedLayer(DynamicLayer):
     """A ``DynamicLayer`` whose ``keys``/``values`` are the first ``length`` positions of preallocated buffers
     ``[B, H, capacity, D]``; ``update`` writes into the buffers instead of concatenating."""
 
+    # an initialized layer's states (a DynamicLayer declares them Optional for its uninitialized state); the
+    # buffers are None only before the first allocation and after reset, and every path reading them checks
+    keys: torch.Tensor
+    values: torch.Tensor
+    key_buf: torch.Tensor
+    value_buf: torch.Tensor
+
     def __init__(self, headroom: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.headroom = headroom  # positions added past the current length whenever the buffers are (re)allocated
-        self.key_buf: torch.Tensor | None = None
-        self.value_buf: torch.Tensor | None = None
+        self.key_buf = self.value_buf = None  # type: ignore[assignment]
 
     @classmethod
     def from_layer(cls, layer, headroom: int) -> ReservedLayer:
@@ -41,7 +47,7 @@ class ReservedLayer(DynamicLayer):
         positions."""
         new = cls.__new__(cls)
         new.__dict__.update(layer.__dict__)
-        new.headroom, new.key_buf, new.value_buf = headroom, None, None
+        new.headroom, new.key_buf, new.value_buf = headroom, None, None  # type: ignore[assignment]
         if new.is_initialized and new.keys is not None and new.keys.numel() > 0:
             new._allocate(new.keys.shape[-2] + headroom, new.keys, new.values)
         return new
@@ -118,7 +124,7 @@ class ReservedLayer(DynamicLayer):
     def reset(self) -> None:
         """``DynamicLayer``'s reset; the buffers are dropped too (the next ``update`` allocates afresh)."""
         super().reset()
-        self.key_buf = self.value_buf = None
+        self.key_buf = self.value_buf = None  # type: ignore[assignment]
 
 
 def reserve(cache, extra: int) -> bool:
