@@ -183,7 +183,7 @@ def test_grpo_run_sends_hidden_states_and_each_head_version_once(tmp_path, narro
             f"model.name_or_path={narrow_dir}",
             "sft.enabled=false",
             "grpo.steps=3",
-            "grpo.prompts_per_step=2",
+            "grpo.prompts_per_step=6",  # enough groups that some group's rewards differ (the policy must move)
             "grpo.group_size=4",
             "grpo.fused_head=true",
             "ray.mode=inprocess",
@@ -244,7 +244,7 @@ def test_hidden_state_references_train_identically_through_ray_actors(tmp_path, 
                 f"model.name_or_path={narrow_dir}",
                 "sft.enabled=false",
                 "grpo.steps=2",
-                "grpo.prompts_per_step=2",
+                "grpo.prompts_per_step=6",  # enough groups that some group's rewards differ (the policy must move)
                 "grpo.group_size=4",
                 "grpo.fused_head=true",
                 f"ray.mode={mode}",
