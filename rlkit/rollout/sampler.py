@@ -90,14 +90,13 @@ def draw(logp: torch.Tensor, generator: torch.Generator | None = None) -> torch.
 def invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``[B]``: for each row the first ``v`` with ``cumsum(probs)[v] > u * sum(probs)``; ``probs`` ``[B, V]``
     unnormalised, ``u`` ``[B, 1]`` in ``[0, 1]``. The strict ``>`` (``searchsorted(..., right=True)``) never
-    returns a zero-probability token (its cumulative sum equals its predecessor's); ``u = 1`` (or ``u * sum``
-    rounding up to the sum) gives the row's last token of positive probability."""
+    returns a zero-probability token (its cumulative sum equals its predecessor's); the target is kept just below
+    the row's total, so ``u = 1`` (or ``u * sum`` rounding up to the sum) gives the row's last token of positive
+    probability, with no host synchronisation on the decoding path."""
     cdf = probs.cumsum(-1, dtype=torch.float64)
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    if bool((tok >= cdf.shape[-1]).any()):  # u * F(V-1) rounded up to F(V-1) (probability ~2^-53 for u < 1)
-        last = cdf.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1)
-        tok = torch.where(tok >= cdf.shape[-1], last, tok)
-    return tok
+    total = cdf[:, -1:]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
 @torch.no_grad()
