@@ -27,6 +27,7 @@ import torch
 
 from rlkit._config import ConfigError
 from rlkit.config import Recipe
+from rlkit.utils.optim import adamw
 
 
 def sequence_logps(model, pairs: list[tuple], which: int, device, pad_id: int) -> torch.Tensor:
@@ -447,8 +448,8 @@ def _train(run: DPORun, stops) -> LoopResult:
 
     cfg = run.cfg
     total = cfg.steps or cfg.epochs * math.ceil(len(run.train_pairs) / cfg.batch_size)
-    optimizer = torch.optim.AdamW(
-        [p for p in run.policy.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    optimizer = adamw(
+        (p for p in run.policy.parameters() if p.requires_grad), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     batches = epoch_batches(len(run.train_pairs), cfg.batch_size, run.recipe.seed)
     logger = metrics_logger(

@@ -26,6 +26,7 @@ from rlkit.references import reference_type
 from rlkit.regularizers import PolicyBatch, build_regularizers
 from rlkit.objectives.rehearsal import on_reference_samples, rehearsal_loss
 from rlkit.types import LearnerNeeds, ReferenceOutput, RehearsalBatch, TrainBatch
+from rlkit.utils.optim import adamw, load_state
 
 from .common import cpu_state_dict, load_model, setup_process
 from .local import remote_actor
@@ -105,8 +106,8 @@ class LearnerCore:
         # samples: reference (DPH-RL) act on the stored rehearsal rows only, the others on the GRPO batch
         self.rehearsal_regs = [r for r in self.regs if on_reference_samples(r)]
         self.policy_regs = [r for r in self.regs if not on_reference_samples(r)]
-        self.opt = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
+        self.opt = adamw(
+            (p for p in self.model.parameters() if p.requires_grad),
             lr=self.cfg.learning_rate,
             weight_decay=self.cfg.weight_decay,
         )
@@ -567,7 +568,7 @@ class LearnerCore:
 
         state = ts.read_state(path)
         blob = (Path(path) / ts.OPTIMIZER_FILE).read_bytes()
-        self.opt.load_state_dict(ts.optimizer_from_files(blob, state["optimizer"]))
+        load_state(self.opt, ts.optimizer_from_files(blob, state["optimizer"]))
         torch.set_rng_state(ts.rng_from_json(state["torch_rng"]))
         for r in self.regs:
             if r.label in state["regularizers"]:
