@@ -30,7 +30,9 @@ runs' (with the min and max), its peak memory the median of its runs' peaks, and
 median comes with its spread (per round, and the min/max bounds). The environment (library versions, CPU, cores,
 torch threads per variant, load average) is printed first and stored; ``--markdown PATH`` writes the tables.
 Peak memory: a thread in this (parent) process samples every 0.2 s (``psutil``, else ``/proc``) the summed
-RSS of the worker's process tree and keeps the maximum (PSS every 5 s only: reading it stalls the process).
+RSS of the worker's process tree and keeps the maximum (PSS every 5 s, and at each new high of the summed RSS:
+reading it stalls the process); the kernel's per-process high-water mark (``VmHWM``) is summed too, exact for a
+one-process run, which a 0.2 s sample can miss the peak of.
 This user's ``ray::`` processes outside that tree started
 after the worker are counted and reported, and summed too with ``--count-foreign-ray`` (they belong to other Ray
 jobs on the machine). An RSS sum counts shared pages (e.g. torch's libraries, mapped by every Ray actor) once per
@@ -100,6 +102,15 @@ def _proc_table() -> dict[int, dict]:
     return table
 
 
+def _hwm(pid: int) -> int | None:
+    """The process's own peak RSS so far (``VmHWM``, kept by the kernel: no sample can miss it)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def _pss(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
@@ -110,12 +121,17 @@ def _pss(pid: int) -> int | None:
 
 class PeakMemory(threading.Thread):
     """Samples the summed RSS/PSS of ``root``'s process tree (+ this user's new ``ray::`` processes outside it when
-    ``foreign_ray``; their number is always recorded: ``max_outside``)."""
+    ``foreign_ray``; their number is always recorded: ``max_outside``). PSS is read every :data:`PSS_EVERY`-th
+    sample and whenever the summed RSS reaches a new high (2% above the last high read), so the PSS peak is taken
+    near the RSS peak. ``hwm``: each process's kernel high-water mark (``VmHWM``), summed over every process seen:
+    exact for a one-process tree, an upper bound for several (their peaks need not coincide)."""
 
     def __init__(self, root: int, foreign_ray: bool = False, interval: float = 0.2):
         super().__init__(daemon=True)
         self.root, self.foreign_ray, self.interval, self.since = root, foreign_ray, interval, time.time() - 1.0
         self.peak_rss = self.peak_pss = self.max_procs = self.max_outside = self.samples = 0
+        self._pss_at_rss = 0  # the summed RSS when PSS was last read at a new high
+        self._hwm: dict[int, int] = {}
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
@@ -136,13 +152,24 @@ class PeakMemory(threading.Thread):
         } - pids
         self.max_outside = max(self.max_outside, len(outside))
         pids |= outside if self.foreign_ray else set()
-        self.peak_rss = max(self.peak_rss, sum(table[p]["rss"] for p in pids))
+        rss = sum(table[p]["rss"] for p in pids)
+        self.peak_rss = max(self.peak_rss, rss)
+        for p in pids:
+            if (h := _hwm(p)) is not None:
+                self._hwm[p] = max(self._hwm.get(p, 0), h)
         self.samples += 1
-        if self.samples % PSS_EVERY == 1:  # smaps_rollup walks the page tables under the target's mmap lock
+        high = rss > 1.02 * self._pss_at_rss
+        # smaps_rollup walks the page tables under the target's mmap lock: not at every sample
+        if self.samples % PSS_EVERY == 1 or high:
+            self._pss_at_rss = max(self._pss_at_rss, rss) if high else self._pss_at_rss
             pss = [_pss(p) for p in pids]
             if all(v is not None for v in pss):
                 self.peak_pss = max(self.peak_pss, sum(pss))
         self.max_procs = max(self.max_procs, len(pids))
+
+    @property
+    def peak_hwm(self) -> int:
+        return sum(self._hwm.values())
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -438,6 +465,7 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
         process_wall_s=time.perf_counter() - t0,
         peak_rss_mb=mem.peak_rss / 2**20,
         peak_pss_mb=(mem.peak_pss / 2**20) or None,
+        peak_hwm_mb=(mem.peak_hwm / 2**20) or None,
         max_processes=mem.max_procs,
         max_ray_outside_tree=mem.max_outside,
         log=str(log),
@@ -457,6 +485,7 @@ def aggregate(label: str, repeats: list[dict]) -> dict:
     """One variant over its repeats: the median (and min, max) of the per-run median step times, median peaks."""
     step = [r["median_step_s"] for r in repeats]
     pss = [r["peak_pss_mb"] for r in repeats if r["peak_pss_mb"]]
+    hwm = [r["peak_hwm_mb"] for r in repeats if r.get("peak_hwm_mb")]
     first = repeats[0]
     return {
         "side": first["side"],
@@ -469,6 +498,7 @@ def aggregate(label: str, repeats: list[dict]) -> dict:
         "step_s_per_repeat": step,
         "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in repeats),
         "peak_pss_mb": statistics.median(pss) if len(pss) == len(repeats) else None,
+        "peak_hwm_mb": statistics.median(hwm) if len(hwm) == len(repeats) else None,
         "max_processes": max(r["max_processes"] for r in repeats),
         "max_ray_outside_tree": max(r["max_ray_outside_tree"] for r in repeats),
         "runs": repeats,
@@ -496,6 +526,9 @@ def summarize(runs: dict[str, dict]) -> dict:
                 "peak_rss": r["peak_rss_mb"] / trl["peak_rss_mb"],
                 "peak_pss": (r["peak_pss_mb"] / trl["peak_pss_mb"])
                 if r["peak_pss_mb"] and trl["peak_pss_mb"]
+                else None,
+                "peak_hwm": (r["peak_hwm_mb"] / trl["peak_hwm_mb"])
+                if r.get("peak_hwm_mb") and trl.get("peak_hwm_mb")
                 else None,
             }
     return out
@@ -549,9 +582,10 @@ def _ratio_text(q: dict) -> str:
     lo, hi = q["step_time_paired"]
     blo, bhi = q["step_time_bounds"]
     pss = f"{q['peak_pss']:.2f}" if q["peak_pss"] else "-"
+    hwm = f"{q['peak_hwm']:.2f}" if q.get("peak_hwm") else "-"
     return (
         f"step time {q['step_time']:.2f}x (per round {lo:.2f}-{hi:.2f}x, min/max bounds {blo:.2f}-{bhi:.2f}x), "
-        f"peak RSS {q['peak_rss']:.2f}x, peak PSS {pss}x"
+        f"peak RSS {q['peak_rss']:.2f}x, peak PSS {pss}x, high-water mark {hwm}x"
     )
 
 
@@ -575,15 +609,17 @@ def size_line(size: str, info: dict, a, repeats: int) -> str:
 def print_size(size: str, info: dict, a, runs: dict[str, dict], ratios: dict, repeats: int = 1) -> None:
     print("\n" + size_line(size, info, a, repeats))
     print(
-        head := f"{'variant':<20} {'threads':>7} {'s/step':>8} {'min-max':>15} {'RSS MB':>8} {'PSS MB':>8} {'procs':>5}"
+        head := f"{'variant':<20} {'threads':>7} {'s/step':>8} {'min-max':>15} {'RSS MB':>8} {'PSS MB':>8} "
+        f"{'HWM MB':>8} {'procs':>5}"
     )
     print("-" * len(head))
     for label, r in runs.items():
         pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
+        hwm = f"{r['peak_hwm_mb']:.0f}" if r.get("peak_hwm_mb") else "-"
         spread = f"{r['min_step_s']:.3f}-{r['max_step_s']:.3f}"
         print(
             f"{label:<20} {r['threads']:>7} {r['median_step_s']:>8.3f} {spread:>15} {r['peak_rss_mb']:>8.0f} "
-            f"{pss:>8} {r['max_processes']:>5}"
+            f"{pss:>8} {hwm:>8} {r['max_processes']:>5}"
         )
     for line in _ratio_lines(ratios):
         print(line)
@@ -610,14 +646,16 @@ def write_markdown(path: Path, result: dict) -> None:
         lines += [
             f"## {size_line(size, sr['model'], a, result['repeats'])}",
             "",
-            "| variant | threads | s/step (median) | min-max | peak RSS MB | peak PSS MB | processes |",
-            "|---|---|---|---|---|---|---|",
+            "| variant | threads | s/step (median) | min-max | peak RSS MB | peak PSS MB | high-water mark MB "
+            "| processes |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for label, r in sr["runs"].items():
             pss = f"{r['peak_pss_mb']:.0f}" if r["peak_pss_mb"] else "-"
+            hwm = f"{r['peak_hwm_mb']:.0f}" if r.get("peak_hwm_mb") else "-"
             lines.append(
                 f"| {label} | {r['threads']} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f}-"
-                f"{r['max_step_s']:.3f} | {r['peak_rss_mb']:.0f} | {pss} | {r['max_processes']} |"
+                f"{r['max_step_s']:.3f} | {r['peak_rss_mb']:.0f} | {pss} | {hwm} | {r['max_processes']} |"
             )
         lines += [""] + [f"- {line}" for line in _ratio_lines(sr["ratios_rlkit_over_trl_best"])] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
