@@ -256,6 +256,33 @@ def test_inprocess_reference_refresh_reaches_the_reference(tmp_path, async_rollo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["inprocess", pytest.param("actors", marks=pytest.mark.ray)])
+def test_resume_continues_from_the_refreshed_reference(tmp_path, mode):
+    """TR-DPO (soft refresh after step 2) with a checkpoint at step 2: the checkpoint stores the refreshed
+    reference, and the run resumed from it redoes step 3 exactly, the KL to the refreshed reference included.
+    Without the stored weights the resumed reference is the initial model again and step 3's ``tr/value`` moves."""
+    regs = (
+        "regularizers=[kl_k3, {name: kl, estimator: k3, label: tr, "
+        "reference: {type: initial, refresh_every: 2, refresh_rate: 0.5}}]"
+    )
+    args = ["train", "recipes/quickstart.yaml", f"output_dir={tmp_path}", *FAST]
+    args += [f"ray.mode={mode}", "checkpoint.save_every=2", regs]
+    proc = rlkit(*args, home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(tmp_path)
+    ck = tmp_path / "checkpoints" / "step_000002"
+    assert (ck / "references" / "initial-refresh2-0.5.safetensors").is_file()
+    assert rows[2]["tr/value"] != rows[2]["kl_k3/value"]  # the refreshed reference is not the initial model
+    proc = rlkit(*args, "--resume", home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "warning" not in proc.stdout
+    again = metrics(tmp_path)
+    assert [r["step"] for r in again] == [1, 2, 3]
+    for key in ("tr/value", "kl_k3/value", "loss/total", "grad_norm"):
+        assert again[2][key] == rows[2][key], key
+
+
+@pytest.mark.slow
 def test_async_prefetch_scores_fixed_references_early_and_refreshing_ones_after_the_refresh(tmp_path, monkeypatch):
     """With async rollouts the next batch is scored by the references that never change in the rollout thread,
     while the learner trains; a TR-DPO reference scores each batch in the driver thread, after the refresh that

@@ -49,3 +49,16 @@ def lerp_parameters_(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         t.copy_(torch.lerp(t.float(), new, float(rate)).to(t.dtype))
         n += 1
     return n
+
+
+def refreshed_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a refresh changes, to save in a training checkpoint: every floating tensor of ``model.state_dict()``,
+    one per storage (tied embeddings once, under the first name), as contiguous CPU copies (safetensors refuses
+    shared storage). :func:`lerp_parameters_` with rate 1 loads it back exactly."""
+    seen: set[int] = set()
+    out = {}
+    for key, t in model.state_dict().items():
+        if torch.is_floating_point(t) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            out[key] = t.detach().to("cpu").contiguous().clone()
+    return out

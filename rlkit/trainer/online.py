@@ -39,7 +39,7 @@ from .faults import (
     resume_recipe,
     truncate_metrics,
 )
-from .reference_plan import ReferencePlan, resolve_reference
+from .reference_plan import ReferencePlan, reference_file, resolve_reference
 from .references import prepare_references
 from .setup import check_model_source, load_task_data, make_encoder, make_output_dir, prepare_initial_models, start_ray
 from .weight_sync import WeightSync, make_weight_sync
@@ -269,6 +269,7 @@ class OnlineTrainer:
         indices = range(len(self.train_rows)) if self.reh is None else self.reh.explore
         self.stream = PromptStream(self.train_rows, list(indices), self.cfg.prompts_per_step, r.seed)
         if driver:
+            self._restore_references()
             self.eval_before = driver["eval_before"]
             self.stream.restore(driver["order"], driver["cursor"], driver["py_random"])
             truncate_metrics(self.out / "metrics.jsonl", self.start)  # steps after the checkpoint are redone
@@ -462,12 +463,32 @@ class OnlineTrainer:
             "recipe": resume_recipe(r),
         }
         ck_path = self.out / "checkpoints" / f"step_{step + 1:06d}"
-        learner_call(self.learner.save.remote(str(ck_path), state), step, self.out)
+        learner_call(self.learner.save.remote(str(ck_path), state, self._refreshed_files()), step, self.out)
         prune_checkpoints(self.out / "checkpoints", r.checkpoint.keep)
         if stops.received:
             if self.prefetch is not None:
                 self.prefetch.cancel()
             raise Stop(stops.received, ck_path)
+
+    def _refreshed_files(self) -> dict[str, bytes]:
+        """The TR-DPO references' current weights for a checkpoint, ``references/<key>.safetensors`` each."""
+        return {reference_file(k): get(self.references[k].weights_file.remote()) for k in self._refreshing()}
+
+    def _refreshing(self) -> list[str]:
+        return [k for k in self.plan.spawned if k in self.plan.refresh]
+
+    def _restore_references(self) -> None:
+        """Resume: each TR-DPO reference takes the weights the checkpoint saved for it (its refreshes so far). A
+        checkpoint written before rlkit saved them has none: said, and the reference starts from its source."""
+        for key in self._refreshing():
+            file = self.resume_from / reference_file(key)
+            if file.is_file():
+                get(self.references[key].load_weights_file.remote(file.read_bytes()))
+            elif self.start >= self.plan.refresh[key][0]:
+                self.console.print(
+                    f"warning: {self.resume_from} has no {reference_file(key)} (written by an older rlkit): "
+                    f"reference {key!r} restarts from its original weights, without its refreshes so far"
+                )
 
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self) -> dict:

@@ -87,6 +87,13 @@ class ReferencePlan:
         return "learner" if "initial" in self.served else None
 
 
+def reference_file(key: str) -> str:
+    """Where a training checkpoint keeps TR-DPO reference ``key``'s refreshed weights (relative to it)."""
+    if not key or "/" in key or "\\" in key or key.startswith("."):
+        raise ValueError(f"reference key {key!r} cannot name a checkpoint file")
+    return f"references/{key}.safetensors"
+
+
 def resolve_reference(
     ref: dict, init_paths: list[str], out: Path, prepared: Mapping[str, Any] | None = None
 ) -> ReferenceSource:

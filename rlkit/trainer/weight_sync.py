@@ -45,8 +45,9 @@ class WeightSync:
         (default 1). ``weights``: the learner's weights (an object ref), or a function making them, called only when
         a reference is due (in-process: ``learner.get_weights.remote``). Returns the refreshed keys.
 
-        Not saved in checkpoints: a resumed run, or a reference actor restarted by Ray, starts again from the
-        reference's original weights."""
+        A training checkpoint stores each refreshing reference's weights and ``--resume`` restores them
+        (:meth:`rlkit.trainer.online.OnlineTrainer.checkpoint`); a reference actor restarted by Ray mid-run starts
+        again from the reference's original weights (it says so)."""
         due = self.plan.due(step)
         if due and callable(weights):
             weights = get(weights())

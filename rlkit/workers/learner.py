@@ -529,9 +529,10 @@ class LearnerCore:
                 return out
         return base_model_outputs(self.model, batch, self.temperature, want_logits, group)
 
-    def save(self, path: str, driver_state: dict | None = None) -> str:
+    def save(self, path: str, driver_state: dict | None = None, files: dict[str, bytes] | None = None) -> str:
         """A model checkpoint; with ``driver_state``, a full training checkpoint (optimizer, RNG, regularizer
-        state and the driver's state, see :mod:`rlkit.utils.train_state`), all in one atomic directory."""
+        state and the driver's state, see :mod:`rlkit.utils.train_state`), all in one atomic directory, with the
+        driver's ``files`` (relative name -> bytes: the refreshed references' weights) in it too."""
         from rlkit.utils import train_state as ts
         from rlkit.utils.checkpoint import save_hf_checkpoint
 
@@ -547,7 +548,7 @@ class LearnerCore:
                 "driver": driver_state,
             }
             extra = {ts.OPTIMIZER_FILE: blob, ts.STATE_FILE: json.dumps(state)}
-        extra = {**(extra or {}), **self._extra_checkpoint_files()}
+        extra = {**(extra or {}), **self._extra_checkpoint_files(), **(files or {})}
         self.model.eval()
         model = self.model
         if self.lora:  # the merged model as the checkpoint's weights, the adapter in adapter/

@@ -75,6 +75,24 @@ class ReferenceWorker:
         self.head_version += 1  # the lm_head (tied: the embedding) moved too
         return lerp_parameters_(self.model, state_dict, rate)
 
+    def weights_file(self) -> bytes:
+        """This reference's weights as they are now, refreshes included, as safetensors bytes: a training checkpoint
+        stores them (``references/<key>.safetensors``) so that a resumed run continues from the refreshed reference."""
+        from safetensors.torch import save
+
+        from rlkit.references.refresh import refreshed_state
+
+        return save(refreshed_state(self.model))
+
+    def load_weights_file(self, blob: bytes) -> int:
+        """Inverse of :meth:`weights_file` (on resume): the saved weights replace the loaded ones, exactly."""
+        from safetensors.torch import load
+
+        from rlkit.references.refresh import lerp_parameters_
+
+        self.head_version += 1
+        return lerp_parameters_(self.model, load(blob), 1.0)
+
     @torch.no_grad()
     def compute(
         self, prompts: list[list[int]], completions: list[list[int]], want_logits: bool = False, hidden: bool = False
