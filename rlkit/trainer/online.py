@@ -480,6 +480,7 @@ class OnlineTrainer:
     def _restore_references(self) -> None:
         """Resume: each TR-DPO reference takes the weights the checkpoint saved for it (its refreshes so far). A
         checkpoint written before rlkit saved them has none: said, and the reference starts from its source."""
+        assert self.resume_from is not None  # called on resume only
         for key in self._refreshing():
             file = self.resume_from / reference_file(key)
             if file.is_file():
