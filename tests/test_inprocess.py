@@ -149,6 +149,14 @@ def test_auto_placement_is_inprocess_exactly_when_the_job_fits_one_process(overr
     assert RayConfig().mode == "auto"
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", overrides)
     assert recipe.ray.mode == placement
+    # the run's header says why (only when auto chose): the fit, or the first setting that needs actors
+    why = recipe.ray._chosen_by
+    if "ray.mode=actors" in overrides:
+        assert why is None
+    elif placement == "inprocess":
+        assert why == "ray.mode auto: the job fits one process"
+    else:
+        assert why.startswith("ray.mode auto: " + overrides[0].split("=")[0]) and why.endswith("needs Ray actors")
 
 
 def rlkit(*args, home):

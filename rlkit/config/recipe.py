@@ -84,6 +84,7 @@ def build_recipe(data: dict) -> Recipe:
         )
     if recipe.ray.mode == "auto":
         recipe.ray.mode = resolve_placement(recipe)
+        recipe.ray._chosen_by = placement_reason(recipe)
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
         _check_inprocess(recipe)
     return recipe
@@ -112,6 +113,20 @@ def resolve_placement(recipe: Recipe) -> Literal["actors", "inprocess"]:
     """What ``ray.mode: auto`` becomes: ``inprocess`` when every role fits this process (the conditions
     :func:`_check_inprocess` enforces), else ``actors``."""
     return "actors" if any(bad for _, bad, _ in _inprocess_conflicts(recipe)) else "inprocess"
+
+
+def placement_reason(recipe: Recipe) -> str:
+    """Why ``ray.mode: auto`` resolved as it did, for the run's header: ``the job fits one process``, or the first
+    setting that needs Ray actors."""
+    for key, bad, _ in _inprocess_conflicts(recipe):
+        if bad:
+            return f"ray.mode auto: {key}={_shown(recipe, key)} needs Ray actors"
+    return "ray.mode auto: the job fits one process"
+
+
+def _shown(recipe: Recipe, key: str):
+    section, field = key.split(".")
+    return getattr(getattr(recipe, section), field)
 
 
 def _check_rehearsal(recipe: Recipe) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from rlkit._config import StrictModel
 
@@ -314,6 +314,8 @@ class RayConfig(StrictModel):
 
     mode: Literal["auto", "actors", "inprocess"] = "auto"
     address: str | None = None
+    #: set when the recipe is built from ``mode: auto``: why it resolved as it did (printed in the run's header)
+    _chosen_by: str | None = PrivateAttr(default=None)
     num_cpus: int | None = Field(default=None, gt=0)
     cpus_per_rollout_worker: float = Field(default=0.5, ge=0)
     #: GPUs per rollout actor (vLLM on GPU needs > 0; a fraction shares a GPU with the learner)

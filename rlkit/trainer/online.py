@@ -45,6 +45,11 @@ from .setup import check_model_source, load_task_data, make_encoder, make_output
 from .weight_sync import WeightSync, make_weight_sync
 
 
+def _why(rc) -> str:
+    """`` (ray.mode auto: ...)`` when the placement was chosen by ``ray.mode: auto``, else nothing."""
+    return f" ({rc._chosen_by})" if rc._chosen_by else ""
+
+
 @dataclass
 class StepBatch:
     """What one step trains on: its rollouts, their scores, the references' outputs by key, and how long generating
@@ -140,10 +145,12 @@ class OnlineTrainer:
 
             setup_process(rc.torch_threads)
             self.console.print(
-                f"in-process mode: no Ray; rollout, learner, reference and reward in this process, "
+                f"in-process mode{_why(rc)}: no Ray; rollout, learner, reference and reward in this process, "
                 f"{rc.torch_threads} torch threads"
             )
         else:
+            if rc._chosen_by:
+                self.console.print(f"Ray actors ({rc._chosen_by})")
             start_ray(rc, self.console)
             self.stops.install()  # ray.init replaced the SIGTERM handler
 
