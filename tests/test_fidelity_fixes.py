@@ -18,7 +18,7 @@ from rlkit.config import GRPOConfig, PPOConfig, load_recipe
 from rlkit.functional import aggregate, clipped_surrogate, dads_weights, paced_weights
 from rlkit.objectives import grpo_loss
 from rlkit.regularizers import PolicyBatch, build_regularizers
-from rlkit.regularizers.weighting import DadsWeighting
+from rlkit.regularizers.weightings import DadsWeighting
 from rlkit.types import ReferenceOutput, TrainBatch
 from rlkit.workers.learner import LearnerCore
 from rlkit.workers.learner_group import loss_share
