@@ -53,70 +53,13 @@ import threading
 import time
 from pathlib import Path
 
-from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
+from _common import proc_table, read_hwm, read_pss, tree_pids, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_STEPS = 2
 #: PSS is read every PSS_EVERY-th memory sample only: reading /proc/<pid>/smaps_rollup every 0.2 s slowed a 2-thread
 #: in-process rlkit run 2.5x (the walk holds the process's mmap lock), which made the harness measure itself
 PSS_EVERY = 25
-
-
-def _proc_table() -> dict[int, dict]:
-    """``{pid: {ppid, cmdline, rss, start, uid}}`` for every readable process (psutil, else ``/proc``)."""
-    table = {}
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil:
-        for p in psutil.process_iter(["pid", "ppid", "cmdline", "memory_info", "create_time", "uids"]):
-            if (info := p.info)["memory_info"] is not None and info["uids"] is not None:
-                table[info["pid"]] = {
-                    "ppid": info["ppid"],
-                    "cmdline": " ".join(info["cmdline"] or []),
-                    "rss": info["memory_info"].rss,
-                    "start": info["create_time"],
-                    "uid": info["uids"].real,
-                }
-        return table
-    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-    boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{name}/stat").read()
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-            cmd = open(f"/proc/{name}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-            rss = int(open(f"/proc/{name}/statm").read().split()[1]) * page
-            table[int(name)] = {
-                "ppid": int(fields[1]),
-                "cmdline": cmd,
-                "rss": rss,
-                "start": boot + int(fields[19]) / tick,
-                "uid": os.stat(f"/proc/{name}").st_uid,
-            }
-        except (OSError, ValueError, IndexError):  # the process ended while being read
-            continue
-    return table
-
-
-def _hwm(pid: int) -> int | None:
-    """The process's own peak RSS so far (``VmHWM``, kept by the kernel: no sample can miss it)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def _pss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
-    except (OSError, StopIteration, ValueError):
-        return None
 
 
 class PeakMemory(threading.Thread):
@@ -135,16 +78,8 @@ class PeakMemory(threading.Thread):
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, info in table.items():
-            children.setdefault(info["ppid"], []).append(pid)
-        pids, todo = set(), [self.root]
-        while todo:
-            pid = todo.pop()
-            if pid in table and pid not in pids:
-                pids.add(pid)
-                todo.extend(children.get(pid, []))
+        table = proc_table()
+        pids = tree_pids(table, self.root)
         outside = {
             pid
             for pid, info in table.items()
@@ -155,14 +90,14 @@ class PeakMemory(threading.Thread):
         rss = sum(table[p]["rss"] for p in pids)
         self.peak_rss = max(self.peak_rss, rss)
         for p in pids:
-            if (h := _hwm(p)) is not None:
+            if (h := read_hwm(p)) is not None:
                 self._hwm[p] = max(self._hwm.get(p, 0), h)
         self.samples += 1
         high = rss > 1.02 * self._pss_at_rss
         # smaps_rollup walks the page tables under the target's mmap lock: not at every sample
         if self.samples % PSS_EVERY == 1 or high:
             self._pss_at_rss = max(self._pss_at_rss, rss) if high else self._pss_at_rss
-            pss = [_pss(p) for p in pids]
+            pss = [read_pss(p) for p in pids]
             if all(v is not None for v in pss):
                 self.peak_pss = max(self.peak_pss, sum(pss))
         self.max_procs = max(self.max_procs, len(pids))

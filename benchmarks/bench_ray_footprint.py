@@ -24,8 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import write_result  # noqa: E402  (benchmarks/ is the script's directory)
-from bench_grpo_vs_trl import _proc_table, _pss  # noqa: E402
+from _common import proc_table, read_pss, tree_pids, write_result  # noqa: E402  (benchmarks/ is the script's directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,22 +51,14 @@ class TreeSampler(threading.Thread):
         self._stop_event = threading.Event()
 
     def sample(self) -> None:
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, info in table.items():
-            children.setdefault(info["ppid"], []).append(pid)
-        pids, todo = set(), [self.root]
-        while todo:
-            pid = todo.pop()
-            if pid in table and pid not in pids:
-                pids.add(pid)
-                todo.extend(children.get(pid, []))
+        table = proc_table()
+        pids = tree_pids(table, self.root)
         rows = [
             {
                 "pid": p,
                 "name": _name(table[p]["cmdline"]),
                 "rss_mb": table[p]["rss"] / 2**20,
-                "pss_mb": (_pss(p) or 0) / 2**20,
+                "pss_mb": (read_pss(p) or 0) / 2**20,
             }
             for p in sorted(pids)
         ]
