@@ -172,3 +172,17 @@ def test_learner_checks_that_groups_are_consecutive_blocks():
     for bad in ([0, 1, 0, 1], [0, 0, 0, 0], [0, 0, 1]):
         with pytest.raises(ValueError, match="groups of group_size=2"):
             LearnerCore._check_groups(core, batch(bad))
+
+
+def test_prefetch_shortens_the_gil_switch_interval_while_it_lives():
+    from rlkit.trainer.data_stream import SWITCH_INTERVAL_S, Prefetch
+
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL_S  # the interpreter's default, 5 ms
+    for leave in ("close", "cancel"):
+        pre = Prefetch()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S
+        pre.submit(lambda x: x + 1, 1)
+        assert pre.take() == 2
+        getattr(pre, leave)()
+        assert sys.getswitchinterval() == before, leave

@@ -13,6 +13,7 @@ batch prefetched it is the position *before* that batch, so a resumed run draws 
 from __future__ import annotations
 
 import random
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from rlkit.utils.train_state import python_random_from_json, python_random_to_json
@@ -53,12 +54,22 @@ class PromptStream:
         return order, cursor, python_random_to_json(rng)
 
 
+#: the interpreter's GIL switch interval while a prefetch thread runs (the default is 5 ms). The two threads hand the
+#: GIL back and forth around every torch op; when one runs Python for a while (the sampler's loop, collation, reward
+#: code), the other, ready to launch its next op, waits up to the interval. Measured at the tiny size, async, 1 torch
+#: thread: 0.158 -> 0.151 s a step (2 x 2 runs each, docs/benchmarks.md); restored by :meth:`Prefetch.close`.
+SWITCH_INTERVAL_S = 0.0005
+
+
 class Prefetch:
-    """One batch prepared ahead, in a thread named ``rollout_0``."""
+    """One batch prepared ahead, in a thread named ``rollout_0``; while it exists the GIL switch interval is
+    :data:`SWITCH_INTERVAL_S` (at most)."""
 
     def __init__(self):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollout")
         self.pending: Future | None = None
+        self._interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._interval, SWITCH_INTERVAL_S))
 
     def submit(self, fn, *args) -> None:
         self.pending = self.pool.submit(fn, *args)
@@ -71,6 +82,8 @@ class Prefetch:
     def cancel(self) -> None:
         """Leave now (a stop): the thread's work is abandoned."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        sys.setswitchinterval(self._interval)
 
     def close(self) -> None:
         self.pool.shutdown()
+        sys.setswitchinterval(self._interval)
