@@ -143,18 +143,23 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert kept == ["step_000004", "step_000006"]  # checkpoint.keep=2
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
-    out = tmp_path / "run"
-    log = tmp_path / "run.log"
-    proc = _start(_args(out, tmp_path / "sft", steps=8), tmp_path, log)
-    pid = lambda: re.search(r"RolloutWorker\[0\] pid=(\d+)", log.read_text())  # noqa: E731
+def _kill_worker_mid_run(tmp_path: Path, banner: str, steps: int) -> tuple[Path, str]:
+    """Start a run, SIGKILL the worker whose start line matches ``banner`` (a regex with the pid as its group)
+    once 2 steps are logged, and wait for the run to finish all ``steps`` anyway; returns (out dir, log text)."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = _start(_args(out, tmp_path / "sft", steps=steps), tmp_path, log)
+    pid = lambda: re.search(banner, log.read_text())  # noqa: E731
     _wait_for(lambda: pid() is not None and len(_steps(out)) >= 2, proc)
     os.kill(int(pid().group(1)), signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    text = log.read_text()
-    assert _steps(out) == list(range(1, 9))
+    assert _steps(out) == list(range(1, steps + 1))
+    return out, log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
+    _, text = _kill_worker_mid_run(tmp_path, r"RolloutWorker\[0\] pid=(\d+)", steps=8)
     # where the kill lands decides which path notices it (a generate retry, the weight sync, or Ray's restart
     # before the next call); each one says so
     assert ("rollout worker 0" in text and "re-sending weights" in text) or "was restarted by Ray" in text, text[-3000:]
@@ -164,15 +169,7 @@ def test_killing_a_rollout_worker_does_not_stop_the_run(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_killed_reward_worker_is_restarted_and_reported(tmp_path):
-    out = tmp_path / "run"
-    log = tmp_path / "run.log"
-    proc = _start(_args(out, tmp_path / "sft", steps=6), tmp_path, log)
-    pid = lambda: re.search(r"RewardWorker pid=(\d+)", log.read_text())  # noqa: E731
-    _wait_for(lambda: pid() is not None and len(_steps(out)) >= 2, proc)
-    os.kill(int(pid().group(1)), signal.SIGKILL)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    text = log.read_text()
-    assert _steps(out) == list(range(1, 7))
+    out, text = _kill_worker_mid_run(tmp_path, r"RewardWorker pid=(\d+)", steps=6)
     assert "RewardWorker was restarted by Ray" in text, text[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     restarts = [r["workers/reward_restarts"] for r in rows]
