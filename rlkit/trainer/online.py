@@ -479,16 +479,13 @@ class OnlineTrainer:
 
     def _refreshed_files(self) -> dict[str, bytes]:
         """The TR-DPO references' current weights for a checkpoint, ``references/<key>.safetensors`` each."""
-        return {reference_file(k): get(self.references[k].weights_file.remote()) for k in self._refreshing()}
-
-    def _refreshing(self) -> list[str]:
-        return [k for k in self.plan.spawned if k in self.plan.refresh]
+        return {reference_file(k): get(self.references[k].weights_file.remote()) for k in self.plan.refreshing}
 
     def _restore_references(self) -> None:
         """Resume: each TR-DPO reference takes the weights the checkpoint saved for it (its refreshes so far). A
         checkpoint written before rlkit saved them has none: said, and the reference starts from its source."""
         assert self.resume_from is not None  # called on resume only
-        for key in self._refreshing():
+        for key in self.plan.refreshing:
             file = self.resume_from / reference_file(key)
             if file.is_file():
                 get(self.references[key].load_weights_file.remote(file.read_bytes()))

@@ -69,6 +69,11 @@ class ReferencePlan:
         """Spawned references that never change: they may score a batch as soon as it is generated."""
         return tuple(k for k in self.spawned if k not in self.refresh)
 
+    @property
+    def refreshing(self) -> tuple[str, ...]:
+        """Spawned references that refresh toward the policy (TR-DPO): a training checkpoint stores their weights."""
+        return tuple(k for k in self.spawned if k in self.refresh)
+
     def sends(self, key: str) -> str:
         """What reference ``key`` sends the learner: ``"hidden"``, ``"logits"`` or ``"logprobs"``."""
         if key in self.hidden:

@@ -4,7 +4,7 @@
 (``foreach``) path runs about a dozen multi-tensor ops over them; the update is AdamW's either way (decoupled weight
 decay ``p <- p (1 - lr wd)``, then ``p <- p - lr m_hat / (sqrt(v_hat) + eps)``), equal up to float rounding
 (``tests/test_optim.py`` checks both against a hand-written AdamW). On 2 CPU cores, 35M float32 parameters: 22 ms
-a step fused vs 106 ms (``docs/benchmarks.md``). TRL's default ``optim`` is ``adamw_torch_fused`` too.
+a step fused vs 109 ms (``docs/benchmarks.md``). TRL's default ``optim`` is ``adamw_torch_fused`` too.
 
 The fused kernel needs floating-point parameters on a device torch has the kernel for (CPU, CUDA, ...); anything
 else (e.g. a ``meta`` parameter) gets the default implementation, never an error. ``fused`` and ``foreach`` are
