@@ -355,3 +355,82 @@ def test_fused_learner_never_materialises_batch_logits(tmp_path):
             core.train_step(data)
         largest[fused] = mode.largest
     assert largest[True] < n_bt * 6000 <= largest[False], (largest, n_bt * 6000)
+
+
+def test_learner_fused_head_is_automatic_by_default(tiny_dir, capsys):
+    """``grpo.fused_head`` unset: on for a plain linear head; off without a word where lp_reg needs full logits
+    (``true`` says why: the test above)."""
+    from rlkit.workers.learner import LearnerCore
+
+    core = LearnerCore(tiny_dir, dict(GRPO), ["kl_k3"])
+    core.train_step(_data(0, core.model.config.vocab_size, False))
+    assert core.cfg.fused_head is None and core._fused_ok is True
+    core = LearnerCore(tiny_dir, dict(GRPO), ["lp_reg"])
+    core.train_step(_data(0, core.model.config.vocab_size, False))
+    assert core._fused_ok is False and "falls back" not in capsys.readouterr().out
+    core = LearnerCore(tiny_dir, {**GRPO, "fused_head": False}, ["kl_k3"])
+    core.train_step(_data(0, core.model.config.vocab_size, False))
+    assert core._fused_ok is None  # never checked: off
+
+
+def _wide_vocab_dir(tmp_path):
+    from rlkit.models.tiny import save_tiny
+
+    return str(
+        save_tiny(
+            tmp_path, vocab_size=6000, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2,
+        )
+    )  # fmt: skip
+
+
+def test_reference_logprobs_never_materialise_batch_logits(tmp_path):
+    """A reference asked for log-probs only computes them from its hidden states chunk by chunk: no op output
+    reaches B x T x V, where asking for logits does (positive control); the log-probs are the same."""
+    from rlkit.workers.local import actor_class
+    from rlkit.workers.reference import ReferenceWorker
+
+    ref = actor_class(ReferenceWorker)("initial", [_wide_vocab_dir(tmp_path)], temperature=0.7)
+    data = _data(0, 6000, False, rows=16, lengths=(20, 41))  # B x T > the chunk (256 positions)
+    n_btv = len(data.completion_ids) * max(len(c) for c in data.completion_ids) * 6000
+    outs, largest = {}, {}
+    for want_logits in (False, True):
+        with _LargestOutput([]) as mode:
+            outs[want_logits] = ref.compute(data.prompt_ids, data.completion_ids, want_logits=want_logits)
+        largest[want_logits] = mode.largest
+    assert largest[False] < n_btv <= largest[True], (largest, n_btv)
+    assert "logits" not in outs[False]
+    torch.testing.assert_close(outs[False]["logprobs"], outs[True]["logprobs"], rtol=0, atol=2e-5)
+
+
+def test_reference_with_an_unnamed_logit_transform_uses_its_logits(tmp_path, capsys):
+    """A reference whose logits are not ``F.linear(hidden, lm_head)`` (a transform no config field names) is caught
+    by the one-row check at its first batch: log-probs come from its own logits, and it says so once."""
+    from rlkit.models.forward import collate, completion_logits, token_logprobs
+    from rlkit.workers.local import actor_class
+    from rlkit.workers.reference import ReferenceWorker
+
+    ref = actor_class(ReferenceWorker)("initial", [_wide_vocab_dir(tmp_path)])
+    forward = ref.model.forward
+    ref.model.forward = lambda *a, **k: type(forward(*a, **k))(logits=forward(*a, **k).logits * 0.5)
+    data = _data(0, 6000, False)
+    got = ref.compute(data.prompt_ids, data.completion_ids)["logprobs"]
+    batch = collate(data.prompt_ids, data.completion_ids, ref.pad_id)
+    with torch.no_grad():
+        want = token_logprobs(completion_logits(ref.model, batch), batch["completion_ids"])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert ref._hidden_ok is False and "not F.linear" in capsys.readouterr().out
+
+
+def test_one_row_check_under_bf16_mixed():
+    """bf16-mixed (float32 weights, bfloat16 autocast): the model's own head rounds in bfloat16 while the check's
+    ``F.linear`` is float32, so the check takes bfloat16's tolerance; a real transform is still caught."""
+    from rlkit.models.forward import collate
+    from rlkit.models.loading import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer("tiny", dtype="bf16-mixed")
+    batch = collate([[5, 6, 7]] * 4, [[8, 9, 10, 11, 12]] * 4, 0)
+    assert fused_head_agrees(model, batch)
+    forward = model.forward
+    model.forward = lambda *a, **k: type(forward(*a, **k))(logits=forward(*a, **k).logits * 0.5)
+    assert not fused_head_agrees(model, batch)

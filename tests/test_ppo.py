@@ -113,13 +113,15 @@ def test_critic_values_shape_and_positions(tiny_dir, critic):
         assert set(core.critic.state_dict()) == {"head.weight", "head.bias"}
 
 
-def test_value_head_reuses_the_policy_forward(tiny_dir):
-    core = _core(tiny_dir)
+@pytest.mark.parametrize("fused_head", [None, False])
+def test_value_head_reuses_the_policy_forward(tiny_dir, fused_head):
+    core = _core(tiny_dir, fused_head=fused_head)
+    core.train_step(_data())  # the first step also runs the fused head's one-time check (two more trunk passes)
     calls = []
     core.critic._trunk[0].register_forward_hook(lambda *a: calls.append(1))
     core.train_step(_data())
     # one pass for the old values, one for the old log-probs, one per minibatch update (2 epochs x 2 minibatches)
-    assert len(calls) == 2 + 4
+    assert core._fused_ok is (None if fused_head is False else True) and len(calls) == 2 + 4
 
 
 def test_ppo_advantages_are_gae_on_token_rewards(tiny_dir):

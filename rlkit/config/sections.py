@@ -152,8 +152,10 @@ class GRPOConfig(StrictModel):
     #: generate step t+1 while the learner trains on step t (one-step off-policy; the clipped ratio is taken
     #: against the rollout policy's log-probs). Faster where rollout and learner have their own cores/GPUs.
     async_rollout: bool = False
-    #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py)
-    fused_head: bool = False
+    #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py).
+    #: null (default): on wherever it applies (a plain linear lm_head, no lp_reg), else off without a word;
+    #: true: the same, printing why when it falls back; false: always the model's full logits
+    fused_head: bool | None = None
     #: each distinct prompt of a batch runs through the policy and the references once, its KV cache shared by its
     #: group's completions (rlkit/models/prefix.py); the same values and gradients as the full forward, minus the
     #: repeated prompt positions. Checked once against the full forward; falls back (printed) where unsupported

@@ -199,6 +199,7 @@ def fused_head_agrees(model, batch: dict, rows: int = 1) -> bool:
     """One-time guard: the first ``rows`` sequences' ``F.linear`` of :func:`completion_hidden` equal the model's own
     completion logits (in eval mode, no grad), so an output transform the config does not name is caught."""
     from rlkit.models.forward import completion_logits
+    from rlkit.models.precision import compute_dtype
 
     sub = {k: (v[:rows] if torch.is_tensor(v) else v) for k, v in batch.items()}
     was_training = model.training
@@ -211,7 +212,10 @@ def fused_head_agrees(model, batch: dict, rows: int = 1) -> bool:
         got = torch.nn.functional.linear(*parts).float()
     finally:
         model.train(was_training)
-    tol = (1e-4 if parts[1].dtype in (torch.float32, torch.float64) else 2e-2) * max(1.0, float(want.abs().max()))
+    # the tolerance of the model's own matmul dtype (bf16-mixed: bfloat16 under autocast, while F.linear here is
+    # float32): the check is for a transform the config does not name, which is far beyond rounding
+    exact = compute_dtype(model) in (torch.float32, torch.float64)
+    tol = (1e-4 if exact else 2e-2) * max(1.0, float(want.abs().max()))
     return got.shape == want.shape and float((got - want).abs().max()) <= tol
 
 

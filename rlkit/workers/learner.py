@@ -448,8 +448,9 @@ class LearnerCore:
 
     def _fused(self, batch: dict) -> bool:
         """Whether steps take the fused-head path (``grpo.fused_head``): decided at the first step, by a one-row
-        check that the head's ``F.linear`` gives the model's own logits; a fallback is printed once, with why."""
-        if not self.cfg.fused_head:
+        check that the head's ``F.linear`` gives the model's own logits. ``fused_head: true`` prints a fallback once,
+        with why; the default (``null``, automatic) falls back silently, since nothing was asked for."""
+        if self.cfg.fused_head is False:
             return False
         if self._fused_ok is None:
             why = None
@@ -458,7 +459,7 @@ class LearnerCore:
             elif not fused_head_agrees(self.model, batch):
                 why = "the model's logits are not F.linear(hidden, lm_head) (not a plain Linear head, or a transform)"
             self._fused_ok = why is None
-            if why:
+            if why and self.cfg.fused_head:
                 print(f"Learner: grpo.fused_head falls back to full [B, T, V] logits: {why}", flush=True)
         return self._fused_ok
 

@@ -106,32 +106,37 @@ class ReferenceWorker:
         gets logits instead."""
         batch = collate(prompts, completions, self.pad_id)
         group = self.prefix.group(self.model, batch)
-        if hidden and self._hidden_ok is None:  # once: the head's F.linear gives the model's own logits
-            from rlkit.models.fused_head import fused_head_agrees
-
-            self._hidden_ok = fused_head_agrees(self.model, batch)
-            if not self._hidden_ok:
-                print(
-                    f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
-                    flush=True,
-                )
-        if hidden and self._hidden_ok:
+        if not want_logits and self._head_is_linear(batch):
             from rlkit.models.fused_head import completion_hidden, linear_token_logprobs
 
             parts = completion_hidden(self.model, batch, group)
             if parts is not None:
                 h, weight, bias = parts
-                return {
-                    "logprobs": linear_token_logprobs(h, weight, batch["completion_ids"], bias, self.temperature),
-                    "hidden": h.float(),
-                    "head_version": self.head_version,
-                }
-            want_logits = True
+                out = {"logprobs": linear_token_logprobs(h, weight, batch["completion_ids"], bias, self.temperature)}
+                if hidden:
+                    out.update(hidden=h.float(), head_version=self.head_version)
+                return out
         logits = completion_logits(self.model, batch, self.temperature, group)
         out = {"logprobs": token_logprobs(logits, batch["completion_ids"])}
-        if want_logits:
+        if want_logits or hidden:
             out["logits"] = logits.float()
         return out
+
+    def _head_is_linear(self, batch: dict) -> bool:
+        """Whether the model's logits are ``F.linear(hidden, lm_head)`` (checked once, on the first batch): then
+        log-probs come from the hidden states chunk by chunk, never as ``[B, T, V]`` logits, and a learner that asks
+        for hidden states gets them; otherwise it gets logits (printed once)."""
+        if self._hidden_ok is None:
+            from rlkit.models.fused_head import fused_head_agrees
+
+            self._hidden_ok = fused_head_agrees(self.model, batch)
+            if not self._hidden_ok:
+                print(
+                    f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); computing log-probs "
+                    "from full logits (and sending logits where hidden states were asked for)",
+                    flush=True,
+                )
+        return self._hidden_ok
 
     def head(self) -> dict:
         """The lm_head that :meth:`compute`'s ``"hidden"`` go through: ``{"weight": [V, H], "bias": [V] or None,
