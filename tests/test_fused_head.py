@@ -405,7 +405,8 @@ def test_reference_logprobs_never_materialise_batch_logits(tmp_path):
 
 def test_reference_with_an_unnamed_logit_transform_uses_its_logits(tmp_path, capsys):
     """A reference whose logits are not ``F.linear(hidden, lm_head)`` (a transform no config field names) is caught
-    by the one-row check at its first batch: log-probs come from its own logits, and it says so once."""
+    by the one-row check at its first batch: log-probs come from its own logits, silently; a request for hidden
+    states gets logits, and it says so once."""
     from rlkit.models.forward import collate, completion_logits, token_logprobs
     from rlkit.workers.local import actor_class
     from rlkit.workers.reference import ReferenceWorker
@@ -419,7 +420,12 @@ def test_reference_with_an_unnamed_logit_transform_uses_its_logits(tmp_path, cap
     with torch.no_grad():
         want = token_logprobs(completion_logits(ref.model, batch), batch["completion_ids"])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    assert ref._hidden_ok is False and "not F.linear" in capsys.readouterr().out
+    assert ref._hidden_ok is False and "not F.linear" not in capsys.readouterr().out  # nothing was asked for
+    # asked for hidden states, it sends logits instead, and says so once
+    for _ in range(2):
+        out = ref.compute(data.prompt_ids, data.completion_ids, hidden=True)
+        assert "hidden" not in out and out["logits"].shape[-1] == 6000
+    assert capsys.readouterr().out.count("sending logits") == 1
 
 
 def test_one_row_check_under_bf16_mixed():

@@ -57,7 +57,8 @@ class ReferenceWorker:
 
         self.prefix = SharedPrefix(shared_prefix, f"ReferenceWorker[{self.name}]")
         self.head_version = 0  # bumped by every refresh: the learner caches the lm_head per version
-        self._hidden_ok: bool | None = None  # hidden-state form usable (checked at the first such call)
+        self._hidden_ok: bool | None = None  # hidden-state form usable (checked at the first call)
+        self._announced = False  # the fallback from hidden states to logits was printed
         if restarted_by_ray():
             print(
                 f"ReferenceWorker[{self.name}] was restarted by Ray (pid {os.getpid()}): its previous process "
@@ -106,7 +107,7 @@ class ReferenceWorker:
         gets logits instead."""
         batch = collate(prompts, completions, self.pad_id)
         group = self.prefix.group(self.model, batch)
-        if not want_logits and self._head_is_linear(batch):
+        if not want_logits and self._head_is_linear(batch, announce=hidden):
             from rlkit.models.fused_head import completion_hidden, linear_token_logprobs
 
             parts = completion_hidden(self.model, batch, group)
@@ -122,20 +123,21 @@ class ReferenceWorker:
             out["logits"] = logits.float()
         return out
 
-    def _head_is_linear(self, batch: dict) -> bool:
+    def _head_is_linear(self, batch: dict, announce: bool) -> bool:
         """Whether the model's logits are ``F.linear(hidden, lm_head)`` (checked once, on the first batch): then
         log-probs come from the hidden states chunk by chunk, never as ``[B, T, V]`` logits, and a learner that asks
-        for hidden states gets them; otherwise it gets logits (printed once)."""
+        for hidden states gets them. Otherwise log-probs come from the logits, silently (nothing was asked for),
+        and a request for hidden states (``announce``) gets logits, printed once."""
         if self._hidden_ok is None:
             from rlkit.models.fused_head import fused_head_agrees
 
             self._hidden_ok = fused_head_agrees(self.model, batch)
-            if not self._hidden_ok:
-                print(
-                    f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); computing log-probs "
-                    "from full logits (and sending logits where hidden states were asked for)",
-                    flush=True,
-                )
+        if announce and not self._hidden_ok and not self._announced:
+            self._announced = True
+            print(
+                f"ReferenceWorker[{self.name}]: its logits are not F.linear(hidden, lm_head); sending logits",
+                flush=True,
+            )
         return self._hidden_ok
 
     def head(self) -> dict:
