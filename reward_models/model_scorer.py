@@ -91,7 +91,7 @@ class ModelScorer(Reward):
             if self.model is None:
                 from transformers import AutoModelForSequenceClassification
 
-                kwargs = {"dtype": self.dtype} if self.dtype is not None else {}
+                kwargs: dict[str, Any] = {"dtype": self.dtype} if self.dtype is not None else {}
                 assert self.path is not None  # __init__ requires a path when no model is given
                 self.model = AutoModelForSequenceClassification.from_pretrained(self.path, **kwargs)
                 self.model.to(self.device or "cpu")
