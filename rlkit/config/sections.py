@@ -154,7 +154,7 @@ class GRPOConfig(StrictModel):
     async_rollout: bool = False
     #: log-probs, entropy, exact divergences from hidden states + lm_head in chunks: no [B,T,V] logits (fused_head.py).
     #: null (default): on wherever it applies (a plain linear lm_head, no lp_reg), else off without a word;
-    #: true: the same, printing why when it falls back; false: always the model's full logits
+    #: true: the same, printing why when it falls back; false: the learner always uses the model's full logits
     fused_head: bool | None = None
     #: each distinct prompt of a batch runs through the policy and the references once, its KV cache shared by its
     #: group's completions (rlkit/models/prefix.py); the same values and gradients as the full forward, minus the
