@@ -117,6 +117,12 @@ class RolloutConfig(StrictModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     batch_size: int = Field(default=256, gt=0)
+    #: the rollout engine's weights dtype (``None``: ``model.dtype``). One that differs from ``model.dtype``, e.g.
+    #: ``bfloat16`` rollouts for a float32 learner (verl's practice on GPUs; on CPU decoding reads half the bytes per
+    #: token), gives the engine its own copy in that dtype, refreshed after every step. The samples then come from
+    #: a policy a little different from the learner's (logged as ``rollout/logprob_gap``): ``grpo.tis_cap`` corrects
+    #: for it
+    dtype: Literal["float32", "bfloat16", "float16", "bf16-mixed"] | None = None
 
 
 class GRPOConfig(StrictModel):

@@ -78,9 +78,10 @@ class OnlineTrainer:
         self.cfg = cfg.model_copy(update={"norm_length": cfg.norm_length or recipe.rollout.max_new_tokens})  # Dr. GRPO
         self.inproc = recipe.ray.mode == "inprocess"
         # in-process the one rollout engine generates with the learner's module; with async rollouts it keeps its
-        # own copy (it generates while the learner trains)
-        self.shared = self.inproc and not self.cfg.async_rollout
+        # own copy (it generates while the learner trains), and so it does in a rollout.dtype of its own
         ro = recipe.rollout
+        self.own_dtype = ro.dtype not in (None, recipe.model.dtype)
+        self.shared = self.inproc and not self.cfg.async_rollout and not self.own_dtype
         self.sampling = dict(
             n=self.cfg.group_size,
             max_new_tokens=ro.max_new_tokens,
@@ -170,6 +171,13 @@ class OnlineTrainer:
             inprocess=self.inproc,
         )
         self.learner = self._spawn_learner()
+        if self.own_dtype:
+            section = "ppo" if self.ppo else "grpo"
+            self.console.print(
+                f"rollout.dtype {r.rollout.dtype} (model.dtype {r.model.dtype}): the rollout engine samples with its "
+                f"own {r.rollout.dtype} copy of the policy, refreshed every step"
+                + ("" if self.cfg.tis_cap else f"; set {section}.tis_cap (e.g. 2.0) to correct the sampling mismatch")
+            )
         share = (self.learner.instance.model, self.learner.instance.tokenizer) if self.shared else None
         self.rollout_workers = spawn_rollout_workers(
             r, self.policy_path, version=self.start, max_restarts=3, inprocess=self.inproc, share=share

@@ -99,7 +99,8 @@ class RolloutWorker:
 def spawn_rollout_workers(
     recipe, model_path: str, version: int = 0, max_restarts: int = 0, share=None, inprocess: bool = False
 ) -> list:
-    """``rollout.num_workers`` rollout actors for a recipe (engine, dtype, CPU/GPU shares from ``recipe.ray``).
+    """``rollout.num_workers`` rollout actors for a recipe (engine, ``rollout.dtype`` or else ``model.dtype``, CPU/GPU
+    shares from ``recipe.ray``).
     ``inprocess``: one worker in this process (``ray.mode: inprocess``), generating with ``share=(model,
     tokenizer)``, a live module, when given, else with its own copy of the model at ``model_path``."""
     rc, ro = recipe.ray, recipe.rollout
@@ -113,7 +114,7 @@ def spawn_rollout_workers(
                 {},
                 model_path,
                 engine=ro.engine,
-                dtype=recipe.model.dtype,
+                dtype=ro.dtype or recipe.model.dtype,
                 batch_size=ro.batch_size,
                 torch_threads=rc.torch_threads,
                 seed=recipe.seed,
@@ -133,7 +134,7 @@ def spawn_rollout_workers(
             model_path,
             rank=i,
             engine=ro.engine,
-            dtype=recipe.model.dtype,
+            dtype=ro.dtype or recipe.model.dtype,
             batch_size=ro.batch_size,
             torch_threads=rc.torch_threads,
             seed=recipe.seed,
