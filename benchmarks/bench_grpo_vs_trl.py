@@ -333,6 +333,9 @@ VARIANTS = {
     "rlkit-bf16-2t": ("rlkit", 2, ["model.dtype=bf16-mixed"]),
     "rlkit-bf16-async-1t": ("rlkit", 1, ["grpo.async_rollout=true", "model.dtype=bf16-mixed"]),
     "rlkit-bf16-async-2t": ("rlkit", 2, ["grpo.async_rollout=true", "model.dtype=bf16-mixed"]),
+    # bfloat16 rollout copy of a float32 learner (rollout.dtype), with TIS for the sampling mismatch
+    "rlkit-bf16ro-2t": ("rlkit", 2, ["rollout.dtype=bfloat16", "grpo.tis_cap=2.0"]),
+    "rlkit-bf16ro-async-1t": ("rlkit", 1, ["rollout.dtype=bfloat16", "grpo.tis_cap=2.0", "grpo.async_rollout=true"]),
     "trl-1t": ("trl", 1, []),
     "trl-2t": ("trl", 2, []),
     "trl-bf16-1t": ("trl", 1, ["bf16"]),  # GRPOConfig(bf16=True): accelerate's bf16 autocast
