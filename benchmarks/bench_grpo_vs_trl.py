@@ -278,6 +278,8 @@ def worker_trl(a, work: Path) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(recipe.seed)
     model, tokenizer = load_model_and_tokenizer(a.model_dir)
+    if a.trl_attn:  # what model_init_kwargs={"attn_implementation": ...} gives a TRL user
+        model.set_attn_implementation(a.trl_attn)
     g = recipe.grpo
     args = GRPOConfig(
         output_dir=str(work / ("trl_run_" + a.label)),
@@ -336,10 +338,15 @@ VARIANTS = {
     # bfloat16 rollout copy of a float32 learner (rollout.dtype), with TIS for the sampling mismatch
     "rlkit-bf16ro-2t": ("rlkit", 2, ["rollout.dtype=bfloat16", "grpo.tis_cap=2.0"]),
     "rlkit-bf16ro-async-1t": ("rlkit", 1, ["rollout.dtype=bfloat16", "grpo.tis_cap=2.0", "grpo.async_rollout=true"]),
+    # eager attention (model.attn_implementation), faster than SDPA at the tiny size's ~20-token sequences on CPU
+    "rlkit-eager-2t": ("rlkit", 2, ["model.attn_implementation=eager"]),
+    "rlkit-eager-async-1t": ("rlkit", 1, ["model.attn_implementation=eager", "grpo.async_rollout=true"]),
     "trl-1t": ("trl", 1, []),
     "trl-2t": ("trl", 2, []),
     "trl-bf16-1t": ("trl", 1, ["bf16"]),  # GRPOConfig(bf16=True): accelerate's bf16 autocast
     "trl-bf16-2t": ("trl", 2, ["bf16"]),
+    "trl-eager-2t": ("trl", 2, ["eager"]),
+    "trl-bf16-eager-2t": ("trl", 2, ["bf16", "eager"]),
 }
 
 
@@ -374,6 +381,7 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
     cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
     cmd += ["--trl-bf16"] if side == "trl" and "bf16" in extra else []
+    cmd += ["--trl-attn=eager"] if side == "trl" and "eager" in extra else []
     log = work / f"{run_id}.log"
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -652,6 +660,7 @@ def main(argv=None) -> dict | None:
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
     p.add_argument("--trl-bf16", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trl-attn", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -678,7 +687,9 @@ def main(argv=None) -> dict | None:
         "benchmark": "bench_grpo_vs_trl",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "config": {
-            k: v for k, v in vars(a).items() if k not in ("worker", "label", "model_dir", "data", "threads", "trl_bf16")
+            k: v
+            for k, v in vars(a).items()
+            if k not in ("worker", "label", "model_dir", "data", "threads", "trl_bf16", "trl_attn")
         },
         "warmup_steps": WARMUP_STEPS,
         "repeats": a.repeats,

@@ -94,6 +94,16 @@ CASES = [  # (name, args with {t} for the temp dir, expected start of the messag
         "model.name_or_path: model directory '/models/missing' not found",
     ),
     (
+        "unknown attention kernel",
+        ["check", Q, "model.attn_implementation=flash"],
+        "model.attn_implementation: 'flash' is not an attention kernel",
+    ),
+    (
+        "attention kernel not installed",
+        ["train", Q, NOSFT, "model.attn_implementation=flash_attention_2", "output_dir={t}/oattn"],
+        "model.attn_implementation: 'flash_attention_2' cannot be used here",
+    ),
+    (
         "soup checkpoint missing",
         [
             "train",

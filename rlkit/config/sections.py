@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from rlkit._config import StrictModel
+
+
+#: ``model.attn_implementation`` values transformers knows by name (a hub kernel ``org/name`` is accepted too)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class LoRAConfig(StrictModel):
@@ -46,6 +50,18 @@ class ModelConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16", "bf16-mixed"] = "float32"
     #: train LoRA adapters (peft) instead of the full model; ``None``: full fine-tuning
     lora: LoRAConfig | None = None
+    #: the attention kernel of every transformers model the run loads (learner, references, critic, the
+    #: transformers rollout engine, SFT, DPO): ``sdpa``, ``eager`` (the fastest on CPU for short sequences),
+    #: ``flash_attention_2`` / ``flash_attention_3`` (GPU, their packages), ``flex_attention``, or a hub kernel
+    #: ``org/name``; ``None``: transformers' default (``sdpa`` where the model supports it). vLLM picks its own.
+    attn_implementation: str | None = None
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attention(cls, v: str | None) -> str | None:
+        if v is not None and v not in ATTN_IMPLEMENTATIONS and "/" not in v:
+            raise ValueError(f"{v!r} is not an attention kernel: choose one of {list(ATTN_IMPLEMENTATIONS)}")
+        return v
 
 
 class DataConfig(StrictModel):

@@ -76,6 +76,22 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def set_attention(model, name: str | None):
+    """``model.attn_implementation``: switch a loaded model (a peft wrapper too) to attention kernel ``name`` with
+    transformers' ``set_attn_implementation``; ``None`` leaves the model as loaded. Returns the model. Raises
+    :class:`~rlkit._config.ConfigError` at ``model.attn_implementation`` when the kernel is not available for this
+    model or machine (e.g. ``flash_attention_2`` without the flash-attn package)."""
+    if name is None:
+        return model
+    from rlkit._config import ConfigError
+
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise ConfigError("model.attn_implementation", f"{name!r} cannot be used here: {err}") from None
+    return model
+
+
 def _from_pretrained(name, torch_dtype, revision, trust_remote_code, model_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -191,6 +191,7 @@ def _evaluate_placed(
                 dtype=recipe.model.dtype,
                 temperature=recipe.rollout.temperature,
                 torch_threads=rc.torch_threads,
+                attn_implementation=recipe.model.attn_implementation,
                 inprocess=inproc,
             )
         result = evaluate(

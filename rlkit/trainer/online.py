@@ -117,7 +117,7 @@ class OnlineTrainer:
 
     def _prepare_models(self) -> None:
         """Task data, SFT warm starts, teachers, the prompt encoder (prompts checked against the context)."""
-        from rlkit.models.loading import load_model_and_tokenizer
+        from rlkit.models.loading import load_model_and_tokenizer, set_attention
 
         r, out = self.recipe, self.out
         self.train_rows, self.evalset = load_task_data(r)
@@ -137,6 +137,7 @@ class OnlineTrainer:
         self.policy_path = str(self.resume_from) if self.resume_from else self.init_paths[0]
         self.start = read_state(self.resume_from)["driver"]["step"] if self.resume_from else 0
         model, tokenizer = load_model_and_tokenizer(self.policy_path)
+        set_attention(model, r.model.attn_implementation)  # an unavailable kernel fails here, before any worker
         self.encode = make_encoder(r, model, tokenizer, {"train": self.train_rows, "held-out": self.evalset})
 
     def _start_placement(self) -> None:
@@ -189,7 +190,13 @@ class OnlineTrainer:
         from rlkit.workers.local import spawn
 
         r, rc = self.recipe, self.recipe.ray
-        kw = dict(temperature=r.rollout.temperature, dtype=r.model.dtype, seed=r.seed, torch_threads=rc.torch_threads)
+        kw = dict(
+            temperature=r.rollout.temperature,
+            dtype=r.model.dtype,
+            seed=r.seed,
+            torch_threads=rc.torch_threads,
+            attn_implementation=r.model.attn_implementation,
+        )
         if r.model.lora is not None:  # the learner trains adapters over the initial policy and serves "initial"
             kw["lora"] = LearnerLoRAConfig(
                 **r.model.lora.model_dump(), base_path=self.init_paths[0], kl_to_initial=r.eval.kl_to_initial
@@ -233,6 +240,7 @@ class OnlineTrainer:
                 name=key,
                 shared_prefix=self.cfg.shared_prefix,
                 load_options=src.options,
+                attn_implementation=r.model.attn_implementation,
                 inprocess=self.inproc,
             )
         self.sync: WeightSync = make_weight_sync(

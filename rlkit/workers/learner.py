@@ -83,7 +83,10 @@ class LearnerCore:
         dtype: str = "float32",
         seed: int = 0,
         lora: LearnerLoRAConfig | dict | None = None,
+        attn_implementation: str | None = None,
     ):
+        from rlkit.models.loading import set_attention
+
         torch.manual_seed(seed)
         self.lora = LearnerLoRAConfig.model_validate(lora) if isinstance(lora, dict) else lora
         if self.lora:
@@ -92,6 +95,8 @@ class LearnerCore:
             self.model, self.tokenizer = load_lora_policy(model_path, self.lora.model_dump(), dtype)
         else:
             self.model, self.tokenizer = load_model(model_path, dtype)
+        self.attn_implementation = attn_implementation  # model.attn_implementation (None: as loaded)
+        set_attention(self.model, attn_implementation)
         self.model.train()
         self.cfg = grpo if isinstance(grpo, self.Section) else self.Section.model_validate(dict(grpo))
         if self.cfg.aggregation == "drgrpo" and not self.cfg.norm_length:

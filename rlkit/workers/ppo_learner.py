@@ -84,9 +84,12 @@ class ValueHead(torch.nn.Module):
 class SeparateCritic(torch.nn.Module):
     """A copy of the initial model's trunk (no LM head) with its own scalar head; trained only by the value loss."""
 
-    def __init__(self, model_path: str, dtype: str = "float32"):
+    def __init__(self, model_path: str, dtype: str = "float32", attn_implementation: str | None = None):
+        from rlkit.models.loading import set_attention
+
         super().__init__()
         model, _ = load_model(model_path, dtype)
+        set_attention(model, attn_implementation)
         self.trunk = _trunk(model)
         self.head = _zero_head(model.config.hidden_size)
         self.train()
@@ -121,7 +124,11 @@ class PPOLearnerCore(LearnerCore):
     ):
         super().__init__(model_path, ppo, regularizers, temperature=temperature, dtype=dtype, seed=seed, **kwargs)
         cfg = self.cfg
-        self.critic = ValueHead(self.model) if cfg.critic == "value_head" else SeparateCritic(model_path, dtype)
+        self.critic = (
+            ValueHead(self.model)
+            if cfg.critic == "value_head"
+            else SeparateCritic(model_path, dtype, self.attn_implementation)
+        )
         self.opt.add_param_group(
             {"params": list(self.critic.parameters()), "lr": cfg.critic_learning_rate or cfg.learning_rate}
         )

@@ -40,6 +40,7 @@ class ReferenceWorker:
         name: str | None = None,
         shared_prefix: bool = True,
         load_options: dict | None = None,
+        attn_implementation: str | None = None,
     ):
         """``kind``, ``paths``, ``weights``, ``load_options``: the :class:`rlkit.references.ReferenceSource` its
         registered type resolved (the type builds the model: one checkpoint, or for a soup the average of several).
@@ -48,7 +49,10 @@ class ReferenceWorker:
         from rlkit.references import ReferenceSource, reference_type
 
         source = ReferenceSource(kind, list(paths), weights, dict(load_options or {}))
+        from rlkit.models.loading import set_attention
+
         self.model, self.tokenizer = reference_type(kind).load_model(source, dtype)
+        set_attention(self.model, attn_implementation)
         self.model.eval()
         self.temperature = temperature
         self.pad_id = self.tokenizer.pad_token_id

@@ -33,6 +33,7 @@ class RolloutWorker:
         model=None,
         tokenizer=None,
         sampler: str = "native",
+        attn_implementation: str | None = None,
     ):
         """``model``/``tokenizer`` (in-process placement only): generate with this live ``nn.Module``, the learner's
         policy, instead of loading a copy; weight updates are then no-ops (the weights are shared)."""
@@ -61,7 +62,10 @@ class RolloutWorker:
         elif engine == "transformers":
             from rlkit.rollout import TransformersEngine
 
+            from rlkit.models.loading import set_attention
+
             model, self.tokenizer = load_model(model_path, dtype)
+            set_attention(model, attn_implementation)  # vLLM (above) picks its own kernels
             self.engine = TransformersEngine(model, self.tokenizer, batch_size, sampler)
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
@@ -122,6 +126,7 @@ def spawn_rollout_workers(
                 model=model,
                 tokenizer=tokenizer,
                 sampler=ro.sampler,
+                attn_implementation=recipe.model.attn_implementation,
                 inprocess=True,
             )
         ]
@@ -140,6 +145,7 @@ def spawn_rollout_workers(
             seed=recipe.seed,
             version=version,
             sampler=ro.sampler,
+            attn_implementation=recipe.model.attn_implementation,
             vllm_options=ro.vllm.model_dump() if ro.engine == "vllm" else None,
         )
         for i in range(ro.num_workers)
