@@ -341,6 +341,12 @@ VARIANTS = {
     # eager attention (model.attn_implementation), faster than SDPA at the tiny size's ~20-token sequences on CPU
     "rlkit-eager-2t": ("rlkit", 2, ["model.attn_implementation=eager"]),
     "rlkit-eager-async-1t": ("rlkit", 1, ["model.attn_implementation=eager", "grpo.async_rollout=true"]),
+    "rlkit-bf16-eager-2t": ("rlkit", 2, ["model.dtype=bf16-mixed", "model.attn_implementation=eager"]),
+    "rlkit-bf16-eager-async-1t": (
+        "rlkit",
+        1,
+        ["model.dtype=bf16-mixed", "model.attn_implementation=eager", "grpo.async_rollout=true"],
+    ),
     "trl-1t": ("trl", 1, []),
     "trl-2t": ("trl", 2, []),
     "trl-bf16-1t": ("trl", 1, ["bf16"]),  # GRPOConfig(bf16=True): accelerate's bf16 autocast
