@@ -14,7 +14,7 @@ forward (the fused head's ``hidden @ lm_head.T``, exact divergences) stay float3
 
 Numerics: the rollout's KV-cache decode and the learner's full forward round differently in bfloat16, so the
 behaviour log-probs recorded at sampling and the learner's log-probs differ more than in float32 (the metric
-``rollout/logprob_gap`` shows it); ``grpo.importance_correction`` corrects for it as for any engine mismatch.
+``rollout/logprob_gap`` shows it); ``grpo.tis_cap`` corrects for it as for any engine mismatch.
 """
 
 from __future__ import annotations
