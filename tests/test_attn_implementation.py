@@ -94,6 +94,18 @@ def test_the_kernel_reaches_every_model_of_a_grpo_run(tmp_path, attn):
     assert (count.n == 0) if attn == "eager" else (count.n > 0)
 
 
+def test_lora_learner_gets_the_kernel(tmp_path):
+    from rlkit.trainer.online import OnlineTrainer
+
+    over = [f"output_dir={tmp_path}", *FAST, "sft.enabled=false", "model.lora={r: 4}"]
+    over.append("model.attn_implementation=eager")
+    t = OnlineTrainer(load_recipe(ROOT / "recipes" / "quickstart.yaml", over))
+    t.setup()
+    model = t.learner.instance.model
+    assert type(model).__name__.startswith("PeftModel")
+    assert model.base_model.model.config._attn_implementation == "eager"
+
+
 def test_ppo_separate_critic_gets_the_kernel(tmp_path):
     from rlkit.trainer.online import OnlineTrainer
 

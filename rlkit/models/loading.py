@@ -38,6 +38,7 @@ def load_model_and_tokenizer(
     padding_side: str | None = "left",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
     **model_kwargs,
 ):
     """``(model, tokenizer)`` for ``name_or_path``.
@@ -48,9 +49,12 @@ def load_model_and_tokenizer(
       ``revision``, ``trust_remote_code`` and ``model_kwargs``; a local directory and a hub id take the same path.
 
     ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` | ``bf16-mixed`` (float32 weights, every forward under
-    bfloat16 autocast: :mod:`rlkit.models.precision`). Raises ``FileNotFoundError`` naming the path when it
-    is not a local directory and either it is written as a local path (``./x``, ``/x``, ``a/b/c``) or the hub
-    is offline (``HF_HUB_OFFLINE=1``) and the name is not in the local cache.
+    bfloat16 autocast: :mod:`rlkit.models.precision`). ``attn_implementation``: the recipe's
+    ``model.attn_implementation`` (:func:`set_attention`; ``None``: as transformers loads it).
+
+    Raises ``FileNotFoundError`` naming the path when it is not a local directory and either it is written as a
+    local path (``./x``, ``/x``, ``a/b/c``) or the hub is offline (``HF_HUB_OFFLINE=1``) and the name is not in the
+    local cache.
     """
     import torch
 
@@ -69,6 +73,7 @@ def load_model_and_tokenizer(
     else:
         model, tokenizer = _from_pretrained(name, torch_dtype, revision, trust_remote_code, model_kwargs)
     _ensure_pad_token(model, tokenizer)
+    set_attention(model, attn_implementation)
     if compute is not None:
         enable_autocast(model, compute)
     if padding_side is not None:

@@ -367,7 +367,7 @@ def _load_policy(run: DPORun) -> None:
     """The SFT warm start (or the given model) as the policy, in eval mode (no dropout); the pairs and the task
     prompts tokenized for it."""
     from rlkit.data.preference import tokenize_pairs
-    from rlkit.models.loading import load_model_and_tokenizer, set_attention
+    from rlkit.models.loading import load_model_and_tokenizer
 
     from .setup import make_encoder, prepare_initial_models
 
@@ -376,8 +376,10 @@ def _load_policy(run: DPORun) -> None:
     run.ref_path = run.cfg.reference_model or run.init_path
     run.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(recipe.seed)
-    run.policy, run.tokenizer = load_model_and_tokenizer(run.init_path, dtype=recipe.model.dtype, seed=recipe.seed)
-    set_attention(run.policy, recipe.model.attn_implementation)
+    m = recipe.model
+    run.policy, run.tokenizer = load_model_and_tokenizer(
+        run.init_path, dtype=m.dtype, seed=recipe.seed, attn_implementation=m.attn_implementation
+    )
     run.policy.to(run.device).eval()
     context = getattr(run.policy.config, "max_position_embeddings", None)
     try:
@@ -392,14 +394,20 @@ def _load_policy(run: DPORun) -> None:
 def _attach_reference(run: DPORun) -> None:
     """The frozen reference and its log-probs: the initial policy itself when they are precomputed (no second
     copy), else a separate frozen model kept for the live per-batch log-probs."""
-    from rlkit.models.loading import load_model_and_tokenizer, set_attention
+    from rlkit.models.loading import load_model_and_tokenizer
 
     cfg, t_ref = run.cfg, time.time()
     if cfg.reference == "precomputed" and cfg.reference_model is None:
         reference = run.policy
     else:
-        loaded = load_model_and_tokenizer(run.ref_path, dtype=run.recipe.model.dtype, seed=run.recipe.seed)[0]
-        reference = set_attention(loaded, run.recipe.model.attn_implementation).to(run.device).eval()
+        m = run.recipe.model
+        reference = (
+            load_model_and_tokenizer(
+                run.ref_path, dtype=m.dtype, seed=run.recipe.seed, attn_implementation=m.attn_implementation
+            )[0]
+            .to(run.device)
+            .eval()
+        )
         reference.requires_grad_(False)
     bs = run.eval_batch_size
     run.ref_held = precompute_logps(reference, run.held_pairs, run.device, run.pad_id, bs)

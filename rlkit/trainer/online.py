@@ -117,7 +117,7 @@ class OnlineTrainer:
 
     def _prepare_models(self) -> None:
         """Task data, SFT warm starts, teachers, the prompt encoder (prompts checked against the context)."""
-        from rlkit.models.loading import load_model_and_tokenizer, set_attention
+        from rlkit.models.loading import load_model_and_tokenizer
 
         r, out = self.recipe, self.out
         self.train_rows, self.evalset = load_task_data(r)
@@ -136,8 +136,8 @@ class OnlineTrainer:
         self.prepared = prepare_references(r, out, self.init_paths, self.console)
         self.policy_path = str(self.resume_from) if self.resume_from else self.init_paths[0]
         self.start = read_state(self.resume_from)["driver"]["step"] if self.resume_from else 0
-        model, tokenizer = load_model_and_tokenizer(self.policy_path)
-        set_attention(model, r.model.attn_implementation)  # an unavailable kernel fails here, before any worker
+        # with the run's attention kernel: an unavailable one fails here, before any worker starts
+        model, tokenizer = load_model_and_tokenizer(self.policy_path, attn_implementation=r.model.attn_implementation)
         self.encode = make_encoder(r, model, tokenizer, {"train": self.train_rows, "held-out": self.evalset})
 
     def _start_placement(self) -> None:

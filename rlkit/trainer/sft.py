@@ -36,7 +36,7 @@ def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
     import torch
     from rich.console import Console
 
-    from rlkit.models.loading import load_model_and_tokenizer, set_attention
+    from rlkit.models.loading import load_model_and_tokenizer
     from rlkit.utils.checkpoint import save_hf_checkpoint
     from rlkit.workers.common import quiet_libraries
 
@@ -44,8 +44,10 @@ def run_sft(recipe: Recipe, path: Path, seed: int, console=None) -> str:
     quiet_libraries()  # no per-dataset-map or per-shard progress bars: the warm start has its own progress
     console = console or Console(soft_wrap=True)
     torch.manual_seed(seed)
-    model, tokenizer = load_model_and_tokenizer(recipe.model.name_or_path, dtype=recipe.model.dtype, seed=seed)
-    set_attention(model, recipe.model.attn_implementation)
+    m = recipe.model
+    model, tokenizer = load_model_and_tokenizer(
+        m.name_or_path, dtype=m.dtype, seed=seed, attn_implementation=m.attn_implementation
+    )
     dataset = _sft_dataset(recipe, seed)
     s = recipe.sft
     every = sft_log_every(s.max_steps, recipe.logging.print_every)

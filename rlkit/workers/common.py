@@ -33,10 +33,10 @@ def quiet_libraries() -> None:
         pass
 
 
-def load_model(path: str, dtype: str = "float32"):
+def load_model(path: str, dtype: str = "float32", attn_implementation: str | None = None):
     from rlkit.models.loading import load_model_and_tokenizer
 
-    return load_model_and_tokenizer(path, dtype=dtype)
+    return load_model_and_tokenizer(path, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def cpu_state_dict(model) -> dict:

@@ -85,18 +85,17 @@ class LearnerCore:
         lora: LearnerLoRAConfig | dict | None = None,
         attn_implementation: str | None = None,
     ):
-        from rlkit.models.loading import set_attention
-
         torch.manual_seed(seed)
         self.lora = LearnerLoRAConfig.model_validate(lora) if isinstance(lora, dict) else lora
         if self.lora:
+            from rlkit.models.loading import set_attention
             from rlkit.models.lora import load_lora_policy
 
             self.model, self.tokenizer = load_lora_policy(model_path, self.lora.model_dump(), dtype)
+            set_attention(self.model, attn_implementation)
         else:
-            self.model, self.tokenizer = load_model(model_path, dtype)
+            self.model, self.tokenizer = load_model(model_path, dtype, attn_implementation)
         self.attn_implementation = attn_implementation  # model.attn_implementation (None: as loaded)
-        set_attention(self.model, attn_implementation)
         self.model.train()
         self.cfg = grpo if isinstance(grpo, self.Section) else self.Section.model_validate(dict(grpo))
         if self.cfg.aggregation == "drgrpo" and not self.cfg.norm_length:

@@ -85,11 +85,8 @@ class SeparateCritic(torch.nn.Module):
     """A copy of the initial model's trunk (no LM head) with its own scalar head; trained only by the value loss."""
 
     def __init__(self, model_path: str, dtype: str = "float32", attn_implementation: str | None = None):
-        from rlkit.models.loading import set_attention
-
         super().__init__()
-        model, _ = load_model(model_path, dtype)
-        set_attention(model, attn_implementation)
+        model, _ = load_model(model_path, dtype, attn_implementation)
         self.trunk = _trunk(model)
         self.head = _zero_head(model.config.hidden_size)
         self.train()

@@ -46,13 +46,12 @@ class ReferenceWorker:
         registered type resolved (the type builds the model: one checkpoint, or for a soup the average of several).
         ``shared_prefix``: each distinct prompt of a batch runs once (:mod:`rlkit.models.prefix`)."""
         setup_process(torch_threads)
+        from rlkit.models.loading import set_attention
         from rlkit.references import ReferenceSource, reference_type
 
         source = ReferenceSource(kind, list(paths), weights, dict(load_options or {}))
-        from rlkit.models.loading import set_attention
-
         self.model, self.tokenizer = reference_type(kind).load_model(source, dtype)
-        set_attention(self.model, attn_implementation)
+        set_attention(self.model, attn_implementation)  # a type may build the model in its own way (a soup)
         self.model.eval()
         self.temperature = temperature
         self.pad_id = self.tokenizer.pad_token_id

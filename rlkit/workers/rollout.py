@@ -62,10 +62,7 @@ class RolloutWorker:
         elif engine == "transformers":
             from rlkit.rollout import TransformersEngine
 
-            from rlkit.models.loading import set_attention
-
-            model, self.tokenizer = load_model(model_path, dtype)
-            set_attention(model, attn_implementation)  # vLLM (above) picks its own kernels
+            model, self.tokenizer = load_model(model_path, dtype, attn_implementation)  # vLLM picks its own kernels
             self.engine = TransformersEngine(model, self.tokenizer, batch_size, sampler)
         else:
             raise ValueError(f"rollout.engine {engine!r}: choose 'transformers' or 'vllm'")
