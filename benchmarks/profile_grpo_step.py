@@ -87,7 +87,7 @@ def install(timers: PhaseTimers) -> None:
     timers.wrap(actor_class(RewardWorker), "score", "scoring")
     timers.wrap(actor_class(ReferenceWorker), "compute", "reference")
     timers.wrap(actor_class(Learner), "train_step", "learner")
-    for cls in (weight_sync.SharedModuleSync, weight_sync.ObjectStoreSync):
+    for cls in (weight_sync.SharedModuleSync, weight_sync.ObjectStoreSync, weight_sync.InProcessCopySync):
         timers.wrap(cls, "after_step", "sync")
 
     backward = torch.Tensor.backward

@@ -13,7 +13,13 @@ import torch
 
 from rlkit.trainer.data_stream import PromptStream
 from rlkit.trainer.reference_plan import ReferencePlan
-from rlkit.trainer.weight_sync import LearnerGroupSync, ObjectStoreSync, SharedModuleSync, make_weight_sync
+from rlkit.trainer.weight_sync import (
+    InProcessCopySync,
+    LearnerGroupSync,
+    ObjectStoreSync,
+    SharedModuleSync,
+    make_weight_sync,
+)
 from rlkit.types import LearnerNeeds, ReferenceOutput, RehearsalBatch, RolloutBatch, ScoredBatch, TrainBatch
 from rlkit.utils.train_state import python_random_from_json
 from rlkit.workers.local import LocalActor
@@ -112,8 +118,9 @@ class _Learner:
     def __init__(self):
         self.calls = 0
 
-    def get_weights(self):
+    def get_weights(self, copy=True):
         self.calls += 1
+        self.copied = copy
         return {"w": self.calls}
 
 
@@ -145,7 +152,13 @@ def test_weight_sync_strategies():
         and type(make_weight_sync(False, True, learner, [], {}, plan, 0)) is LearnerGroupSync
     )
     store.after_step(3)
-    assert rollout.instance.got[-1] == ({"w": 2}, 3) and store.version == 3
+    assert rollout.instance.got[-1] == ({"w": 2}, 3) and store.version == 3 and learner.instance.copied
+    local = make_weight_sync(False, False, learner, [rollout], refs, plan, version=0, inprocess=True)
+    assert type(local) is InProcessCopySync
+    local.after_step(4)  # the soup is due at step 4 too: one uncloned fetch serves it and the engine
+    assert learner.instance.calls == 3 and not learner.instance.copied and local.version == 4
+    assert rollout.instance.got[-1] == ({"w": 3}, 4) and soup.instance.got[-1] == ("refresh", {"w": 3}, 0.5)
+    assert local.weights is None  # nothing kept for a re-send: an in-process worker is never restarted
 
 
 def test_learner_checks_that_groups_are_consecutive_blocks():

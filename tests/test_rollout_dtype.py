@@ -10,7 +10,7 @@ import torch
 
 from rlkit.config import load_recipe
 from rlkit.trainer.online import OnlineTrainer
-from rlkit.trainer.weight_sync import ObjectStoreSync, SharedModuleSync
+from rlkit.trainer.weight_sync import InProcessCopySync, SharedModuleSync
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_bf16_rollout_engine_holds_its_own_copy_refreshed_every_step(tmp_path, c
     t = trainer(tmp_path, "rollout.dtype=bfloat16", "grpo.tis_cap=2.0")
     t.setup()
     learner, engine = t.learner.instance.model, t.rollout_workers[0].instance.engine.model
-    assert not t.shared and type(t.sync) is ObjectStoreSync and engine is not learner
+    assert not t.shared and type(t.sync) is InProcessCopySync and engine is not learner
     assert {p.dtype for p in engine.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in learner.parameters()} == {torch.float32}
     start = {k: v.clone() for k, v in engine.state_dict().items()}
@@ -69,3 +69,20 @@ def test_rollout_dtype_without_tis_cap_says_how_to_correct(tmp_path, capsys):
     t = trainer(tmp_path, "rollout.dtype=bfloat16")
     t.setup()
     assert "set grpo.tis_cap" in capsys.readouterr().out
+
+
+def test_async_in_process_copy_follows_the_learner_without_sharing_its_tensors(tmp_path):
+    """``grpo.async_rollout`` in-process: the engine's float32 copy is refreshed from the learner's live tensors (no
+    clone in between), so it must equal them after every step and never alias them (a shared storage would let the
+    learner's next optimizer step change the weights a running ``generate`` samples with)."""
+    t = trainer(tmp_path, "grpo.async_rollout=true")
+    t.setup()
+    learner, engine = t.learner.instance.model, t.rollout_workers[0].instance.engine.model
+    assert type(t.sync) is InProcessCopySync and engine is not learner
+    start = {k: v.clone() for k, v in engine.state_dict().items()}
+    t.fit()
+    mine, theirs = engine.state_dict(), learner.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert any(not torch.equal(mine[k], start[k]) for k in start)
+    own = {v.untyped_storage().data_ptr() for v in mine.values()}
+    assert own.isdisjoint(v.untyped_storage().data_ptr() for v in theirs.values())

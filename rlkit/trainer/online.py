@@ -251,6 +251,7 @@ class OnlineTrainer:
             self.references,
             self.plan,
             self.start,
+            inprocess=self.inproc,
         )
 
     def initial_reference(self):

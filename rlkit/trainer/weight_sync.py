@@ -4,9 +4,11 @@ One strategy per run, chosen once by :func:`make_weight_sync`:
 
 * :class:`SharedModuleSync` (``ray.mode: inprocess`` without async rollouts): the rollout engine generates with the
   learner's own module, so there is nothing to send; only the version moves on.
-* :class:`ObjectStoreSync` (Ray actors, or in-process with ``grpo.async_rollout``, where the engine keeps its own
-  copy): the learner's state dict goes to every rollout worker (through the object store; in-process, a state dict in
-  memory); a worker that died in between is restarted by Ray and sent the weights again.
+* :class:`ObjectStoreSync` (Ray actors): a copy of the learner's state dict goes to every rollout worker through the
+  object store; a worker that died in between is restarted by Ray and sent the weights again.
+* :class:`InProcessCopySync` (in-process, the engine keeps its own copy: ``grpo.async_rollout`` or a
+  ``rollout.dtype`` other than the learner's): the engine copies (and casts) the learner's tensors straight into its
+  own, with no intermediate clone of the state dict.
 * :class:`LearnerGroupSync` (``learner.num_workers > 1``): the same transfer, of rank 0's weights (every rank holds
   bitwise the same).
 
@@ -79,15 +81,41 @@ class ObjectStoreSync(WeightSync):
                 self.resend(worker)
 
 
+class InProcessCopySync(WeightSync):
+    """In-process, the engine holding its own copy: it reads the learner's live tensors and copies them into its
+    weights (``load_state_dict``, casting to its dtype) while the learner is idle; the driver makes both calls in turn,
+    and the local actor's lock keeps the copy out of a running ``generate``. Nothing is kept for a re-send: an
+    in-process worker is never restarted."""
+
+    def after_step(self, version: int) -> None:
+        self.version = version
+        weights = self.learner.get_weights.remote(copy=False)
+        self._refresh_references(version, weights)
+        for worker in self.rollout:
+            get(worker.update_weights.remote(weights, version))
+
+
 class LearnerGroupSync(ObjectStoreSync):
     """Data-parallel learners: rank 0's weights (:class:`rlkit.workers.learner_group.LearnerGroup` answers
     ``get_weights`` from rank 0), sent as :class:`ObjectStoreSync` sends one learner's."""
 
 
 def make_weight_sync(
-    shared: bool, group: bool, learner, rollout: list, references: dict, plan: ReferencePlan, version: int
+    shared: bool,
+    group: bool,
+    learner,
+    rollout: list,
+    references: dict,
+    plan: ReferencePlan,
+    version: int,
+    inprocess: bool = False,
 ) -> WeightSync:
     """The strategy for a run: ``shared`` (the rollout engine is the learner's module), ``group`` (data-parallel
-    learners), else the object store."""
-    cls = SharedModuleSync if shared else LearnerGroupSync if group else ObjectStoreSync
+    learners), ``inprocess`` (an engine with its own copy in this process), else the object store."""
+    if shared:
+        cls: type[WeightSync] = SharedModuleSync
+    elif group:
+        cls = LearnerGroupSync
+    else:
+        cls = InProcessCopySync if inprocess else ObjectStoreSync
     return cls(learner, rollout, references, plan, version)

@@ -495,12 +495,16 @@ class LearnerCore:
         """More files for every checkpoint (PPO: its critic)."""
         return {}
 
-    def get_weights(self) -> dict:
-        """The full policy weights for the rollout engines (LoRA: merged ``W0 + s B A``, see rlkit.models.lora)."""
+    def get_weights(self, copy: bool = True) -> dict:
+        """The full policy weights for the rollout engines (LoRA: merged ``W0 + s B A``, see rlkit.models.lora).
+        ``copy=False``: the module's own tensors (detached, not cloned), for an engine in this process that copies
+        them into its weights before the next optimizer step (:class:`rlkit.trainer.weight_sync.InProcessCopySync`)."""
         if self.lora:
             from rlkit.models.lora import merged_state_dict
 
             return merged_state_dict(self.model)
+        if not copy:
+            return {k: v.detach() for k, v in self.model.state_dict().items()}
         return cpu_state_dict(self.model)
 
     def get_adapter_weights(self) -> dict:
