@@ -2,8 +2,8 @@
 
 One strategy per run, chosen once by :func:`make_weight_sync`:
 
-* :class:`SharedModuleSync` (``ray.mode: inprocess`` without async rollouts): the rollout engine generates with the
-  learner's own module, so there is nothing to send; only the version moves on.
+* :class:`SharedModuleSync` (``ray.mode: inprocess``, the engine in the learner's dtype, no async rollouts): the
+  rollout engine generates with the learner's own module, so there is nothing to send; only the version moves on.
 * :class:`ObjectStoreSync` (Ray actors): a copy of the learner's state dict goes to every rollout worker through the
   object store; a worker that died in between is restarted by Ray and sent the weights again.
 * :class:`InProcessCopySync` (in-process, the engine keeps its own copy: ``grpo.async_rollout`` or a
