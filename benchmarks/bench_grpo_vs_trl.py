@@ -18,9 +18,12 @@ turned off, as rlkit does not recompute activations; ``--trl-gradient-checkpoint
   the saved model, transformers rollout engine, evaluation cut to 1 prompt x 1 sample after training and off
   before, no TensorBoard/plots/final checkpoint). Step time = ``time/step`` from ``metrics.jsonl`` (rollout,
   reward, reference, learner update and weight sync to the rollout workers).
-* ``trl``: ``GRPOTrainer`` (``use_vllm=False``, ``use_cpu=True``, ``bf16=False``). Step time = a
-  ``TrainerCallback`` timing ``on_step_begin`` -> ``on_step_end`` (generation, reward, reference log-probs, loss,
-  backward, optimizer step).
+* ``trl``: ``GRPOTrainer`` (``use_vllm=False``, ``use_cpu=True``). Step time = a ``TrainerCallback`` timing
+  ``on_step_begin`` -> ``on_step_end`` (generation, reward, reference log-probs, loss, backward, optimizer step).
+  Precision: ``trl-default-*`` leave ``bf16`` unset, as a TRL user does; ``GRPOConfig`` then turns it on (TRL 1.x:
+  ``bf16`` defaults to ``True`` unless ``fp16`` is set, on CPU too), so TRL's defaults are bfloat16 autocast with
+  SDPA attention. ``trl-1t``/``trl-2t`` force float32 (``bf16=False``), ``trl-bf16-*`` set ``bf16=True``. The
+  precision each run used (``GRPOConfig.bf16`` after its defaults) is stored with the run.
 
 Each run is a subprocess of its own (this script with ``--worker``; rlkit's actor variant starts its own local Ray
 cluster, so the Ray processes and actors are its descendants). The first 2 steps are warm-up; a run's step time is
@@ -304,7 +307,7 @@ def worker_trl(a, work: Path) -> dict:
         top_k=0,
         use_vllm=False,
         use_cpu=True,
-        bf16=a.trl_bf16,
+        **({} if a.trl_bf16 == "unset" else {"bf16": a.trl_bf16 == "true"}),  # unset: TRL's default
         seed=recipe.seed,
         logging_steps=1,
         save_strategy="no",
@@ -320,11 +323,12 @@ def worker_trl(a, work: Path) -> dict:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(timer)
     trainer.train()
-    return {"step_times_s": timer.times}
+    return {"step_times_s": timer.times, "trl_bf16": bool(args.bf16)}
 
 
 #: What runs, per size: rlkit as the quickstart comes (``ray.mode: auto``, 2 torch threads, synchronous), rlkit's
 #: best settings (one-step-off async rollouts, at 1 and 2 threads) and TRL at 1 and 2 threads; "best" = the fastest.
+#: TRL's extras: "fp32" forces bf16=False, "bf16" sets bf16=True, neither leaves it to GRPOConfig (TRL's defaults).
 VARIANTS = {
     "rlkit-default": ("rlkit", 2, []),
     "rlkit-actors": ("rlkit", 2, ["ray.mode=actors"]),
@@ -347,8 +351,10 @@ VARIANTS = {
         1,
         ["model.dtype=bf16-mixed", "model.attn_implementation=eager", "grpo.async_rollout=true"],
     ),
-    "trl-1t": ("trl", 1, []),
-    "trl-2t": ("trl", 2, []),
+    "trl-default-1t": ("trl", 1, []),  # GRPOConfig's own precision default (bf16 on: TRL 1.x)
+    "trl-default-2t": ("trl", 2, []),
+    "trl-1t": ("trl", 1, ["fp32"]),  # bf16=False: float32, not TRL's default
+    "trl-2t": ("trl", 2, ["fp32"]),
     "trl-bf16-1t": ("trl", 1, ["bf16"]),  # GRPOConfig(bf16=True): accelerate's bf16 autocast
     "trl-bf16-2t": ("trl", 2, ["bf16"]),
     "trl-eager-2t": ("trl", 2, ["eager"]),
@@ -386,7 +392,8 @@ def run_side(a, label: str, work: Path, model_dir: Path, data: Path | None, repe
     cmd += ["--data", str(data)] if data else []
     cmd += ["--trl-gradient-checkpointing"] if a.trl_gradient_checkpointing else []
     cmd += [f"--rlkit-set={kv}" for kv in [*extra, *a.rlkit_set]] if side == "rlkit" else []
-    cmd += ["--trl-bf16"] if side == "trl" and "bf16" in extra else []
+    if side == "trl":
+        cmd += ["--trl-bf16=" + ("true" if "bf16" in extra else "false" if "fp32" in extra else "unset")]
     cmd += ["--trl-attn=eager"] if side == "trl" and "eager" in extra else []
     log = work / f"{run_id}.log"
     t0 = time.perf_counter()
@@ -443,6 +450,7 @@ def aggregate(label: str, repeats: list[dict]) -> dict:
         "side": first["side"],
         "threads": first["threads"],
         "overrides": first["overrides"],
+        "trl_bf16": first.get("trl_bf16"),
         "repeats": len(repeats),
         "median_step_s": statistics.median(step),
         "min_step_s": min(step),
@@ -458,17 +466,33 @@ def aggregate(label: str, repeats: list[dict]) -> dict:
 
 
 def summarize(runs: dict[str, dict]) -> dict:
-    """Ratios against TRL's fastest variant (by median step time): rlkit's default placement and rlkit's fastest.
+    """Ratios of rlkit's default placement and rlkit's fastest variant against two TRL baselines: TRL's fastest
+    variant of the run (``trl_best``: every setting tried, e.g. bf16 + eager attention) and TRL as it comes at its
+    fastest thread setting (``vs_trl_defaults``: the fastest ``trl-default-*`` variant, when the run has one).
 
     ``step_time`` is median / median. Its spread is given two ways: ``step_time_paired`` is the min and max over the
-    repeats of rlkit's time over TRL's fastest time *in the same round* (the rounds are interleaved, so a slow
-    phase of the host hits both); ``step_time_bounds`` is the worst-case pair, rlkit's min / TRL's max and rlkit's
-    max / TRL's min."""
-    trl_label, trl = min(((k, r) for k, r in runs.items() if r["side"] == "trl"), key=lambda kr: kr[1]["median_step_s"])
-    mine = [(k, r) for k, r in runs.items() if r["side"] == "rlkit"]
-    best_label, best = min(mine, key=lambda kr: kr[1]["median_step_s"])
-    out = {"trl_best": trl_label, "rlkit_best": best_label}
-    for name, r in (("default", runs.get("rlkit-default")), ("best", best)):
+    repeats of rlkit's time over TRL's time *in the same round* (the rounds are interleaved, so a slow phase of the
+    host hits both); ``step_time_bounds`` is the worst-case pair, rlkit's min / TRL's max and rlkit's max / TRL's
+    min."""
+    trl = {k: r for k, r in runs.items() if r["side"] == "trl"}
+    mine = {k: r for k, r in runs.items() if r["side"] == "rlkit"}
+    out = _against(mine, trl)
+    defaults = {k: r for k, r in trl.items() if not r["overrides"]}
+    if defaults:
+        out["vs_trl_defaults"] = _against(mine, defaults)
+    return out
+
+
+def _fastest(runs: dict[str, dict]) -> str:
+    return min(runs, key=lambda k: runs[k]["median_step_s"])
+
+
+def _against(mine: dict[str, dict], trl_runs: dict[str, dict]) -> dict:
+    """rlkit-default's and rlkit's fastest ratios against the fastest of ``trl_runs``."""
+    trl_label, best_label = _fastest(trl_runs), _fastest(mine)
+    trl = trl_runs[trl_label]
+    out: dict = {"trl_best": trl_label, "rlkit_best": best_label}
+    for name, r in (("default", mine.get("rlkit-default")), ("best", mine[best_label])):
         if r is not None:
             paired = [x / y for x, y in zip(r["step_s_per_repeat"], trl["step_s_per_repeat"])]
             out[name] = {
@@ -543,10 +567,13 @@ def _ratio_text(q: dict) -> str:
 
 def _ratio_lines(ratios: dict) -> list[str]:
     lines = []
-    for name in ("default", "best"):
-        if name in ratios and not (name == "best" and ratios["rlkit_best"] == "rlkit-default"):
-            label = "rlkit-default" if name == "default" else ratios["rlkit_best"]
-            lines.append(f"{label} / {ratios['trl_best']}: {_ratio_text(ratios[name])}")
+    for against, r in (("TRL's fastest variant", ratios), ("TRL's defaults", ratios.get("vs_trl_defaults"))):
+        if not r or (against == "TRL's defaults" and r["trl_best"] == ratios["trl_best"]):
+            continue  # no trl-default-* variant ran, or it is TRL's fastest too (the lines above)
+        for name in ("default", "best"):
+            if name in r and not (name == "best" and r["rlkit_best"] == "rlkit-default"):
+                label = "rlkit-default" if name == "default" else r["rlkit_best"]
+                lines.append(f"{label} / {r['trl_best']} ({against}): {_ratio_text(r[name])}")
     return lines
 
 
@@ -589,7 +616,8 @@ def write_markdown(path: Path, result: dict) -> None:
         f"Each variant ran {result['repeats']} time(s), each run a fresh process, the variants interleaved "
         "round-robin. s/step: the median over the runs of each run's median step time (warm-up excluded), "
         "with the min and max; memory: the median over the runs of each run's peak, summed over the "
-        "processes. Ratios: median over TRL's fastest median; per round: the min and max over the rounds "
+        "processes. Ratios: median over the named TRL variant's median (TRL's fastest variant, and the fastest "
+        "`trl-default-*`: TRL as it comes, bf16 on); per round: the min and max over the rounds "
         "of the ratio within one round; bounds: rlkit's min / TRL's max to rlkit's max / TRL's min.",
         "",
     ]
@@ -665,7 +693,7 @@ def main(argv=None) -> dict | None:
     )
     p.add_argument("--worker", choices=("rlkit", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
-    p.add_argument("--trl-bf16", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--trl-bf16", choices=("unset", "true", "false"), default="unset", help=argparse.SUPPRESS)
     p.add_argument("--trl-attn", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
