@@ -35,3 +35,21 @@ def test_entropy_chunked_equals_textbook():
     expect = -(p * p.log()).sum(-1)
     for chunk in (1, 4, 1000):
         torch.testing.assert_close(entropy_from_logits(logits, chunk_rows=chunk).double(), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_collate_layout_left_padded_prompts_right_padded_completions():
+    """The layout every forward relies on, written out by hand: prompts left-padded to P, completions right-padded
+    to T, positions counting real tokens only; lists, tuples and tensors give the same batch."""
+    prompts = [[10, 11, 12], (13,), torch.tensor([14, 15])]
+    comps = [[20], [21, 22, 23], torch.tensor([], dtype=torch.long)]
+    b = collate(prompts, comps, pad_id=0)
+    assert b["prompt_len"] == 3
+    assert b["input_ids"].tolist() == [[10, 11, 12, 20, 0, 0], [0, 0, 13, 21, 22, 23], [0, 14, 15, 0, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 3, 3], [0, 0, 0, 1, 2, 3], [0, 0, 1, 1, 1, 1]]
+    assert b["completion_ids"].tolist() == [[20, 0, 0], [21, 22, 23], [0, 0, 0]]
+    assert b["completion_mask"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert b["input_ids"].dtype == torch.long and b["completion_mask"].dtype == torch.float32
+    # every completion empty: one padded column, so the forward still has a position to predict from
+    empty = collate([[5, 6]], [[]], pad_id=0)
+    assert empty["input_ids"].tolist() == [[5, 6, 0]] and empty["completion_mask"].tolist() == [[0.0]]

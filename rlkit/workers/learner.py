@@ -179,9 +179,8 @@ class LearnerCore:
         ref_outputs = self._with_own_references(data.refs, batch)
         g = self.cfg.group_size
         correct = torch.tensor(data.correct, dtype=torch.float32)
-        rollout_lp = torch.zeros_like(batch["completion_mask"])
-        for i, lps in enumerate(data.rollout_logprobs):
-            rollout_lp[i, : len(lps)] = torch.tensor(lps)
+        T = batch["completion_mask"].shape[1]
+        rollout_lp = torch.tensor([[*lps, *[0.0] * (T - len(lps))] for lps in data.rollout_logprobs])
         return StepTensors(
             step=data.step,
             batch=batch,
