@@ -23,11 +23,11 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
     needs too)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    prompts, completions = [_ids(p) for p in prompts], [_ids(c) for c in completions]
-    P = max(len(p) for p in prompts)
-    T = max(1, max(len(c) for c in completions))
+    prompt_rows, completion_rows = [_ids(p) for p in prompts], [_ids(c) for c in completions]
+    P = max(len(p) for p in prompt_rows)
+    T = max(1, max(len(c) for c in completion_rows))
     ids, attention, comp_mask = [], [], []
-    for p, c in zip(prompts, completions):
+    for p, c in zip(prompt_rows, completion_rows):
         left, right = P - len(p), T - len(c)
         ids.append([pad_id] * left + p + c + [pad_id] * right)
         attention.append([0] * left + [1] * (len(p) + len(c)) + [0] * right)
