@@ -95,8 +95,23 @@ def _duplicate_key(node, path: str = "", _done: set | None = None) -> tuple[str,
     return None
 
 
+#: the recipe section each algorithm reads its own settings from (``algorithm: ppo`` reads ``ppo:``, never ``grpo:``)
+ALGORITHM_SECTIONS = ("grpo", "ppo", "dpo")
+
+
+def inherit(base: dict, child: dict) -> dict:
+    """``child`` on top of the recipe it extends. A child that changes the algorithm (``algorithm: ppo`` extending
+    the GRPO quickstart) inherits the shared sections (model, data, sft, rollout, ...) but not the base's section
+    of another algorithm, which belongs to the base's job and would not be read."""
+    algorithm = child.get("algorithm")
+    if algorithm is not None and algorithm != base.get("algorithm", "grpo"):
+        base = {k: v for k, v in base.items() if k not in ALGORITHM_SECTIONS or k == algorithm}
+    return deep_merge(base, child)
+
+
 def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read a recipe; ``extends: other.yaml`` (relative to this file) loads that one first and merges on top."""
+    """Read a recipe; ``extends: other.yaml`` (relative to this file) loads that one first and merges on top
+    (:func:`inherit`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "recipe file not found")
@@ -123,5 +138,5 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         parent_path = (path.parent / parent).resolve()
         if parent_path in _seen:
             raise ConfigError(f"{path}: extends", f"circular 'extends' through {parent_path}")
-        data = deep_merge(load_yaml(parent_path, _seen + (path.resolve(),)), data)
+        data = inherit(load_yaml(parent_path, _seen + (path.resolve(),)), data)
     return data

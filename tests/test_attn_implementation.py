@@ -116,6 +116,7 @@ def test_ppo_separate_critic_gets_the_kernel(tmp_path):
             *[o for o in FAST if not o.startswith("grpo.")],
             "sft.enabled=false",
             "algorithm=ppo",
+            "grpo={}",  # the quickstart's grpo: section, which PPO would not read
             "ppo.critic=separate",
             "model.attn_implementation=eager",
         ],

@@ -60,6 +60,11 @@ CASES = [  # (name, args with {t} for the temp dir, expected start of the messag
         ["check", Q, "regularizers=[{name: kl, placement: reward, weighting: dads}]"],
         "regularizers[0].weighting: 'dads' weights depend on advantages",
     ),
+    (
+        "another algorithm's section",
+        ["check", "recipes/ppo_kl_adaptive.yaml", "grpo.steps=5", "grpo.group_size=4"],
+        "grpo: sets grpo.group_size, grpo.steps, but algorithm 'ppo' reads its settings from `ppo:` only",
+    ),
     ("unknown reward", ["check", Q, "rewards=[{name: exact}]"], "rewards[0].name: unknown reward 'exact'"),
     (
         "bad reward option",

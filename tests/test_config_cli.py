@@ -32,6 +32,28 @@ def test_extends_and_overrides():
     assert r2.regularizers[1] == {"name": "js", "coef": 0.2}
 
 
+def test_a_section_of_another_algorithm_is_refused_not_ignored(tmp_path):
+    """Only the running algorithm's section is read; setting another's is an error naming its keys. A recipe that
+    extends one of another algorithm leaves that one's section behind (it belongs to the base's job)."""
+    ppo = load_recipe(RECIPES / "ppo_kl_adaptive.yaml")  # extends the GRPO quickstart (grpo.steps: 200)
+    assert "grpo" not in ppo.model_fields_set and ppo.grpo.steps == type(ppo.grpo)().steps
+    assert ppo.ppo.steps == 100 and ppo.sft.max_steps == 1500  # its own section, and the shared ones inherited
+    with pytest.raises(ConfigError, match=r"^grpo: sets grpo.steps, but algorithm 'ppo' reads .* `ppo:` only"):
+        load_recipe(RECIPES / "ppo_kl_adaptive.yaml", ["grpo.steps=5"])
+    with pytest.raises(ConfigError, match=r"^dpo: sets dpo.beta, but algorithm 'grpo'"):
+        load_recipe(RECIPES / "quickstart.yaml", ["dpo.beta=0.5"])
+    child = tmp_path / "child.yaml"  # the child file itself sets the other section: refused too
+    child.write_text(f"extends: {RECIPES / 'dpo.yaml'}\ngrpo:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=r"^grpo: sets grpo.steps, but algorithm 'dpo'"):
+        load_recipe(child)
+    assert load_recipe(RECIPES / "quickstart.yaml", ["algorithm=ppo", "grpo={}"]).algorithm == "ppo"
+    from rlkit.config import build_recipe
+
+    for name in ("quickstart.yaml", "ppo_kl_adaptive.yaml", "dpo.yaml"):  # a run's recipe.yaml records every
+        dumped = load_recipe(RECIPES / name).model_dump(mode="json")  # section; rlkit eval reads it back
+        assert build_recipe(dumped).algorithm == dumped["algorithm"]
+
+
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_overrides({}, ["grpo.steps"])

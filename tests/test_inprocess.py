@@ -134,7 +134,7 @@ def test_inprocess_refuses_what_it_cannot_run(override, key):
     "overrides,placement",
     [
         ([], "inprocess"),
-        (["algorithm=ppo"], "inprocess"),
+        (["algorithm=ppo", "grpo={}"], "inprocess"),  # grpo={}: the quickstart's grpo: keys, which PPO would not read
         (["rollout.engine=vllm"], "actors"),
         (["rollout.num_workers=2"], "actors"),
         (["learner.num_workers=2"], "actors"),

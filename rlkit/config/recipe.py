@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rlkit._config import ConfigError, StrictModel, validate_model
-from rlkit._yaml import apply_overrides, load_yaml
+from rlkit._yaml import ALGORITHM_SECTIONS, apply_overrides, load_yaml
 
 from .sections import (
     CheckpointConfig,
@@ -82,12 +82,37 @@ def build_recipe(data: dict) -> Recipe:
             "LoRA with data-parallel learners (learner.num_workers > 1) is not supported "
             "yet: use learner.num_workers=1",
         )
+    _check_sections(recipe)
     if recipe.ray.mode == "auto":
         recipe.ray.mode = resolve_placement(recipe)
         recipe.ray._chosen_by = placement_reason(recipe)
     if recipe.ray.mode == "inprocess" and recipe.algorithm != "dpo":
         _check_inprocess(recipe)
     return recipe
+
+
+def _check_sections(recipe: Recipe) -> None:
+    """A recipe may not set the section of an algorithm it does not run (``grpo:`` in a PPO recipe, ``dpo.beta``
+    as an override of a GRPO one): nothing would read those keys, so they are refused rather than dropped. (A
+    section inherited through ``extends:`` from a recipe of another algorithm is not the child's:
+    :func:`rlkit._yaml.inherit` leaves it behind.)"""
+    for section in ALGORITHM_SECTIONS:
+        if section == recipe.algorithm or section not in recipe.model_fields_set:
+            continue
+        cfg = getattr(recipe, section)
+        default = type(cfg)()
+        # a key set to its default loses nothing when ignored: `grpo: {}`, and a run's own recipe.yaml, which
+        # records every section (rlkit eval reads it back)
+        keys = sorted(k for k in cfg.model_fields_set if getattr(cfg, k) != getattr(default, k))
+        if not keys:
+            continue
+        shown = ", ".join(f"{section}.{k}" for k in keys)
+        raise ConfigError(
+            section,
+            f"sets {shown}, but algorithm {recipe.algorithm!r} reads its settings from `{recipe.algorithm}:` only "
+            f"and would ignore them: move them to `{recipe.algorithm}:` or remove them (an override "
+            f"`{section}={{}}` drops the section)",
+        )
 
 
 def _check_algorithm(recipe: Recipe) -> None:
