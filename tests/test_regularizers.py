@@ -208,17 +208,18 @@ def test_registering_a_new_regularizer_is_one_class_one_line():
         register("kl")(TV)
 
 
-def test_readme_catalogue_is_the_registry_catalogue():
-    """The README's preset table (value estimated, gradient delivered) is the one the registry generates."""
+def test_docs_catalogue_is_the_registry_catalogue():
+    """The preset table of docs/concepts.md (value estimated, gradient delivered) is the one the registry
+    generates."""
     import subprocess
     import sys
     from pathlib import Path
 
     from rlkit.regularizers.registry import catalogue_markdown
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("<!-- catalogue:")
-    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- /catalogue -->")]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    start = page.index("<!-- catalogue:")
+    table = page[page.index("\n", start) + 1 : page.index("<!-- /catalogue -->")]
     # the built-in registry, in a fresh interpreter (other tests register names of their own in this one)
     fresh = subprocess.run(
         [

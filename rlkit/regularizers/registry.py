@@ -164,7 +164,7 @@ def catalogue() -> list[dict[str, str]]:
 
 
 def catalogue_markdown() -> str:
-    """:func:`catalogue` as the README's markdown table (a test keeps the README's copy equal to it)."""
+    """:func:`catalogue` as a markdown table (a test keeps the copy in docs/concepts.md equal to it)."""
     lines = [
         "| preset | metric label | placement | value (what `<label>/value` estimates) | gradient delivered |",
         "|---|---|---|---|---|",
