@@ -16,7 +16,10 @@ just that, with four savings ``generate`` does not make:
   in place, where ``DynamicCache`` copies the whole cache with ``torch.cat`` per token (``O(T^2)`` bytes). Other
   cache kinds (sliding-window, quantized, ...) are left as they are.
 * **No per-step machinery.** One forward, one ``logits_to_keep=1`` slice, the warpers in plain torch, one
-  inverse-CDF draw (:func:`draw`); the 2-D attention mask and positions are extended in place.
+  inverse-CDF draw (:func:`draw`); the 2-D attention mask and positions are extended in place. For Llama, Qwen2
+  and Qwen3 models (:mod:`rlkit.models.decode_step`, which says exactly when) each decoding step runs the model's own
+  modules and functions without the forward's decorators, mask builder and output classes; the logits are the
+  forward's.
 
 Sampling semantics (those of ``generate`` with ``do_sample=True`` and of vLLM): the logits are divided by the
 temperature, then all but the ``top_k`` largest are removed (``top_k=0``: off), then the smallest tokens whose
@@ -33,6 +36,8 @@ Requirements on the model: a decoder-only ``transformers`` model whose forward t
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -145,6 +150,7 @@ def _sample(
     model, prompts, n, max_new_tokens, *, eos_id, pad_id, temperature, top_k, top_p, greedy, generator, compact_fraction
 ):
     from rlkit.models import kv_reserve  # here, not at the top: importing the sampler imports no transformers
+    from rlkit.models.decode_step import decode_step
 
     if not prompts or min(len(p) for p in prompts) == 0:
         raise ValueError("sample: every prompt needs at least one token")
@@ -173,6 +179,8 @@ def _sample(
     can_compact = hasattr(cache, "batch_select_indices")
     mask = torch.cat([mask, mask.new_ones((rows, max_new_tokens))], dim=1)  # grown by slicing, never re-allocated
     width = P
+    step = decode_step(model)  # the decoding steps without transformers' per-call machinery, where it applies
+    forward = functools.partial(_forward, model, cache_name)
     alive = torch.ones(rows, dtype=torch.bool, device=device)  # per batch row: still decoding
     for t in range(max_new_tokens):
         if greedy:
@@ -196,12 +204,17 @@ def _sample(
         # a finished row left in the batch feeds padding: it attends only to itself and its outputs are ignored
         tok = tok.masked_fill(~alive, pad_id)
         width += 1
-        out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask[:, :width],
-            position_ids=next_pos,
-            use_cache=True,
-            **{cache_name: cache},
-        )
-        cache, logits, next_pos = returned_cache(out), out.logits[:, -1].float(), next_pos + 1
+        if step is not None and step.verified:
+            logits = step(tok, next_pos, mask[:, :width], cache)
+        elif step is not None:  # the first step for this model: both ways, the lean one kept if they agree
+            logits, cache = step.checked(forward, tok, next_pos, mask[:, :width], cache)
+        else:
+            logits, cache = forward(tok, next_pos, mask[:, :width], cache)
+        logits, next_pos = logits.float(), next_pos + 1
     return tokens, logprobs, lengths
+
+
+def _forward(model, cache_name: str, tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache):
+    """The model's forward of one token per row: ``(logits [rows, V], cache)``."""
+    out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **{cache_name: cache})
+    return out.logits[:, -1], returned_cache(out)
