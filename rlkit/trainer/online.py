@@ -143,12 +143,13 @@ class OnlineTrainer:
     def _start_placement(self) -> None:
         rc = self.recipe.ray
         if self.inproc:  # every role in this process (rlkit.workers.local)
+            from rlkit.utils.allocator import allocator_line
             from rlkit.workers.common import setup_process
 
             setup_process(rc.torch_threads)
             self.console.print(
                 f"in-process mode{_why(rc)}: no Ray; rollout, learner, reference and reward in this process, "
-                f"{rc.torch_threads} torch threads"
+                f"{rc.torch_threads} torch threads, {allocator_line()}"
             )
         else:
             if rc._chosen_by:

@@ -1,4 +1,5 @@
-"""Shared set-up for Ray actors: thread count, quiet logs, model loading."""
+"""Shared set-up for the roles' processes (Ray actors, or the driver in-process): thread count, allocator, quiet
+logs, model loading."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import os
 
 
 def setup_process(torch_threads: int, seed: int | None = None) -> None:
+    """A role's process: its torch threads, glibc's allocator kept from returning each step's memory to the kernel
+    (:func:`rlkit.utils.allocator.tune_allocator`), quiet libraries, the recipe's plugins, its seed."""
     import torch
 
+    from rlkit.utils.allocator import tune_allocator
+
     torch.set_num_threads(max(1, torch_threads))
+    tune_allocator()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_libraries()
     from rlkit.plugins import load_from_env
