@@ -158,6 +158,29 @@ def test_a_step_that_disagrees_with_the_forward_is_dropped_for_that_model(monkey
     assert isinstance(decode_step(model), DecodeStep)
 
 
+def test_a_step_that_raises_is_dropped_and_the_sample_is_the_forwards(monkeypatch, capsys):
+    """A step broken by, say, a transformers release that renamed an attribute: the first step's exception is
+    caught, the forward continues, one line names the error."""
+    model = build("Qwen2")
+    prompts = [[5, 9, 11], [7, 2]]
+
+    def draw():
+        return sample(model, prompts, 2, 5, eos_id=1, pad_id=0, generator=torch.Generator().manual_seed(2))
+
+    monkeypatch.setattr(decode_module, "decode_step", lambda m: None)
+    expected = draw()
+    monkeypatch.undo()
+
+    def broken(self, *args):
+        raise AttributeError("'Qwen2Attention' object has no attribute 'scaling'")
+
+    monkeypatch.setattr(DecodeStep, "__call__", broken)
+    got = draw()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert "(AttributeError: 'Qwen2Attention' object has no attribute 'scaling')" in capsys.readouterr().out
+    assert decode_step(model) is None
+
+
 def test_what_it_refuses_and_why():
     llama = build("Llama")
     assert why_not(llama) is None and isinstance(decode_step(llama), DecodeStep)

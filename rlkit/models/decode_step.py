@@ -151,17 +151,24 @@ class DecodeStep:
         """The first step for a model in a setting: ``forward(tok, pos, mask, cache)`` (the model's forward of the
         same token, returning ``(logits, cache)``) is what continues; the step runs beside it on a copy of the cache,
         and unless its logits equal the forward's bit for bit it is not used for this model in this setting again (one
-        line says so). Returns ``forward``'s ``(logits, cache)``."""
-        mine = self(tok, pos, mask, copy.deepcopy(cache))
+        line says so; a step that raises counts as one that differs). Returns ``forward``'s ``(logits, cache)``."""
+        try:
+            mine: torch.Tensor | None = self(tok, pos, mask, copy.deepcopy(cache))
+            failure = None
+        except Exception as e:  # noqa: BLE001 -- a step that cannot run is one that disagrees: keep the forward
+            mine, failure = None, f"{type(e).__name__}: {e}"
         logits, cache = forward(tok, pos, mask, cache)
-        same = mine.shape == logits.shape and torch.equal(mine.float(), logits.float())
+        same = mine is not None and mine.shape == logits.shape and torch.equal(mine.float(), logits.float())
         _VERDICTS.setdefault(self.model, {})[self.setting] = same
         self.verified = same
         if not same:
-            gap = (mine.float() - logits.float()).abs().max().item() if mine.shape == logits.shape else float("nan")
+            if failure is None and mine is not None and mine.shape == logits.shape:
+                failure = f"max |difference| {(mine.float() - logits.float()).abs().max().item():.3g}"
+            elif failure is None and mine is not None:
+                failure = f"shape {tuple(mine.shape)} against {tuple(logits.shape)}"
             print(
                 f"rlkit decode_step: the lean decoding step's logits differ from {type(self.model).__name__}'s "
-                f"forward (max |difference| {gap:.3g}) with {self.setting[:2]}; decoding through the forward",
+                f"forward ({failure}) with {self.setting[:2]}; decoding through the forward",
                 flush=True,
             )
         return logits, cache
