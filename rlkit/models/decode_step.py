@@ -120,9 +120,11 @@ def _setting(model) -> tuple:
 def decode_step(model) -> DecodeStep | None:
     """A :class:`DecodeStep` for ``model``, or ``None`` when :func:`why_not` gives a reason or the run-time check
     (:meth:`DecodeStep.checked`) found its logits different from the forward's in this setting."""
-    if why_not(model) is not None or _VERDICTS.get(model, {}).get(_setting(model)) is False:
+    if why_not(model) is not None:
         return None
-    return DecodeStep(model)
+    setting = _setting(model)
+    verdict = _VERDICTS.get(model, {}).get(setting)
+    return None if verdict is False else DecodeStep(model, setting, verified=verdict is True)
 
 
 class DecodeStep:
@@ -131,13 +133,14 @@ class DecodeStep:
     position including this one (1: attend) and ``cache`` the KV cache of the ``W - 1`` before, updated in place,
     as ``model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)`` does."""
 
-    def __init__(self, model):
+    def __init__(self, model, setting: tuple | None = None, verified: bool = False):
+        """``setting``: :func:`_setting` of ``model`` (computed when not given); ``verified``: the run-time check
+        already passed in it."""
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         family = sys.modules[type(model).__module__]
         self.model, self.trunk, self.head = model, model.model, model.lm_head
-        self.setting = _setting(model)
-        self.verified = _VERDICTS.get(model, {}).get(self.setting) is True
+        self.setting, self.verified = setting or _setting(model), verified
         self.rope = family.apply_rotary_pos_emb
         self.kernel = model.config._attn_implementation
         self.attend = family.eager_attention_forward if self.kernel == "eager" else ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -158,14 +161,13 @@ class DecodeStep:
         except Exception as e:  # noqa: BLE001 -- a step that cannot run is one that disagrees: keep the forward
             mine, failure = None, f"{type(e).__name__}: {e}"
         logits, cache = forward(tok, pos, mask, cache)
-        same = mine is not None and mine.shape == logits.shape and torch.equal(mine.float(), logits.float())
-        _VERDICTS.setdefault(self.model, {})[self.setting] = same
-        self.verified = same
-        if not same:
-            if failure is None and mine is not None and mine.shape == logits.shape:
-                failure = f"max |difference| {(mine.float() - logits.float()).abs().max().item():.3g}"
-            elif failure is None and mine is not None:
-                failure = f"shape {tuple(mine.shape)} against {tuple(logits.shape)}"
+        if mine is not None and mine.shape != logits.shape:
+            failure = f"shape {tuple(mine.shape)} against {tuple(logits.shape)}"
+        elif mine is not None and not torch.equal(mine.float(), logits.float()):
+            failure = f"max |difference| {(mine.float() - logits.float()).abs().max().item():.3g}"
+        self.verified = failure is None
+        _VERDICTS.setdefault(self.model, {})[self.setting] = self.verified
+        if failure is not None:
             print(
                 f"rlkit decode_step: the lean decoding step's logits differ from {type(self.model).__name__}'s "
                 f"forward ({failure}) with {self.setting[:2]}; decoding through the forward",
